@@ -1,0 +1,158 @@
+"""Shared conventions of every script: the one-line error exit, atomic writes, progress bars.
+
+Bottom floor: imports nothing of ours. Every script builds its parser with ``ArgumentParser`` and
+runs its ``main`` through ``run_main``, so that bad input always ends the same way: one line on
+stderr naming the file and the problem, exit status 2, no traceback, no partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+PARTIAL = ".partial"  # suffix of files being written; never a finished output
+
+
+class InputError(Exception):
+    """Bad input or an impossible request: reported as one line, exit status 2."""
+
+
+def fail(message: str) -> NoReturn:
+    """Stop the script with one clear line (see ``run_main``)."""
+    raise InputError(message)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse's default prints the usage block first)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Run a script's ``main``; turn bad input and a full disk into one line and exit status 2."""
+    prog = Path(sys.argv[0]).name
+    try:
+        main(argv)
+    except InputError as e:
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 2
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            where = f" ({e.filename})" if e.filename else ""
+            sys.stderr.write(f"{prog}: error: cannot write{where}: {e.strerror}\n")
+            return 2
+        raise
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+    return 0
+
+
+def partial_path(final: Path) -> Path:
+    """The temporary name a file is written under before it is renamed into place."""
+    final = Path(final)
+    return final.with_name(final.name + PARTIAL)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it into place only if the block succeeds.
+
+    The temporary file is in the same folder (so the rename is atomic) and is removed on any error,
+    so an interrupted or failed write never leaves a file that looks finished.
+    """
+    final = Path(final)
+    tmp = partial_path(final)
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(final: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(final) as tmp:
+        tmp.write_text(text)
+
+
+def remove_partials(folder: str | os.PathLike) -> int:
+    """Delete leftovers of an interrupted run (``*.partial``) under ``folder``; return how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    n = 0
+    for p in folder.rglob(f"*{PARTIAL}"):
+        if p.is_file():
+            p.unlink()
+            n += 1
+    return n
+
+
+def progress(iterable: Iterable[T] | None = None, **kwargs) -> tqdm:
+    """A tqdm bar on stderr, the same look in every script."""
+    kwargs.setdefault("dynamic_ncols", True)
+    kwargs.setdefault("file", sys.stderr)
+    return tqdm(iterable, **kwargs)
+
+
+def require_file(path: str | os.PathLike, what: str) -> Path:
+    """Return ``path`` if it is an existing file, else stop with one line naming it."""
+    p = Path(path)
+    if not p.exists():
+        fail(f"{what} not found: {p}")
+    if not p.is_file():
+        fail(f"{what} is not a file: {p}")
+    return p
+
+
+def require_dir(path: str | os.PathLike, what: str) -> Path:
+    """Return ``path`` if it is an existing folder, else stop with one line naming it."""
+    p = Path(path)
+    if not p.is_dir():
+        fail(f"{what} not found (no such folder): {p}")
+    return p
+
+
+def check_range(
+    name: str, value: float, low: float | None = None, high: float | None = None, *, low_open: bool = False
+) -> None:
+    """Stop with one line when an option is out of range."""
+    if low is not None and (value < low or (low_open and value == low)):
+        fail(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        fail(f"{name} must be <= {high}, got {value}")
+
+
+def open_raster(path: str | os.PathLike, what: str = "raster"):
+    """Open a raster for reading with rasterio; a missing, non-raster or broken file is one line."""
+    import rasterio  # imported here so that scripts without rasters start fast
+
+    p = require_file(path, what)
+    try:
+        ds = rasterio.open(p)
+        if ds.count < 1:
+            ds.close()
+            fail(f"{what} has no bands: {p}")
+        return ds
+    except rasterio.errors.RasterioError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        fail(f"{what} is not a readable raster: {p} ({first})")

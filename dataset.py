@@ -1,0 +1,242 @@
+"""Tiles for the model: pairing, band statistics, normalisation, the Dataset, checkpoints.
+
+Middle floor: shared by train.py, test_model.py and predict.py. A split folder holds ``img/`` and
+``mask/`` with one GeoTIFF per tile; an image and its mask have the same file name (never matched by
+sort order). Each band is normalised with the mean and std of the valid pixels of the train split,
+computed once, cached beside the data (``band_stats.json``) and carried inside every checkpoint, so
+evaluation and prediction reuse them and never recompute them on other data. Nodata (0) pixels are
+0 in the input and ignored in the loss and the metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from torch.utils.data import Dataset
+
+from colormap import NODATA
+from common import atomic_write_text, fail, open_raster, progress, require_dir, require_file
+from model import UNet, model_from_config
+
+STATS_FILE = "band_stats.json"
+CHECKPOINT_VERSION = 1
+
+
+def tile_pairs(split: str | Path) -> list[tuple[Path, Path]]:
+    """(image, mask) paths of a split folder, paired by file name, sorted by name.
+
+    An image without its mask (or a mask without its image) is an error naming it; so is a split
+    with no tiles.
+    """
+    split = require_dir(split, "split folder")
+    img_dir, mask_dir = split / "img", split / "mask"
+    for d in (img_dir, mask_dir):
+        require_dir(d, "tile folder")
+    imgs = {p.name: p for p in img_dir.glob("*.tif")}
+    masks = {p.name: p for p in mask_dir.glob("*.tif")}
+    for name in sorted(imgs.keys() - masks.keys()):
+        fail(f"image tile without its mask: {img_dir / name} (expected {mask_dir / name})")
+    for name in sorted(masks.keys() - imgs.keys()):
+        fail(f"mask tile without its image: {mask_dir / name} (expected {img_dir / name})")
+    if not imgs:
+        fail(f"no tiles in {split} (expected GeoTIFFs in {img_dir} and {mask_dir})")
+    return [(imgs[n], masks[n]) for n in sorted(imgs)]
+
+
+@dataclass(frozen=True)
+class TileInfo:
+    """What every tile of a split shares."""
+
+    bands: int
+    height: int
+    width: int
+    dtype: str
+    descriptions: tuple[str, ...]
+
+
+def scan_tiles(pairs: list[tuple[Path, Path]]) -> TileInfo:
+    """Check that every tile opens and all share size, band count and dtype; masks have one band."""
+    first: TileInfo | None = None
+    for img_path, mask_path in progress(pairs, desc="checking tiles", unit="tile", leave=False):
+        with open_raster(img_path, "image tile") as src:
+            descriptions = tuple(d or f"band{i + 1}" for i, d in enumerate(src.descriptions))
+            info = TileInfo(src.count, src.height, src.width, src.dtypes[0], descriptions)
+        with open_raster(mask_path, "mask tile") as m:
+            if m.count != 1 or (m.height, m.width) != (info.height, info.width):
+                fail(
+                    f"mask tile does not fit its image ({m.count} band(s), {m.height} x {m.width}; "
+                    f"image {info.height} x {info.width}): {mask_path}"
+                )
+        if first is None:
+            first = info
+        elif (info.bands, info.height, info.width, info.dtype) != (
+            first.bands,
+            first.height,
+            first.width,
+            first.dtype,
+        ):
+            fail(
+                f"tile differs from the others ({info.bands} bands {info.height} x {info.width} "
+                f"{info.dtype}, expected {first.bands} bands {first.height} x {first.width} "
+                f"{first.dtype}): {img_path}"
+            )
+    assert first is not None
+    return first
+
+
+def read_tile(img_path: Path, mask_path: Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """An image tile (C, H, W) as stored and its mask (H, W) uint8, or None without a mask."""
+    with rasterio.open(img_path) as src:
+        img = src.read()
+    mask = None
+    if mask_path is not None:
+        with rasterio.open(mask_path) as m:
+            mask = m.read(1)
+    return img, mask
+
+
+def valid_pixels(img: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels where the image has data (nodata is 0 in every band)."""
+    return np.any(img != NODATA, axis=0)
+
+
+def _fingerprint(pairs: list[tuple[Path, Path]]) -> str:
+    h = hashlib.sha256()
+    for img, _ in pairs:
+        h.update(img.name.encode())
+        h.update(str(img.stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+def compute_band_stats(pairs: list[tuple[Path, Path]]) -> dict:
+    """Mean and std of every band over the valid pixels (mask and image both valid) of ``pairs``."""
+    s = s2 = None
+    n = 0
+    for img_path, mask_path in progress(pairs, desc="band statistics", unit="tile"):
+        img, mask = read_tile(img_path, mask_path)
+        valid = valid_pixels(img) & (mask != NODATA)
+        x = img[:, valid].astype(np.float64)
+        if s is None:
+            s, s2 = np.zeros(img.shape[0]), np.zeros(img.shape[0])
+        s += x.sum(1)
+        s2 += (x * x).sum(1)
+        n += x.shape[1]
+    if n == 0:
+        fail(f"no valid pixels in the tiles of {pairs[0][0].parent.parent}")
+    mean = s / n
+    std = np.sqrt(np.maximum(s2 / n - mean**2, 0)) + 1e-6
+    return {"mean": mean.tolist(), "std": std.tolist(), "pixels": int(n)}
+
+
+def band_stats(train: str | Path, pairs: list[tuple[Path, Path]] | None = None) -> dict:
+    """Band statistics of the train split, cached in ``<train>/../band_stats.json``.
+
+    The cache is reused only while the train split holds the same tiles (names and sizes).
+    """
+    train = Path(train)
+    pairs = pairs if pairs is not None else tile_pairs(train)
+    cache = train.parent / STATS_FILE
+    key = _fingerprint(pairs)
+    if cache.is_file():
+        try:
+            cached = json.loads(cache.read_text())
+            if cached.get("fingerprint") == key and cached.get("split") == train.name:
+                return cached
+        except (json.JSONDecodeError, OSError):
+            pass
+    stats = compute_band_stats(pairs)
+    stats.update(fingerprint=key, split=train.name, tiles=len(pairs))
+    atomic_write_text(cache, json.dumps(stats, indent=1))
+    return stats
+
+
+def normalize(img: np.ndarray, mean, std) -> np.ndarray:
+    """(C, H, W) raw bands -> float32 standardised bands; nodata pixels are 0 in every band."""
+    mean = np.asarray(mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(std, dtype=np.float32)[:, None, None]
+    x = (img.astype(np.float32) - mean) / std
+    x[:, ~valid_pixels(img)] = 0.0
+    return x
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """One of the 8 dihedral transforms of the last two dims: k in 0..7 (rotate k%4, flip if k>=4)."""
+    if k >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+class TileDataset(Dataset):
+    """Normalised image tiles and their masks; random dihedral transforms when ``augment``.
+
+    Returns ``(x, y)``: x float32 (C, H, W), y int64 (H, W) with 0 (nodata) where either the mask is
+    nodata or the image has no data there. Randomness comes from torch's RNG, so a seeded DataLoader
+    gives the same transforms every run.
+    """
+
+    def __init__(self, pairs: list[tuple[Path, Path]], stats: dict, augment: bool = False):
+        self.pairs = pairs
+        self.mean, self.std = stats["mean"], stats["std"]
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img, mask = read_tile(*self.pairs[i])
+        if img.shape[0] != len(self.mean):
+            fail(f"image tile has {img.shape[0]} bands, expected {len(self.mean)}: {self.pairs[i][0]}")
+        y = np.where(valid_pixels(img), mask, NODATA).astype(np.int64)
+        x = torch.from_numpy(normalize(img, self.mean, self.std))
+        y = torch.from_numpy(y)
+        if self.augment:
+            k = int(torch.randint(8, ()).item())
+            x, y = dihedral(x, k).contiguous(), dihedral(y, k).contiguous()
+        return x, y
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: plain tensors and Python containers only, so torch.load(weights_only=True) reads them
+# and a file holding a pickled object is refused without running it.
+
+CHECKPOINT_KEYS = ("model", "model_config", "bands", "stats", "classes")
+
+
+def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint safely (weights_only); a broken, unsafe or foreign file is one line."""
+    path = require_file(path, "checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e).strip().splitlines()
+        detail = next((m for m in msg if "GLOBAL" in m or "Unsupported" in m), msg[0] if msg else "")
+        fail(
+            f"checkpoint holds pickled objects and was refused without running them: {path} "
+            f"({detail.strip()[:160]})"
+        )
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        fail(f"checkpoint is truncated or not a checkpoint: {path} ({first})")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        fail(f"not a checkpoint of this project (needs {', '.join(CHECKPOINT_KEYS)}): {path}")
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, dict]:
+    """The model a checkpoint describes, with its weights, in eval mode on ``device``; and the dict."""
+    ckpt = read_checkpoint(path)
+    try:
+        net = model_from_config(ckpt["model_config"])
+        net.load_state_dict(ckpt["model"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:160]
+        fail(f"checkpoint weights do not fit its architecture {ckpt.get('model_config')}: {path} ({first})")
+    return net.to(device).eval(), ckpt

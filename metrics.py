@@ -1,0 +1,118 @@
+"""Segmentation metrics, all derived from one confusion matrix.
+
+Bottom floor: imports nothing of ours. ``ConfusionMatrix`` accumulates truth x prediction counts over
+every valid pixel of a whole split (never per batch); overall accuracy, per-class recall, precision,
+IoU, Dice, support, their means and Cohen's kappa are all computed from it. Pixels whose truth is the
+ignore code (nodata, 0) never count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class ConfusionMatrix:
+    """Counts ``mat[truth, prediction]`` for codes ``0..num_classes-1``; truth == ``ignore`` skipped."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 0):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.mat = torch.zeros((num_classes, num_classes), dtype=torch.int64)
+
+    def update(self, truth: torch.Tensor, pred: torch.Tensor) -> None:
+        """Add a batch: ``truth`` and ``pred`` are integer tensors of the same shape."""
+        n = self.num_classes
+        t = truth.reshape(-1).to(torch.int64)
+        p = pred.reshape(-1).to(torch.int64)
+        keep = (t != self.ignore_index) & (t >= 0) & (t < n)
+        idx = n * t[keep] + p[keep].clamp(0, n - 1)
+        self.mat += torch.bincount(idx, minlength=n * n).reshape(n, n).to(self.mat.device)
+
+    def reset(self) -> None:
+        self.mat.zero_()
+
+    def reduce_from_all_processes(self) -> None:
+        """Sum the matrices of every process (DistributedDataParallel); a no-op when not distributed."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            backend = torch.distributed.get_backend()
+            dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
+            m = self.mat.to(dev)
+            torch.distributed.all_reduce(m)
+            self.mat = m.cpu()
+
+    def compute(self, names: dict[int, str] | None = None) -> dict:
+        """All metrics as a plain dict (JSON-ready; ``None`` where a value is undefined).
+
+        Classes absent from both truth and prediction are left out of ``miou`` and ``mean_dice``;
+        ``classes_in_means`` and ``classes_left_out`` say which.
+        """
+        m = self.mat.double()
+        codes = [c for c in range(self.num_classes) if c != self.ignore_index]
+        m = m[codes][:, codes]  # rows: truth, columns: prediction, valid classes only
+        # predictions of the ignore code on valid pixels are counted as errors via row sums
+        support = self.mat.double()[codes].sum(1)
+        predicted = m.sum(0)
+        tp = m.diag()
+        total = support.sum().item()
+
+        def ratio(a: float, b: float) -> float:
+            return a / b if b > 0 else 0.0
+
+        per_class, ious, dices, left_out = {}, [], [], []
+        for i, c in enumerate(codes):
+            s, p, t = support[i].item(), predicted[i].item(), tp[i].item()
+            present = s > 0 or p > 0
+            iou = ratio(t, s + p - t) if present else None
+            dice = ratio(2 * t, s + p) if present else None
+            per_class[str(c)] = {
+                "name": (names or {}).get(c, str(c)),
+                "iou": iou,
+                "dice": dice,
+                "precision": ratio(t, p) if present else None,
+                "recall": ratio(t, s) if present else None,
+                "support": int(s),
+            }
+            if present:
+                ious.append(iou)
+                dices.append(dice)
+            else:
+                left_out.append(c)
+
+        po = ratio(tp.sum().item(), total)
+        pe = ratio((support * predicted).sum().item(), total * total)
+        kappa = (po - pe) / (1 - pe) if total > 0 and pe < 1 else None
+        return {
+            "overall_accuracy": po if total > 0 else None,
+            "miou": sum(ious) / len(ious) if ious else None,
+            "mean_dice": sum(dices) / len(dices) if dices else None,
+            "kappa": kappa,
+            "pixels": int(total),
+            "classes_in_means": [c for c in codes if c not in left_out],
+            "classes_left_out": left_out,
+            "per_class": per_class,
+        }
+
+
+def format_table(metrics: dict) -> str:
+    """The metrics as a fixed-width text table with class names, for the terminal."""
+    lines = [f"{'code':>4}  {'class':<42} {'IoU':>6} {'Dice':>6} {'prec':>6} {'recall':>6} {'support':>11}"]
+
+    def f(v):
+        return "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:6.3f}"
+
+    for code, pc in metrics["per_class"].items():
+        lines.append(
+            f"{code:>4}  {pc['name'][:42]:<42} {f(pc['iou'])} {f(pc['dice'])} "
+            f"{f(pc['precision'])} {f(pc['recall'])} {pc['support']:>11,}"
+        )
+    lines.append(
+        f"overall accuracy {f(metrics['overall_accuracy'])}   mIoU {f(metrics['miou'])}   "
+        f"mean Dice {f(metrics['mean_dice'])}   kappa {f(metrics['kappa'])}"
+    )
+    if metrics["classes_left_out"]:
+        lines.append(
+            f"left out of the means (absent from truth and prediction): {metrics['classes_left_out']}"
+        )
+    return "\n".join(lines)
