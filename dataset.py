@@ -22,7 +22,7 @@ import rasterio
 import torch
 from torch.utils.data import Dataset
 
-from colormap import NODATA
+from colormap import CLASSES, NODATA
 from common import atomic_write_text, fail, open_raster, progress, require_dir, require_file
 from model import UNet, model_from_config
 
@@ -240,3 +240,20 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         first = str(e).strip().splitlines()[0][:160]
         fail(f"checkpoint weights do not fit its architecture {ckpt.get('model_config')}: {path} ({first})")
     return net.to(device).eval(), ckpt
+
+
+def make_checkpoint(net: UNet, bands: list[str], stats: dict, **extra) -> dict:
+    """The checkpoint dict every script reads: weights, architecture, bands, statistics, classes.
+
+    ``extra`` adds training state (optimizer, scheduler, epoch, RNG states, options, metrics); all
+    values must be tensors or plain Python containers so that ``weights_only`` loading works.
+    """
+    return {
+        "version": CHECKPOINT_VERSION,
+        "model": net.state_dict(),
+        "model_config": dict(net.config),
+        "bands": list(bands),
+        "stats": {"mean": list(map(float, stats["mean"])), "std": list(map(float, stats["std"]))},
+        "classes": {str(c): n for c, (n, _) in CLASSES.items()},
+        **extra,
+    }
