@@ -1,0 +1,75 @@
+"""common.py: one-line errors with exit status 2, atomic writes, leftovers of killed runs."""
+
+import errno
+import sys
+
+import pytest
+
+import common
+
+
+def test_input_error_is_one_line_and_status_2(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["script.py"])
+
+    def main(argv=None):
+        common.fail("mask not found: /x/y.tif")
+
+    assert common.run_main(main) == 2
+    err = capsys.readouterr().err
+    assert err == "script.py: error: mask not found: /x/y.tif\n"
+
+
+def test_full_disk_is_one_line_and_status_2(capsys):
+    def main(argv=None):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out.tif")
+
+    assert common.run_main(main) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "/data/out.tif" in err[0]
+
+
+def test_argparse_errors_are_one_line(capsys):
+    parser = common.ArgumentParser(prog="x.py")
+    parser.add_argument("--size", type=int)
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--size", "abc"])
+    assert e.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_atomic_path_renames_only_on_success(tmp_path):
+    final = tmp_path / "out.txt"
+    with common.atomic_path(final) as tmp:
+        tmp.write_text("done")
+        assert not final.exists()
+    assert final.read_text() == "done"
+    with pytest.raises(RuntimeError), common.atomic_path(final) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash")
+    assert final.read_text() == "done"  # the finished file is untouched
+    assert list(tmp_path.iterdir()) == [final]  # no leftover
+
+
+def test_remove_partials(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "t.tif.partial").write_text("x")
+    (tmp_path / "a" / "t.tif").write_text("x")
+    assert common.remove_partials(tmp_path) == 1
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["t.tif"]
+
+
+def test_open_raster_rejects_non_rasters(tmp_path):
+    bad = tmp_path / "notes.tif"
+    bad.write_text("not a raster")
+    with pytest.raises(common.InputError, match="not a readable raster"):
+        common.open_raster(bad, "scene")
+    with pytest.raises(common.InputError, match="scene not found"):
+        common.open_raster(tmp_path / "missing.tif", "scene")
+
+
+def test_check_range():
+    common.check_range("--size", 300, 1)
+    with pytest.raises(common.InputError, match="--size must be >= 1, got 0"):
+        common.check_range("--size", 0, 1)
+    with pytest.raises(common.InputError, match="--overlap must be > 0"):
+        common.check_range("--overlap", 0, 0, low_open=True)
