@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,15 +215,19 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load a checkpoint safely (weights_only); a broken, unsafe or foreign file is one line."""
     path = require_file(path, "checkpoint")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols: the error says enough
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e).strip().splitlines()
         detail = next((m for m in msg if "GLOBAL" in m or "Unsupported" in m), msg[0] if msg else "")
+        if "GLOBAL" not in detail:  # no object to run: garbage, a text file, a foreign pickle
+            fail(f"checkpoint is truncated or not a checkpoint: {path} ({detail.strip()[:160]})")
         fail(
             f"checkpoint holds pickled objects and was refused without running them: {path} "
             f"({detail.strip()[:160]})"
         )
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         fail(f"checkpoint is truncated or not a checkpoint: {path} ({first})")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
