@@ -1,0 +1,741 @@
+"""Rescale the 1 m land-cover mask onto the 10 m grid of a Sentinel-2 scene.
+
+Reads ``--mask`` (one-band integer GeoTIFF, any extent and CRS, nodata 0) and the grid of ``--like``
+(a scene: only its CRS, transform, width and height are used). Writes ``--out``: a uint8 GeoTIFF on
+exactly that grid (tiled 512, DEFLATE, nodata 0, the class colour table); pixels outside the mask are
+nodata, a mask in another CRS is reprojected.
+
+Codes are remapped before resampling, so merged codes vote together: the stray codes of the 41-class
+source map go to their class (``colormap.DEFAULT_REMAP``: 19 beaches -> 5, 41 sea -> 12; ``--remap``
+overrides), any other code outside 1..12 is reported with its pixel count and made nodata. Nothing
+is clipped into a neighbouring class.
+
+Methods:
+  near      the source pixel under each output pixel centre (``gdalwarp -r near``).
+  mode      the most frequent valid class in each output pixel (``gdalwarp -r mode``).
+  weighted  a majority vote in which class c counts ``w_c`` per source pixel, so that thin or small
+            rare features (roads, isolated houses) survive the 10x reduction. Default weights come
+            from inverse class frequency, tempered: ``w_c = (f_max / f_c) ** POWER`` with f_c the
+            share of class c in the mask over the scene, f_max that of the commonest class (weight 1)
+            and ``--weight-power`` 0.5 (1 = plain inverse frequency, which lets a single 1 m pixel of
+            a rare class claim a whole 10 m pixel; 0 = plain mode). ``--weights CODE=W ...`` sets
+            them by hand (unlisted classes weigh 1). The weights used are printed. Ties go to the
+            lower code. On grids where each output pixel is exactly k x k mask pixels (same CRS,
+            aligned) the vote counts pixels; otherwise each class's covered fraction of the output
+            pixel comes from GDAL's warper (``average`` of the class's indicator) and is weighted.
+
+How it streams: the output is cut into blocks of whole 512 x 512 tiles; for each block the covering
+window of the mask (plus a small margin) is read, remapped and resampled with GDAL's warper
+(``rasterio.warp.reproject``), several blocks at a time on ``--threads`` threads; blocks are written
+in order. Memory is a few source windows (about 64 Mpixel each) plus a fixed GDAL cache, whatever the
+size of the mask.
+
+The per-class shares printed before and after come from a histogram of the mask pixels whose centre
+lies in the scene. For near and mode it is counted in the same pass, on the windows already read,
+by run lengths (about 0.3 ns per pixel on a class map, cheap next to the read), so it costs no extra
+pass. ``weighted`` needs the class frequencies before voting, so with default weights it makes one
+extra read pass over the mask first (the read is the cheap part of the work).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import Affine
+from rasterio.warp import Resampling, reproject, transform, transform_bounds
+from rasterio.windows import Window
+
+from colormap import CLASSES, CODES, DEFAULT_REMAP, NODATA, gdal_colour_table, remap_lut
+from common import ArgumentParser, atomic_path, check_range, fail, open_raster, progress, run_main
+
+METHODS = ("near", "mode", "weighted")
+TILE = 512  # output tile size; blocks are made of whole tiles
+BLOCK_SOURCE_PIXELS = 64_000_000  # mask pixels read per block (uint8: 64 MB)
+MARGIN = 3  # extra mask pixels read around each block, so GDAL's kernels see all they need
+GDAL_CACHE_MB = 128  # GDAL's block cache: a fixed amount, whatever the mask size
+LATTICE = 64  # step (mask pixels) of the coordinate lattice used when the grids are not simple
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A raster grid: CRS, affine transform and size."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, ds) -> Grid:
+        return cls(ds.crs, ds.transform, ds.width, ds.height)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of the output and the window of the mask it needs.
+
+    ``core`` is the part of ``src`` whose pixels are counted in the histogram (their centres lie in
+    this block): a (rows, cols) slice pair on simple grids, None where membership is computed from
+    coordinates. ``src`` is None where the block is outside the mask.
+    """
+
+    dst: Window
+    src: Window | None
+    core: tuple[slice, slice] | None = None
+
+
+@dataclass
+class Counts:
+    """Pixel counts by code: of the mask (by its own codes) and of the output."""
+
+    source: Counter = field(default_factory=Counter)
+    output: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The plan: which output blocks, which mask windows
+
+
+def apply(t: Affine, x, y) -> tuple:
+    """``t`` applied to coordinates (numbers or arrays): pixel (col, row) -> (x, y), or back with ``~t``."""
+    return t.a * x + t.b * y + t.c, t.d * x + t.e * y + t.f
+
+
+def is_north_up(t: Affine) -> bool:
+    return t.b == 0 and t.d == 0 and t.a != 0 and t.e != 0
+
+
+def simple_grids(mask: Grid, grid: Grid) -> bool:
+    """Same CRS and no rotation: every block's footprint on the mask is a rectangle."""
+    return mask.crs == grid.crs and is_north_up(mask.transform) and is_north_up(grid.transform)
+
+
+def aligned_factor(mask: Grid, grid: Grid) -> tuple[int, int, int, int] | None:
+    """(ky, kx, row offset, col offset) when each output pixel is exactly ky x kx mask pixels."""
+    if not simple_grids(mask, grid):
+        return None
+    m, g = mask.transform, grid.transform
+    kx, ky = g.a / m.a, g.e / m.e
+    ox, oy = (g.c - m.c) / m.a, (g.f - m.f) / m.e
+    vals = (kx, ky, ox, oy)
+    if any(abs(v - round(v)) > 1e-6 for v in vals) or round(kx) < 1 or round(ky) < 1:
+        return None
+    return round(ky), round(kx), round(oy), round(ox)
+
+
+def block_shape(pixel_ratio: float, grid: Grid, budget: int) -> tuple[int, int]:
+    """Output block (rows, cols): whole tiles where possible, about ``budget`` mask pixels each."""
+    rows, cols = TILE, TILE
+    while rows > 16 and rows * cols * pixel_ratio > budget:
+        rows //= 2
+        cols //= 2
+    if rows == TILE:
+        cols = max(TILE, int(budget / (TILE * pixel_ratio)) // TILE * TILE)
+    return min(rows, grid.height), min(cols, grid.width)
+
+
+def source_rect(mask: Grid, grid: Grid, win: Window) -> tuple[float, float, float, float] | None:
+    """(row0, row1, col0, col1) in mask pixel coordinates covering an output window, None if unknown."""
+    t = grid.transform
+    corners = [
+        apply(t, win.col_off + dc, win.row_off + dr) for dr in (0, win.height) for dc in (0, win.width)
+    ]
+    if mask.crs != grid.crs:
+        xs, ys = zip(*corners, strict=True)
+        try:
+            left, bottom, right, top = transform_bounds(
+                grid.crs, mask.crs, min(xs), min(ys), max(xs), max(ys), densify_pts=21
+            )
+        except Exception:  # outside the projection's domain: no footprint
+            return None
+        if not all(map(math.isfinite, (left, bottom, right, top))):
+            return None
+        corners = [(left, bottom), (left, top), (right, bottom), (right, top)]
+    inv = ~mask.transform
+    cols, rows = zip(*(apply(inv, *c) for c in corners), strict=True)
+    return min(rows), max(rows), min(cols), max(cols)
+
+
+def plan_blocks(mask: Grid, grid: Grid, method: str) -> list[Block]:
+    """Cut the output into blocks and find the window of the mask each one needs.
+
+    On simple grids each block also gets its ``core``: the mask pixels whose centres fall in it, so
+    that the blocks' cores partition the mask over the scene and the histogram counts each pixel once.
+    """
+    simple = simple_grids(mask, grid)
+    aligned = aligned_factor(mask, grid) if method == "weighted" else None
+    ratio = abs(grid.transform.determinant / mask.transform.determinant)
+    if not simple:  # the footprint's bounding box is larger than the footprint
+        probe = source_rect(mask, grid, Window(0, 0, grid.width, grid.height))
+        if probe is not None:
+            ratio = max(ratio, (probe[1] - probe[0]) * (probe[3] - probe[2]) / (grid.width * grid.height))
+    budget = BLOCK_SOURCE_PIXELS
+    if method == "weighted" and aligned is None:
+        budget //= len(CODES) + 2  # one indicator band per class plus the float result
+    bh, bw = block_shape(ratio, grid, budget)
+    blocks = []
+    for r in range(0, grid.height, bh):
+        for c in range(0, grid.width, bw):
+            dst = Window(c, r, min(bw, grid.width - c), min(bh, grid.height - r))
+            blocks.append(block_for(mask, grid, dst, aligned, simple))
+    return blocks
+
+
+def block_for(mask: Grid, grid: Grid, dst: Window, aligned, with_core: bool) -> Block:
+    """The mask window (clipped to the mask) and histogram core of one output block."""
+    if aligned is not None:  # exact: rows oy + ky*r ... of the mask, no margin needed
+        ky, kx, oy, ox = aligned
+        r0, c0 = oy + ky * dst.row_off, ox + kx * dst.col_off
+        r1, c1 = r0 + ky * dst.height, c0 + kx * dst.width
+        rows = (max(r0, 0), min(r1, mask.height))
+        cols = (max(c0, 0), min(c1, mask.width))
+        if rows[0] >= rows[1] or cols[0] >= cols[1]:
+            return Block(dst, None)
+        src = Window(cols[0], rows[0], cols[1] - cols[0], rows[1] - rows[0])
+        return Block(dst, src, (slice(0, src.height), slice(0, src.width)))
+    rect = source_rect(mask, grid, dst)
+    if rect is None:
+        return Block(dst, None)
+    fr0, fr1, fc0, fc1 = rect
+    r0, r1 = max(math.floor(fr0) - MARGIN, 0), min(math.ceil(fr1) + MARGIN, mask.height)
+    c0, c1 = max(math.floor(fc0) - MARGIN, 0), min(math.ceil(fc1) + MARGIN, mask.width)
+    if r0 >= r1 or c0 >= c1:
+        return Block(dst, None)
+    src = Window(c0, r0, c1 - c0, r1 - r0)
+    core = None
+    if with_core:  # pixels whose centre i + 0.5 lies in [edge0, edge1)
+        cr0, cr1 = (min(max(math.ceil(v - 0.5), 0), mask.height) for v in (fr0, fr1))
+        cc0, cc1 = (min(max(math.ceil(v - 0.5), 0), mask.width) for v in (fc0, fc1))
+        core = (slice(cr0 - r0, max(cr1, cr0) - r0), slice(cc0 - c0, max(cc1, cc0) - c0))
+    return Block(dst, src, core)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-block work: counting, remapping, resampling
+
+
+def count_codes(a: np.ndarray) -> Counter:
+    """Pixel count of every value of an integer array.
+
+    Counted by run lengths along rows: a class map changes value rarely, so this is several times
+    faster than ``np.bincount``; falls back to it when the runs are short.
+    """
+    counts: Counter = Counter()
+    if a.size == 0:
+        return counts
+    step = max(1, 1_000_000 // max(a.shape[1], 1))
+    for r in range(0, a.shape[0], step):
+        v = np.ascontiguousarray(a[r : r + step]).ravel()
+        starts = np.flatnonzero(v[1:] != v[:-1]) + 1
+        if a.dtype == np.uint8 and starts.size > v.size // 8:
+            hist = np.bincount(v, minlength=256)
+            values = np.flatnonzero(hist)
+            counts.update(dict(zip(values.tolist(), hist[values].tolist(), strict=True)))
+            continue
+        starts = np.concatenate(([0], starts))
+        lengths = np.diff(np.append(starts, v.size))
+        values, inverse = np.unique(v[starts], return_inverse=True)
+        totals = np.bincount(inverse, weights=lengths).astype(np.int64)
+        counts.update(dict(zip(values.tolist(), totals.tolist(), strict=True)))
+    return counts
+
+
+def lut_threshold(lut: np.ndarray) -> tuple[int, bool]:
+    """(t, tail): ``lut`` keeps 0..t unchanged; ``tail``: it sends every other code into 0..t."""
+    changed = np.flatnonzero(lut != np.arange(256))
+    t = int(changed[0]) - 1 if changed.size else 255
+    return t, bool((lut <= t).all())
+
+
+def to_codes(a: np.ndarray, lut: np.ndarray, threshold: tuple[int, bool]) -> np.ndarray:
+    """Apply the remap table: classes kept, stray codes remapped, anything else nodata (uint8).
+
+    A uint8 window is changed in place. With the default table (codes 0..12 kept, the rest sent into
+    0..12) only the stray codes present are touched, largest first, by cheap vectorised passes
+    (``lut[a]`` costs several times more); windows without stray codes cost one ``max``.
+    """
+    if a.dtype == np.uint8:
+        t, tail = threshold
+        for _ in range(8 if tail else 0):
+            v = int(a.max()) if a.size else 0
+            if v <= t:
+                return a
+            hit = np.equal(a, v).view(np.uint8)
+            a += hit * np.uint8((int(lut[v]) - v) % 256)  # wraps round to lut[v] exactly where hit
+        if t < 255 and a.size and (not tail or a.max() > t):  # many stray codes, or a general table
+            a = lut[a]
+        return a
+    out = np.zeros(a.shape, np.uint8)
+    inside = (a >= 0) & (a <= 255)
+    out[inside] = lut[a[inside].astype(np.intp)]
+    return out
+
+
+def window_coords(block: Block, mask: Grid, grid: Grid, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Output-grid (row, col) coordinates of the centres of some rows of a block's mask window.
+
+    Computed exactly on a lattice every ``LATTICE`` pixels and interpolated linearly in between.
+    """
+    src = block.src
+    r_idx = np.arange(rows.start, rows.stop) + src.row_off
+    c_idx = np.arange(src.width) + src.col_off
+    lr = np.unique(np.append(r_idx[:: LATTICE // 2 or 1], r_idx[-1]))
+    lc = np.unique(np.append(c_idx[::LATTICE], c_idx[-1]))
+    cc, rr = np.meshgrid(lc + 0.5, lr + 0.5)
+    xs, ys = apply(mask.transform, cc.ravel(), rr.ravel())
+    if mask.crs != grid.crs:
+        xs, ys = transform(mask.crs, grid.crs, xs, ys)
+    gc, gr = apply(~grid.transform, np.asarray(xs), np.asarray(ys))
+    out = []
+    for lattice in (np.asarray(gr).reshape(cc.shape), np.asarray(gc).reshape(cc.shape)):
+        along = np.stack([np.interp(c_idx, lc, row) for row in lattice])  # (len(lr), width)
+        i = np.clip(np.searchsorted(lr, r_idx, side="right") - 1, 0, max(len(lr) - 2, 0))
+        j = np.minimum(i + 1, len(lr) - 1)
+        span = np.maximum(lr[j] - lr[i], 1)
+        t = ((r_idx - lr[i]) / span)[:, None]
+        out.append(along[i] * (1 - t) + along[j] * t)
+    return out[0], out[1]
+
+
+def count_block(a: np.ndarray, block: Block, mask: Grid, grid: Grid) -> Counter:
+    """Histogram of the pixels of a block's window whose centres lie in the block (each counted once)."""
+    if block.core is not None:
+        return count_codes(a[block.core])
+    counts: Counter = Counter()
+    d = block.dst
+    step = max(1, 2_000_000 // max(a.shape[1], 1))
+    for r in range(0, a.shape[0], step):
+        rows = slice(r, min(r + step, a.shape[0]))
+        gr, gc = window_coords(block, mask, grid, rows)
+        inside = (
+            (gr >= d.row_off) & (gr < d.row_off + d.height) & (gc >= d.col_off) & (gc < d.col_off + d.width)
+        )
+        if inside.any():
+            values, n = np.unique(a[rows][inside], return_counts=True)
+            counts.update(dict(zip(values.tolist(), n.tolist(), strict=True)))
+    return counts
+
+
+def outside_mask(block: Block, mask: Grid, grid: Grid) -> np.ndarray | None:
+    """Output pixels of a block whose footprint misses the mask entirely; None where none can.
+
+    GDAL's ``mode`` and ``average`` never use an empty source window, so they give the output pixel
+    just before the mask's top or left edge the value of the edge pixels; such pixels are outside the
+    mask and must stay nodata.
+    """
+    s = block.src
+    if (
+        s.col_off > 0
+        and s.row_off > 0
+        and s.col_off + s.width < mask.width
+        and s.row_off + s.height < mask.height
+    ):
+        return None
+    d = block.dst
+    cols, rows = np.meshgrid(np.arange(d.width + 1.0) + d.col_off, np.arange(d.height + 1.0) + d.row_off)
+    x, y = apply(grid.transform, cols, rows)
+    if mask.crs != grid.crs:
+        x, y = (np.reshape(v, cols.shape) for v in transform(grid.crs, mask.crs, x.ravel(), y.ravel()))
+    mc, mr = apply(~mask.transform, np.asarray(x), np.asarray(y))
+    eps = 1e-6
+    out = np.zeros((d.height, d.width), bool)
+    for v, size in ((mc, mask.width), (mr, mask.height)):
+        corners = np.stack([v[:-1, :-1], v[:-1, 1:], v[1:, :-1], v[1:, 1:]])
+        out |= (corners.max(axis=0) <= eps) | (corners.min(axis=0) >= size - eps)
+    return out
+
+
+def vote_aligned(
+    codes: np.ndarray, ky: int, kx: int, weights: np.ndarray, present: Sequence[int]
+) -> np.ndarray:
+    """Weighted majority of each ky x kx cell of a class map (ties: lower code; no vote: nodata)."""
+    h, w = codes.shape[0] // ky, codes.shape[1] // kx
+    best = np.zeros((h, w), np.float64)
+    out = np.zeros((h, w), np.uint8)
+    acc = np.uint16 if ky * kx < 65536 else np.uint32
+    for c in present:
+        hit = codes == c
+        per_col = hit.reshape(h, ky, codes.shape[1]).sum(axis=1, dtype=acc)
+        score = per_col.reshape(h, w, kx).sum(axis=2, dtype=acc) * weights[c]
+        better = score > best
+        best[better] = score[better]
+        out[better] = c
+    return out
+
+
+def vote_warped(
+    codes: np.ndarray, src_t: Affine, mask: Grid, dst_t: Affine, grid: Grid, shape, weights, present, threads
+) -> np.ndarray:
+    """Weighted majority on any grid: each class's covered fraction from GDAL's ``average``, weighted."""
+    out = np.zeros(shape, np.uint8)
+    if not present:
+        return out
+    valid = codes != NODATA
+    stack = np.empty((len(present), *codes.shape), np.uint8)
+    for i, c in enumerate(present):
+        np.equal(codes, c, out=stack[i].view(bool))
+        stack[i][~valid] = 255
+    frac = np.full((len(present), *shape), -1, np.float32)
+    reproject(
+        stack, frac, src_transform=src_t, src_crs=mask.crs, src_nodata=255, dst_transform=dst_t,
+        dst_crs=grid.crs, dst_nodata=-1, resampling=Resampling.average, num_threads=threads,
+    )  # fmt: skip
+    score = frac * np.asarray([weights[c] for c in present], np.float32)[:, None, None]
+    best = score.argmax(axis=0)
+    hit = np.take_along_axis(score, best[None], axis=0)[0] > 0
+    out[hit] = np.asarray(present, np.uint8)[best[hit]]
+    return out
+
+
+class Worker:
+    """Processes blocks on a thread pool; each thread opens the mask once (GDAL handles are not shared)."""
+
+    def __init__(
+        self, path: Path, mask: Grid, grid: Grid, method: str, lut: np.ndarray, weights, threads: int
+    ):
+        self.path, self.mask, self.grid, self.method = path, mask, grid, method
+        self.lut, self.weights, self.threads = lut, weights, threads
+        self.threshold = lut_threshold(lut)
+        self.aligned = aligned_factor(mask, grid) if method == "weighted" else None
+        self.local = threading.local()
+        self.opened: list = []
+        self.lock = threading.Lock()
+
+    def dataset(self):
+        ds = getattr(self.local, "ds", None)
+        if ds is None:
+            ds = self.local.ds = rasterio.open(self.path)
+            with self.lock:
+                self.opened.append(ds)
+        return ds
+
+    def close(self) -> None:
+        for ds in self.opened:
+            ds.close()
+
+    def read_raw(self, block: Block) -> np.ndarray:
+        """The block's mask window as stored; a read error is one line naming the file."""
+        try:
+            return self.dataset().read(1, window=block.src)
+        except rasterio.errors.RasterioError as e:
+            fail(f"mask is not readable at {block.src}: {self.path} ({str(e).strip().splitlines()[0]})")
+
+    def read(self, block: Block) -> np.ndarray:
+        """The block's mask window, in the mask's own codes; on aligned grids padded with nodata."""
+        a = self.read_raw(block)
+        if self.aligned is None:
+            return a
+        ky, kx, oy, ox = self.aligned
+        full = np.zeros((block.dst.height * ky, block.dst.width * kx), a.dtype)
+        r = block.src.row_off - (oy + ky * block.dst.row_off)
+        c = block.src.col_off - (ox + kx * block.dst.col_off)
+        full[r : r + a.shape[0], c : c + a.shape[1]] = a
+        return full
+
+    def run(self, block: Block, count: bool) -> tuple[np.ndarray, Counter]:
+        """The output block and the histogram of its mask pixels (empty unless ``count``)."""
+        shape = (block.dst.height, block.dst.width)
+        if block.src is None:
+            return np.zeros(shape, np.uint8), Counter()
+        a = self.read(block)
+        counts = count_block(self._core_view(a, block), block, self.mask, self.grid) if count else Counter()
+        dst_t = rasterio.windows.transform(block.dst, self.grid.transform)
+        if self.method == "near":  # the pixel picked is the same before or after the remap: remap after
+            out = np.zeros(shape, np.uint8)
+            src_t = rasterio.windows.transform(block.src, self.mask.transform)
+            reproject(
+                a, out, src_transform=src_t, src_crs=self.mask.crs, dst_transform=dst_t,
+                dst_crs=self.grid.crs, dst_nodata=NODATA, resampling=Resampling.nearest,
+                num_threads=1, warp_mem_limit=256,
+            )  # fmt: skip
+            return to_codes(out, self.lut, self.threshold), counts
+        codes = to_codes(a, self.lut, self.threshold)
+        if self.aligned is not None:
+            present = [c for c in CODES if self.weights[c] > 0 and (codes == c).any()]
+            return vote_aligned(codes, self.aligned[0], self.aligned[1], self.weights, present), counts
+        src_t = rasterio.windows.transform(block.src, self.mask.transform)
+        if self.method == "weighted":
+            present = [c for c in CODES if (codes == c).any()]
+            out = vote_warped(codes, src_t, self.mask, dst_t, self.grid, shape, self.weights, present, 1)
+            return self._clear_outside(out, block), counts
+        out = np.zeros(shape, np.uint8)
+        reproject(
+            codes, out, src_transform=src_t, src_crs=self.mask.crs, src_nodata=NODATA, dst_transform=dst_t,
+            dst_crs=self.grid.crs, dst_nodata=NODATA, resampling=Resampling.mode, num_threads=1,
+            warp_mem_limit=256,
+        )  # fmt: skip
+        return self._clear_outside(out, block), counts
+
+    def _clear_outside(self, out: np.ndarray, block: Block) -> np.ndarray:
+        outside = outside_mask(block, self.mask, self.grid)
+        if outside is not None:
+            out[outside] = NODATA
+        return out
+
+    def _core_view(self, a: np.ndarray, block: Block) -> np.ndarray:
+        if self.aligned is None:
+            return a
+        ky, kx, oy, ox = self.aligned  # the padded window: keep only the part read from the mask
+        r = block.src.row_off - (oy + ky * block.dst.row_off)
+        c = block.src.col_off - (ox + kx * block.dst.col_off)
+        return a[r : r + block.src.height, c : c + block.src.width]
+
+    def count_only(self, block: Block) -> Counter:
+        """Histogram of a block's mask pixels, without resampling (the pass before ``weighted``)."""
+        if block.src is None:
+            return Counter()
+        return count_block(self.read_raw(block), block, self.mask, self.grid)
+
+
+def in_order(pool: ThreadPoolExecutor, fn, items: Sequence, ahead: int) -> Iterator:
+    """``map`` over a thread pool, results in order, at most ``ahead`` items in flight (bounded memory)."""
+    pending: list[Future] = []
+    items = iter(items)
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            break
+    while pending:
+        yield pending.pop(0).result()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            break
+
+
+# ---------------------------------------------------------------------------------------------------
+# The whole job
+
+
+def default_weights(counts: Counter, lut: np.ndarray, power: float) -> np.ndarray:
+    """w_c = (f_max / f_c) ** power over the classes present (absent classes get the largest weight)."""
+    per_class = class_counts(counts, lut)[1:]
+    weights = np.ones(256, np.float64)
+    present = per_class > 0
+    if present.any():
+        w = (per_class.max() / np.where(present, per_class, 1)) ** power
+        w[~present] = w[present].max()
+        weights[1 : len(CODES) + 1] = w
+    return weights
+
+
+def class_counts(counts: Counter, lut: np.ndarray) -> np.ndarray:
+    """Counts by class (index = code 0..12) after the remap; unknown codes fall into 0."""
+    out = np.zeros(len(CLASSES), np.int64)
+    for v, n in counts.items():
+        out[lut[v] if 0 <= v <= 255 else NODATA] += n
+    return out
+
+
+def rescale(
+    mask_path: Path, mask: Grid, grid: Grid, out_path: Path, method: str, lut: np.ndarray,
+    weights: np.ndarray | None = None, weight_power: float = 0.5, threads: int = 2,
+) -> tuple[Counts, np.ndarray | None]:  # fmt: skip
+    """Write the rescaled mask to ``out_path`` (atomically) and return the counts and weights used."""
+    prepass = method == "weighted" and weights is None
+    blocks = plan_blocks(mask, grid, method)
+    if all(b.src is None for b in blocks):
+        fail(f"the mask does not overlap the scene: {mask_path}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    counts = Counts()
+    worker = Worker(mask_path, mask, grid, method, lut, weights, threads)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            if prepass:
+                bar = progress(total=len(blocks), desc="counting classes", unit="block")
+                for c in in_order(pool, worker.count_only, blocks, 2 * threads):
+                    counts.source.update(c)
+                    bar.update()
+                bar.close()
+                weights = worker.weights = default_weights(counts.source, lut, weight_power)
+                print_weights(weights, counts.source, lut, weight_power)
+            with (
+                atomic_path(out_path) as tmp,
+                rasterio.open(tmp, "w", **output_profile(grid, threads)) as dst,
+            ):
+                dst.write_colormap(1, gdal_colour_table())
+                dst.update_tags(1, method=method, source=Path(mask_path).name)
+                if weights is not None:
+                    dst.update_tags(1, weights=" ".join(f"{c}={weights[c]:.4g}" for c in CODES))
+                bar = progress(total=len(blocks), desc=f"rescaling ({method})", unit="block")
+                run = functools.partial(worker.run, count=not prepass)
+                strip = np.zeros((min(TILE, grid.height), grid.width), np.uint8)
+                for block, (data, c) in zip(blocks, in_order(pool, run, blocks, threads + 1), strict=True):
+                    # whole rows of tiles are written at once: each tile compressed once, same bytes every run
+                    d, top = block.dst, block.dst.row_off // TILE * TILE
+                    strip[d.row_off - top : d.row_off - top + d.height, d.col_off : d.col_off + d.width] = (
+                        data
+                    )
+                    if d.col_off + d.width == grid.width and (
+                        d.row_off + d.height - top == TILE or d.row_off + d.height == grid.height
+                    ):
+                        rows = d.row_off + d.height - top
+                        dst.write(strip[:rows], 1, window=Window(0, top, grid.width, rows))
+                    counts.source.update(c)
+                    counts.output += np.bincount(data.ravel(), minlength=256)
+                    bar.update()
+                bar.close()
+    finally:
+        worker.close()
+    return counts, weights
+
+
+def output_profile(grid: Grid, threads: int) -> dict:
+    """The output GeoTIFF: uint8 on the scene's grid, nodata 0, tiled 512, DEFLATE."""
+    return dict(
+        driver="GTiff", width=grid.width, height=grid.height, count=1, dtype="uint8", crs=grid.crs,
+        transform=grid.transform, nodata=NODATA, tiled=True, blockxsize=TILE, blockysize=TILE,
+        compress="DEFLATE", bigtiff="IF_SAFER",
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reporting
+
+
+def print_weights(weights: np.ndarray, counts: Counter, lut: np.ndarray, power: float | None) -> None:
+    how = f"(f_max / f_c) ** {power:g} from the mask's class shares" if power is not None else "as given"
+    print(f"weights, {how}:")
+    for c in CODES:
+        print(f"  {c:>2} {CLASSES[c][0]:<42} {weights[c]:8.3f}")
+
+
+def print_report(counts: Counts, lut: np.ndarray, remap: dict[int, int], nodata_code: int | None) -> None:
+    """Per class: share of the valid pixels before (1 m mask over the scene) and after (output)."""
+    before = class_counts(counts.source, lut)
+    after = counts.output[: len(CLASSES)]
+    for v, n in sorted(counts.source.items()):
+        if v in remap:
+            print(f"remapped code {v} -> {remap[v]} ({CLASSES[remap[v]][0]}): {n} px")
+        elif v not in (NODATA, nodata_code) and (not 0 <= v <= 255 or lut[v] == NODATA):
+            print(f"unknown code {v}: {n} px, treated as nodata")
+    vb, va = before[1:].sum(), after[1:].sum()
+    print(f"{'code':>4} {'class':<42} {'before %':>9} {'after %':>9}")
+    for c in CODES:
+        pb = 100 * before[c] / vb if vb else 0.0
+        pa = 100 * after[c] / va if va else 0.0
+        print(f"{c:>4} {CLASSES[c][0]:<42} {pb:9.3f} {pa:9.3f}")
+    print(f"valid pixels: {vb} before (1 m), {va} after; nodata: {before[0]} before, {after[0]} after")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_pairs(items: Sequence[str], option: str, value_type=int) -> dict:
+    """``CODE=VALUE`` pairs of an option; one-line error on anything else."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[int(key)] = value_type(value)
+        except ValueError:
+            fail(f"{option} expects CODE=VALUE pairs, got {item!r}")
+    return out
+
+
+def check_inputs(mask_ds, scene_ds, mask_path: Path, scene_path: Path) -> None:
+    """One-line errors for masks and scenes the job cannot use."""
+    if mask_ds.count != 1:
+        fail(f"mask must have one band, it has {mask_ds.count}: {mask_path}")
+    if not np.issubdtype(np.dtype(mask_ds.dtypes[0]), np.integer):
+        fail(f"mask must hold integer class codes, it is {mask_ds.dtypes[0]}: {mask_path}")
+    for ds, path, what in ((mask_ds, mask_path, "mask"), (scene_ds, scene_path, "scene")):
+        if ds.crs is None:
+            fail(f"{what} has no CRS: {path}")
+        if ds.transform == Affine.identity():
+            fail(f"{what} has no georeferencing (identity transform): {path}")
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        description="Rescale the 1 m land-cover mask onto a scene's 10 m grid (remap first, then resample).",
+        epilog="weighted: w_c = (f_max / f_c) ** POWER from the class shares of the mask over the scene "
+        "(f_max: the commonest class, weight 1); POWER 1 is plain inverse frequency, 0 plain mode. "
+        "The weights used are printed and stored in the output's tags.",
+    )
+    p.add_argument(
+        "--mask", type=Path, default=Path("data/raw/landcover_1m.tif"), help="the 1 m mask (1 band)"
+    )
+    p.add_argument(
+        "--like", type=Path, default=Path("data/raw/s2_april.tif"), help="scene whose grid to match"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("data/mask_10m.tif"), help="output mask on the scene's grid"
+    )
+    p.add_argument(
+        "--method", choices=METHODS, default="near", help="near, mode (majority) or weighted majority"
+    )
+    p.add_argument(
+        "--weights", nargs="+", default=None, metavar="CODE=W",
+        help="weighted: class weights by hand (unlisted classes weigh 1); default: from inverse frequency",
+    )  # fmt: skip
+    p.add_argument(
+        "--weight-power", type=float, default=0.5, metavar="POWER",
+        help="weighted: exponent of the inverse class frequency in the default weights",
+    )  # fmt: skip
+    p.add_argument(
+        "--remap", nargs="*", default=None, metavar="CODE=CLASS",
+        help=f"stray codes merged into a class before resampling (default: "
+        f"{' '.join(f'{k}={v}' for k, v in DEFAULT_REMAP.items())}; give none to remap nothing)",
+    )  # fmt: skip
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="worker threads")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    check_range("--threads", args.threads, 1)
+    check_range("--weight-power", args.weight_power, 0)
+    remap = DEFAULT_REMAP if args.remap is None else parse_pairs(args.remap, "--remap")
+    for src, dst in remap.items():
+        if not 0 < src <= 255 or dst not in CODES:
+            fail(f"--remap {src}={dst}: codes are 1..255 and classes {CODES[0]}..{CODES[-1]}")
+    weights = None
+    if args.weights is not None:
+        if args.method != "weighted":
+            fail("--weights only applies to --method weighted")
+        given = parse_pairs(args.weights, "--weights", float)
+        weights = np.ones(256, np.float64)
+        for c, w in given.items():
+            if c not in CODES or not w > 0 or not math.isfinite(w):
+                fail(f"--weights {c}={w}: classes are {CODES[0]}..{CODES[-1]}, weights positive numbers")
+            weights[c] = w
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        with open_raster(args.mask, "mask") as m, open_raster(args.like, "scene") as s:
+            check_inputs(m, s, args.mask, args.like)
+            mask, grid, nodata = Grid.of(m), Grid.of(s), m.nodata
+        out = args.out
+        if out.exists() and out.is_dir():
+            fail(f"--out is a folder: {out}")
+        for other in (args.mask, args.like):
+            if out.resolve() == other.resolve():
+                fail(f"--out would overwrite an input: {out}")
+        lut, _ = remap_lut(remap)
+        nodata_code = int(nodata) if nodata is not None and float(nodata).is_integer() else None
+        if nodata_code is not None and 0 <= nodata_code <= 255:
+            lut[nodata_code] = NODATA  # the mask's own nodata value is nodata, not an unknown code
+        if weights is not None:
+            print_weights(weights, Counter(), lut, None)
+        counts, _ = rescale(
+            args.mask, mask, grid, out, args.method, lut, weights, args.weight_power, args.threads
+        )
+    print_report(counts, lut, remap, nodata_code)
+    print(f"wrote {out} ({grid.width} x {grid.height}, {grid.crs}, method {args.method})")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
