@@ -173,3 +173,32 @@ def comparison_figure(rgb: np.ndarray, truth: np.ndarray, pred: np.ndarray, titl
     if title:
         fig.suptitle(title)
     return fig
+
+
+def confusion_figure(mat: np.ndarray, title: str = ""):
+    """A matplotlib figure of a (13, 13) confusion matrix (truth rows, prediction columns), rows
+    normalised to 1 over classes 1..12; rows of classes absent from the truth are left blank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(mat, dtype=np.float64)[1:, 1:]
+    rows = m.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.where(rows > 0, m / rows, np.nan)
+    labels = [f"{c} {name(c)[:24]}" for c in CODES]
+    fig, ax = plt.subplots(figsize=(9, 8), constrained_layout=True)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i, j in np.ndindex(norm.shape):
+        if not np.isnan(norm[i, j]) and norm[i, j] >= 0.005:
+            colour = "white" if norm[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("Prediction")
+    ax.set_ylabel("Ground truth (rows sum to 1)")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    if title:
+        ax.set_title(title)
+    return fig

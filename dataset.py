@@ -23,7 +23,7 @@ import rasterio
 import torch
 from torch.utils.data import Dataset
 
-from colormap import CLASSES, NODATA
+from colormap import CLASSES, NODATA, NUM_CLASSES
 from common import atomic_write_text, fail, open_raster, progress, require_dir, require_file
 from model import UNet, model_from_config
 
@@ -110,17 +110,24 @@ def valid_pixels(img: np.ndarray) -> np.ndarray:
 
 
 def _fingerprint(pairs: list[tuple[Path, Path]]) -> str:
+    """Names, sizes and modification times of the tiles: changes when any tile is rewritten."""
     h = hashlib.sha256()
-    for img, _ in pairs:
-        h.update(img.name.encode())
-        h.update(str(img.stat().st_size).encode())
+    for img, mask in pairs:
+        for p in (img, mask):
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()[:16]
 
 
 def compute_band_stats(pairs: list[tuple[Path, Path]]) -> dict:
-    """Mean and std of every band over the valid pixels (mask and image both valid) of ``pairs``."""
+    """Mean and std of every band over the valid pixels (mask and image both valid) of ``pairs``.
+
+    Also ``class_pixels``: the pixel count of every code 0..12 over those pixels (the training
+    targets, for class weights); codes outside 0..12 are nodata for the model and not counted.
+    """
     s = s2 = None
     n = 0
+    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
     for img_path, mask_path in progress(pairs, desc="band statistics", unit="tile"):
         img, mask = read_tile(img_path, mask_path)
         valid = valid_pixels(img) & (mask != NODATA)
@@ -130,17 +137,21 @@ def compute_band_stats(pairs: list[tuple[Path, Path]]) -> dict:
         s += x.sum(1)
         s2 += (x * x).sum(1)
         n += x.shape[1]
+        codes = mask[valid]
+        counts += np.bincount(codes[codes < NUM_CLASSES], minlength=NUM_CLASSES)
     if n == 0:
         fail(f"no valid pixels in the tiles of {pairs[0][0].parent.parent}")
     mean = s / n
     std = np.sqrt(np.maximum(s2 / n - mean**2, 0)) + 1e-6
-    return {"mean": mean.tolist(), "std": std.tolist(), "pixels": int(n)}
+    class_pixels = [int(c) for c in counts]
+    return {"mean": mean.tolist(), "std": std.tolist(), "pixels": int(n), "class_pixels": class_pixels}
 
 
 def band_stats(train: str | Path, pairs: list[tuple[Path, Path]] | None = None) -> dict:
     """Band statistics of the train split, cached in ``<train>/../band_stats.json``.
 
-    The cache is reused only while the train split holds the same tiles (names and sizes).
+    The cache is reused only while the train split holds the same tiles (names, sizes and modification
+    times of images and masks: an uncompressed tile rewritten with other values keeps its size).
     """
     train = Path(train)
     pairs = pairs if pairs is not None else tile_pairs(train)
@@ -149,7 +160,11 @@ def band_stats(train: str | Path, pairs: list[tuple[Path, Path]] | None = None) 
     if cache.is_file():
         try:
             cached = json.loads(cache.read_text())
-            if cached.get("fingerprint") == key and cached.get("split") == train.name:
+            if (
+                cached.get("fingerprint") == key
+                and cached.get("split") == train.name
+                and "class_pixels" in cached  # caches written before class counts existed
+            ):
                 return cached
         except (json.JSONDecodeError, OSError):
             pass
@@ -179,8 +194,10 @@ class TileDataset(Dataset):
     """Normalised image tiles and their masks; random dihedral transforms when ``augment``.
 
     Returns ``(x, y)``: x float32 (C, H, W), y int64 (H, W) with 0 (nodata) where either the mask is
-    nodata or the image has no data there. Randomness comes from torch's RNG, so a seeded DataLoader
-    gives the same transforms every run.
+    nodata (or a code outside 0..12) or the image has no data there. Randomness comes from torch's
+    RNG, so a seeded DataLoader gives the same transforms every run. An index may also be a pair
+    ``(i, k)``: tile i with dihedral transform k (0..7) chosen by the caller (train.py draws k in its
+    sampler, so the transforms do not depend on the number of workers); no randomness is used then.
     """
 
     def __init__(self, pairs: list[tuple[Path, Path]], stats: dict, augment: bool = False):
@@ -191,17 +208,32 @@ class TileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, k = (int(item[0]), int(item[1])) if isinstance(item, tuple | list) else (int(item), None)
         img, mask = read_tile(*self.pairs[i])
         if img.shape[0] != len(self.mean):
             fail(f"image tile has {img.shape[0]} bands, expected {len(self.mean)}: {self.pairs[i][0]}")
-        y = np.where(valid_pixels(img), mask, NODATA).astype(np.int64)
+        # codes outside 0..12 would index past the model's outputs (a crash on CUDA): nodata
+        y = np.where(valid_pixels(img) & (mask < NUM_CLASSES), mask, NODATA).astype(np.int64)
         x = torch.from_numpy(normalize(img, self.mean, self.std))
         y = torch.from_numpy(y)
-        if self.augment:
+        if k is None and self.augment:
             k = int(torch.randint(8, ()).item())
+        if k:
             x, y = dihedral(x, k).contiguous(), dihedral(y, k).contiguous()
         return x, y
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy and ``random`` from the worker's torch seed.
+
+    torch seeds each worker from the loader's generator; this makes numpy and ``random`` follow it.
+    """
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -181,3 +181,8 @@ def model_from_config(config: dict) -> UNet:
         int(config["num_classes"]),
         tuple(config.get("decoder_channels", DECODER_CHANNELS)),
     )
+
+
+def predict_classes(logits: torch.Tensor) -> torch.Tensor:
+    """(N, 13, H, W) logits -> (N, H, W) int64 codes: the best of classes 1..12 (0 is never predicted)."""
+    return logits[:, 1:].argmax(dim=1) + 1

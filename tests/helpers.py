@@ -70,3 +70,50 @@ def assert_one_line_error(res: subprocess.CompletedProcess, *needles: str) -> No
     assert "Traceback" not in res.stderr
     for n in needles:
         assert n in lines[0], (n, lines[0])
+
+
+# Band values (uint16 reflectances x10000) of the easy synthetic classes of ``write_tile_split``.
+EASY_CLASSES = {
+    1: (900, 1400, 1100, 3000),
+    3: (300, 600, 400, 3800),
+    6: (2000, 2100, 2300, 2500),
+    12: (600, 500, 300, 100),
+}
+
+
+def write_tile_split(
+    split,
+    n: int = 4,
+    size: int = 64,
+    seed: int = 0,
+    classes: dict[int, tuple[int, ...]] | None = None,
+    nodata_rows: int = 4,
+    descriptions=("B2", "B3", "B4", "B8"),
+    block: int = 16,
+) -> list[str]:
+    """Write ``n`` tile pairs (``<split>/img/t<i>.tif``, ``<split>/mask/t<i>.tif``) in divide_img's format.
+
+    Blocks of ``block`` x ``block`` pixels take a random class of ``classes`` (code: band values), the
+    image gets those values plus a little noise; the first ``nodata_rows`` rows are nodata in image and
+    mask. Returns the tile names.
+    """
+    classes = classes or EASY_CLASSES
+    rng = np.random.default_rng(seed)
+    codes = np.array(sorted(classes))
+    values = np.array([classes[c] for c in codes], dtype=np.float64)  # (classes, bands)
+    names = []
+    for i in range(n):
+        nb = -(-size // block)
+        pick = rng.integers(0, len(codes), (nb, nb)).repeat(block, 0).repeat(block, 1)[:size, :size]
+        mask = codes[pick].astype(np.uint8)
+        img = values[pick].transpose(2, 0, 1) + rng.normal(0, 30, (values.shape[1], size, size))
+        img = np.clip(img, 1, 65535).astype(np.uint16)
+        mask[:nodata_rows] = 0
+        img[:, :nodata_rows] = 0
+        name = f"t{i:03d}.tif"
+        write_raster(
+            Path(split) / "img" / name, img, descriptions=descriptions[: img.shape[0]], compress="deflate"
+        )
+        write_raster(Path(split) / "mask" / name, mask, compress="deflate")
+        names.append(name)
+    return names
