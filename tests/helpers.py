@@ -117,3 +117,42 @@ def write_tile_split(
         write_raster(Path(split) / "mask" / name, mask, compress="deflate")
         names.append(name)
     return names
+
+
+# Runs a script and SIGKILLs it at the n-th call of os.<fn> (before or after the call): a crash at an
+# exact moment, e.g. between the two renames of a pair, or right after a plan file was written.
+_KILLER = """
+import os, runpy, signal, sys
+fn, n, when, script = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+orig, calls = getattr(os, fn), [0]
+def wrapped(*a, **k):
+    calls[0] += 1
+    if calls[0] == n and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    r = orig(*a, **k)
+    if calls[0] == n and when == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return r
+setattr(os, fn, wrapped)
+sys.argv = [script, *sys.argv[5:]]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def run_script_killed(script: str, fn: str, n: int, when: str, *args, timeout: float = 600):
+    """Run ``python <script> args...`` and SIGKILL it at the n-th call of ``os.<fn>``.
+
+    ``fn`` is e.g. "replace" (what ``common.atomic_path`` renames with) or "rename"; ``when`` is
+    "before" or "after" that call. Returns the CompletedProcess (returncode -9 when it was killed).
+    """
+    cmd = [sys.executable, "-c", _KILLER, fn, str(n), when, str(ROOT / script), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+def tree_snapshot(root) -> dict[str, tuple]:
+    """Every file and folder under ``root`` with its size and mtime: to prove that nothing changed."""
+    root = Path(root)
+    return {
+        str(p.relative_to(root)): (p.is_dir(), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
