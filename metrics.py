@@ -27,7 +27,15 @@ class ConfusionMatrix:
         t = truth.reshape(-1).to(torch.int64)
         p = pred.reshape(-1).to(torch.int64)
         keep = (t != self.ignore_index) & (t >= 0) & (t < n)
-        idx = n * t[keep] + p[keep].clamp(0, n - 1)
+        t, p = t[keep], p[keep]
+        # a prediction that is no code is an error on that pixel (counted under the ignore code), never
+        # clipped into a neighbouring class
+        bad = (p < 0) | (p >= n)
+        if bad.any():
+            if not 0 <= self.ignore_index < n:
+                raise ValueError(f"predictions outside 0..{n - 1} and no ignore code to count them under")
+            p = torch.where(bad, self.ignore_index, p)
+        idx = n * t + p
         self.mat += torch.bincount(idx, minlength=n * n).reshape(n, n).to(self.mat.device)
 
     def reset(self) -> None:
