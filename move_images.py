@@ -91,11 +91,12 @@ def find_size(tiles: Path, size: int | None) -> int | None:
     if size is not None:
         return size if (tiles / f"img{size}").is_dir() or (tiles / f"mask{size}").is_dir() else None
     sizes = sorted(
-        int(m.group(1))
-        for p in tiles.iterdir()
-        if p.is_dir() and (m := re.fullmatch(r"(?:img|mask)(\d+)", p.name))
+        {
+            int(m.group(1))
+            for p in tiles.iterdir()
+            if p.is_dir() and (m := re.fullmatch(r"(?:img|mask)(\d+)", p.name))
+        }
     )
-    sizes = sorted(set(sizes))
     if len(sizes) > 1:
         found = ", ".join(f"img{s}" for s in sizes)
         fail(f"several tile sizes in {tiles} ({found}): choose one with --size")
