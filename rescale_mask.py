@@ -65,6 +65,7 @@ TILE = 512  # output tile size; blocks are made of whole tiles
 BLOCK_SOURCE_PIXELS = 64_000_000  # mask pixels read per block (uint8: 64 MB)
 MARGIN = 3  # extra mask pixels read around each block, so GDAL's kernels see all they need
 GDAL_CACHE_MB = 128  # GDAL's block cache: a fixed amount, whatever the mask size
+WARP_MEM_MB = 16  # GDAL's warp chunks: small enough to be recycled by malloc (no fresh pages per block)
 LATTICE = 64  # step (mask pixels) of the coordinate lattice used when the grids are not simple
 
 
@@ -232,23 +233,27 @@ def count_codes(a: np.ndarray) -> Counter:
     Counted by run lengths along rows: a class map changes value rarely, so this is several times
     faster than ``np.bincount``; falls back to it when the runs are short.
     """
+    hist = np.zeros(256, np.int64)  # uint8 values; any other dtype is counted in ``counts``
     counts: Counter = Counter()
-    if a.size == 0:
-        return counts
-    step = max(1, 1_000_000 // max(a.shape[1], 1))
+    step = max(1, 1_000_000 // max(a.shape[1], 1)) if a.ndim == 2 else max(a.shape[0], 1)
     for r in range(0, a.shape[0], step):
         v = np.ascontiguousarray(a[r : r + step]).ravel()
+        if v.size == 0:
+            continue
         starts = np.flatnonzero(v[1:] != v[:-1]) + 1
         if a.dtype == np.uint8 and starts.size > v.size // 8:
-            hist = np.bincount(v, minlength=256)
-            values = np.flatnonzero(hist)
-            counts.update(dict(zip(values.tolist(), hist[values].tolist(), strict=True)))
+            hist += np.bincount(v, minlength=256)
             continue
         starts = np.concatenate(([0], starts))
         lengths = np.diff(np.append(starts, v.size))
-        values, inverse = np.unique(v[starts], return_inverse=True)
-        totals = np.bincount(inverse, weights=lengths).astype(np.int64)
-        counts.update(dict(zip(values.tolist(), totals.tolist(), strict=True)))
+        if a.dtype == np.uint8:
+            hist += np.bincount(v[starts], weights=lengths, minlength=256).astype(np.int64)
+        else:
+            values, inverse = np.unique(v[starts], return_inverse=True)
+            totals = np.bincount(inverse, weights=lengths).astype(np.int64)
+            counts.update(dict(zip(values.tolist(), totals.tolist(), strict=True)))
+    present = np.flatnonzero(hist)
+    counts.update(dict(zip(present.tolist(), hist[present].tolist(), strict=True)))
     return counts
 
 
@@ -259,12 +264,15 @@ def lut_threshold(lut: np.ndarray) -> tuple[int, bool]:
     return t, bool((lut <= t).all())
 
 
-def to_codes(a: np.ndarray, lut: np.ndarray, threshold: tuple[int, bool]) -> np.ndarray:
+def to_codes(
+    a: np.ndarray, lut: np.ndarray, threshold: tuple[int, bool], scratch: np.ndarray | None = None
+) -> np.ndarray:
     """Apply the remap table: classes kept, stray codes remapped, anything else nodata (uint8).
 
     A uint8 window is changed in place. With the default table (codes 0..12 kept, the rest sent into
     0..12) only the stray codes present are touched, largest first, by cheap vectorised passes
-    (``lut[a]`` costs several times more); windows without stray codes cost one ``max``.
+    (``lut[a]`` costs several times more); windows without stray codes cost one ``max``. ``scratch``:
+    a uint8 array of a's shape to work in (saves allocating one per stray code).
     """
     if a.dtype == np.uint8:
         t, tail = threshold
@@ -272,8 +280,10 @@ def to_codes(a: np.ndarray, lut: np.ndarray, threshold: tuple[int, bool]) -> np.
             v = int(a.max()) if a.size else 0
             if v <= t:
                 return a
-            hit = np.equal(a, v).view(np.uint8)
-            a += hit * np.uint8((int(lut[v]) - v) % 256)  # wraps round to lut[v] exactly where hit
+            hit = np.empty(a.shape, np.uint8) if scratch is None else scratch
+            np.equal(a, v, out=hit.view(bool))
+            np.multiply(hit, np.uint8((int(lut[v]) - v) % 256), out=hit)
+            np.add(a, hit, out=a)  # wraps round to lut[v] exactly where a == v
         if t < 255 and a.size and (not tail or a.max() > t):  # many stray codes, or a general table
             a = lut[a]
         return a
@@ -329,13 +339,13 @@ def count_block(a: np.ndarray, block: Block, mask: Grid, grid: Grid) -> Counter:
 
 
 def outside_mask(block: Block, mask: Grid, grid: Grid) -> np.ndarray | None:
-    """Output pixels of a block whose footprint misses the mask entirely; None where none can.
+    """Output pixels of a block whose footprint misses the mask entirely; None where there are none.
 
     GDAL's ``mode`` and ``average`` never use an empty source window, so they give the output pixel
     just before the mask's top or left edge the value of the edge pixels; such pixels are outside the
     mask and must stay nodata.
     """
-    s = block.src
+    s, d, eps = block.src, block.dst, 1e-6
     if (
         s.col_off > 0
         and s.row_off > 0
@@ -343,13 +353,17 @@ def outside_mask(block: Block, mask: Grid, grid: Grid) -> np.ndarray | None:
         and s.row_off + s.height < mask.height
     ):
         return None
-    d = block.dst
+    if simple_grids(mask, grid):  # separable: one test per output column and per output row
+        g, m = grid.transform, mask.transform
+        c = (g.c + g.a * (np.arange(d.width + 1) + d.col_off) - m.c) / m.a
+        r = (g.f + g.e * (np.arange(d.height + 1) + d.row_off) - m.f) / m.e
+        out_c = (np.maximum(c[:-1], c[1:]) <= eps) | (np.minimum(c[:-1], c[1:]) >= mask.width - eps)
+        out_r = (np.maximum(r[:-1], r[1:]) <= eps) | (np.minimum(r[:-1], r[1:]) >= mask.height - eps)
+        return out_r[:, None] | out_c[None, :] if out_c.any() or out_r.any() else None
     cols, rows = np.meshgrid(np.arange(d.width + 1.0) + d.col_off, np.arange(d.height + 1.0) + d.row_off)
     x, y = apply(grid.transform, cols, rows)
-    if mask.crs != grid.crs:
-        x, y = (np.reshape(v, cols.shape) for v in transform(grid.crs, mask.crs, x.ravel(), y.ravel()))
+    x, y = (np.reshape(v, cols.shape) for v in transform(grid.crs, mask.crs, x.ravel(), y.ravel()))
     mc, mr = apply(~mask.transform, np.asarray(x), np.asarray(y))
-    eps = 1e-6
     out = np.zeros((d.height, d.width), bool)
     for v, size in ((mc, mask.width), (mr, mask.height)):
         corners = np.stack([v[:-1, :-1], v[:-1, 1:], v[1:, :-1], v[1:, 1:]])
@@ -357,21 +371,25 @@ def outside_mask(block: Block, mask: Grid, grid: Grid) -> np.ndarray | None:
     return out
 
 
-def vote_aligned(
-    codes: np.ndarray, ky: int, kx: int, weights: np.ndarray, present: Sequence[int]
-) -> np.ndarray:
-    """Weighted majority of each ky x kx cell of a class map (ties: lower code; no vote: nodata)."""
+def vote_aligned(codes: np.ndarray, ky: int, kx: int, weights: np.ndarray) -> np.ndarray:
+    """Weighted majority of each ky x kx cell of a class map (ties: lower code; no vote: nodata).
+
+    One ``bincount`` of (cell, class) keys counts every class of a few rows of cells at once.
+    """
     h, w = codes.shape[0] // ky, codes.shape[1] // kx
-    best = np.zeros((h, w), np.float64)
+    nc = len(CLASSES)  # keys: cell * nc + code
+    rows = max(1, 2_000_000 // (codes.shape[1] * ky))  # rows of cells per bincount (bounded memory)
+    col_key = (np.arange(codes.shape[1]) // kx) * nc
+    base = (np.arange(rows * ky) // ky * w * nc)[:, None] + col_key[None, :]
+    keys = np.empty_like(base)
     out = np.zeros((h, w), np.uint8)
-    acc = np.uint16 if ky * kx < 65536 else np.uint32
-    for c in present:
-        hit = codes == c
-        per_col = hit.reshape(h, ky, codes.shape[1]).sum(axis=1, dtype=acc)
-        score = per_col.reshape(h, w, kx).sum(axis=2, dtype=acc) * weights[c]
-        better = score > best
-        best[better] = score[better]
-        out[better] = c
+    for r in range(0, h, rows):
+        n = min(rows, h - r)
+        np.add(base[: n * ky], codes[r * ky : (r + n) * ky], out=keys[: n * ky])
+        counts = np.bincount(keys[: n * ky].ravel(), minlength=n * w * nc).reshape(n, w, nc)
+        score = counts[..., 1:] * weights[1:nc]
+        best = score.argmax(axis=-1)  # first maximum: the lower code
+        out[r : r + n] = np.where(np.take_along_axis(score, best[..., None], -1)[..., 0] > 0, best + 1, 0)
     return out
 
 
@@ -391,6 +409,7 @@ def vote_warped(
     reproject(
         stack, frac, src_transform=src_t, src_crs=mask.crs, src_nodata=255, dst_transform=dst_t,
         dst_crs=grid.crs, dst_nodata=-1, resampling=Resampling.average, num_threads=threads,
+        warp_mem_limit=WARP_MEM_MB,
     )  # fmt: skip
     score = frac * np.asarray([weights[c] for c in present], np.float32)[:, None, None]
     best = score.argmax(axis=0)
@@ -426,11 +445,26 @@ class Worker:
             ds.close()
 
     def read_raw(self, block: Block) -> np.ndarray:
-        """The block's mask window as stored; a read error is one line naming the file."""
+        """The block's mask window as stored; a read error is one line naming the file.
+
+        Read into a buffer that each thread reuses (valid until its next read): fresh 64 MB arrays
+        would cost page faults on every block.
+        """
+        ds = self.dataset()
+        out = self.buffer("window", (block.src.height, block.src.width), ds.dtypes[0])
         try:
-            return self.dataset().read(1, window=block.src)
+            return ds.read(1, window=block.src, out=out)
         except rasterio.errors.RasterioError as e:
             fail(f"mask is not readable at {block.src}: {self.path} ({str(e).strip().splitlines()[0]})")
+
+    def buffer(self, name: str, shape: tuple[int, int], dtype) -> np.ndarray:
+        """A per-thread array reused from block to block (contents undefined)."""
+        n = shape[0] * shape[1]
+        buf = getattr(self.local, name, None)
+        if buf is None or buf.size < n or buf.dtype != dtype:
+            buf = np.empty(n, dtype)
+            setattr(self.local, name, buf)
+        return buf[:n].reshape(shape)
 
     def read(self, block: Block) -> np.ndarray:
         """The block's mask window, in the mask's own codes; on aligned grids padded with nodata."""
@@ -438,7 +472,11 @@ class Worker:
         if self.aligned is None:
             return a
         ky, kx, oy, ox = self.aligned
-        full = np.zeros((block.dst.height * ky, block.dst.width * kx), a.dtype)
+        shape = (block.dst.height * ky, block.dst.width * kx)
+        if a.shape == shape:
+            return a
+        full = self.buffer("padded", shape, a.dtype)
+        full[:] = NODATA
         r = block.src.row_off - (oy + ky * block.dst.row_off)
         c = block.src.col_off - (ox + kx * block.dst.col_off)
         full[r : r + a.shape[0], c : c + a.shape[1]] = a
@@ -451,6 +489,8 @@ class Worker:
             return np.zeros(shape, np.uint8), Counter()
         a = self.read(block)
         counts = count_block(self._core_view(a, block), block, self.mask, self.grid) if count else Counter()
+        if a.max() == NODATA and a.min() == NODATA:  # nothing but nodata (outside the region): no warp
+            return np.zeros(shape, np.uint8), counts
         dst_t = rasterio.windows.transform(block.dst, self.grid.transform)
         if self.method == "near":  # the pixel picked is the same before or after the remap: remap after
             out = np.zeros(shape, np.uint8)
@@ -458,23 +498,25 @@ class Worker:
             reproject(
                 a, out, src_transform=src_t, src_crs=self.mask.crs, dst_transform=dst_t,
                 dst_crs=self.grid.crs, dst_nodata=NODATA, resampling=Resampling.nearest,
-                num_threads=1, warp_mem_limit=256,
+                num_threads=1, warp_mem_limit=WARP_MEM_MB,
             )  # fmt: skip
             return to_codes(out, self.lut, self.threshold), counts
-        codes = to_codes(a, self.lut, self.threshold)
+        codes = to_codes(a, self.lut, self.threshold, self.buffer("scratch", a.shape, np.uint8))
         if self.aligned is not None:
-            present = [c for c in CODES if self.weights[c] > 0 and (codes == c).any()]
-            return vote_aligned(codes, self.aligned[0], self.aligned[1], self.weights, present), counts
+            return vote_aligned(codes, self.aligned[0], self.aligned[1], self.weights), counts
         src_t = rasterio.windows.transform(block.src, self.mask.transform)
         if self.method == "weighted":
             present = [c for c in CODES if (codes == c).any()]
             out = vote_warped(codes, src_t, self.mask, dst_t, self.grid, shape, self.weights, present, 1)
             return self._clear_outside(out, block), counts
         out = np.zeros(shape, np.uint8)
+        # GDAL builds a validity mask from the nodata value, a third of mode's time: skip it when the
+        # window holds no nodata (most windows), the result is the same
+        nodata = NODATA if codes.size and codes.min() == NODATA else None
         reproject(
-            codes, out, src_transform=src_t, src_crs=self.mask.crs, src_nodata=NODATA, dst_transform=dst_t,
+            codes, out, src_transform=src_t, src_crs=self.mask.crs, src_nodata=nodata, dst_transform=dst_t,
             dst_crs=self.grid.crs, dst_nodata=NODATA, resampling=Resampling.mode, num_threads=1,
-            warp_mem_limit=256,
+            warp_mem_limit=WARP_MEM_MB,
         )  # fmt: skip
         return self._clear_outside(out, block), counts
 

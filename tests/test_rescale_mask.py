@@ -201,6 +201,20 @@ def test_weighted_weights_are_printed_and_can_be_given(tmp_path, capsys):
     assert not (out == 11).any()
 
 
+def test_vote_aligned_is_a_weighted_majority():
+    rng = np.random.default_rng(1)
+    codes = rng.choice(np.array([0, 3, 5, 11], np.uint8), size=(60, 90), p=[0.2, 0.5, 0.2, 0.1])
+    codes[:6, :9] = 0  # a cell with no valid pixel
+    weights = np.ones(256)
+    weights[5], weights[11] = 1.5, 2.5
+    got = rm.vote_aligned(codes, 6, 9, weights)
+    for i, j in np.ndindex(got.shape):
+        cell = codes[6 * i : 6 * i + 6, 9 * j : 9 * j + 9]
+        scores = [weights[c] * np.count_nonzero(cell == c) for c in range(1, 13)]
+        assert got[i, j] == (int(np.argmax(scores)) + 1 if max(scores) > 0 else 0), (i, j)
+    assert got[0, 0] == 0 and {3, 5, 11} <= set(np.unique(got))
+
+
 def test_remap_before_resampling_merges_votes(tmp_path, capsys):
     # each 10 x 10 output pixel of the first row: 40 px forest (3), 30 px bare soil (5) and 30 px
     # beach (19 -> 5); of the second row: 40 px forest, 30 px water (12) and 30 px sea (41 -> 12)
