@@ -1,0 +1,1071 @@
+"""Make the demo data: a synthetic, Catalonia-like area seen by Sentinel-2 in April and August.
+
+Reads nothing. Writes into --out (default data/raw):
+  s2_april.tif, s2_august.tif  10 bands uint16 surface reflectance x 10000 (B2 B3 B4 B5 B6 B7 B8 B8A
+                               B11 B12, named in the band descriptions), 10 m, EPSG:32631, nodata 0,
+                               tiled DEFLATE GeoTIFF; --size x --size pixels
+  landcover_1m.tif             uint8 class codes of colormap.py (plus 19 beaches and 41 sea, as in the
+                               real ICGC map), 1 m, same extent and CRS, nodata 0, colour table
+
+How it is made. The landscape is a list of polygons in painter's order (metres from the top-left
+corner): Voronoi districts of forest and scrub on the hills and of field parcels in the plains, woods,
+clearings and bare patches, meandering rivers and streams, a road network along the district edges,
+towns with a dense core, parks and an industrial estate, scattered farmhouses and residential
+estates, quarries, ponds and reservoirs, a highway, a coast with beaches and the sea, and nodata
+outside an irregular region boundary. Everything is burnt at 1 m by GDAL's rasterizer, one strip at a
+time. Each 10 m pixel of the scenes is then the mean of the spectra of its 100 1 m pixels (class
+fractions @ spectra, so roads, rivers and houses thinner than 10 m are mixed pixels, as in reality),
+times a per-parcel brightness and vigour, a texture and sensor noise. Spectra change with the season:
+winter cereals are green in April and harvested stubble in August, summer crops the reverse,
+vineyards leaf out, scrub and grassland dry up, forests and towns stay. A few clouds (and their
+shadows) cover part of the April scene only; the mask does not see them.
+
+Nothing holds the whole 1 m mask: the work streams by strips of rows, and memory does not grow with
+--size (the polygon list grows with the area, a few MB for the default). The same --seed gives the
+same pixels; another seed another layout. A finished set with the same size and seed is kept as it
+is (--force makes it again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio import features
+from rasterio.transform import Affine
+from rasterio.windows import Window
+from scipy.spatial import Voronoi
+
+from colormap import CLASSES, NODATA, gdal_colour_table
+from common import ArgumentParser, atomic_path, check_range, fail, progress, remove_partials, run_main
+
+BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
+SEASONS = ("april", "august")
+SCENE_NAMES = {"april": "s2_april.tif", "august": "s2_august.tif"}
+MASK_NAME = "landcover_1m.tif"
+CRS = "EPSG:32631"
+ORIGIN = (420000.0, 4610000.0)  # top-left corner (UTM 31N, inland of the Maresme coast)
+PIXEL = 10.0  # metres per scene pixel
+FINE = 10  # mask pixels per scene pixel along each axis (the mask is 1 m)
+SCALE = 10000  # reflectance scaling of the scenes
+STRIP = 64  # scene rows per strip (640 mask rows)
+MIN_SIZE, MAX_SIZE = 100, 10000
+VERSION = "1"  # bump when the generator changes, so that finished data is made again
+BEACH, SEA = 19, 41  # stray codes of the real 41-class map (colormap.DEFAULT_REMAP)
+
+# ---------------------------------------------------------------------------------------------------
+# Spectra. Endmember surface reflectances x 10000 in BANDS order; every cover is a mixture of them.
+
+ENDMEMBERS: dict[str, tuple[int, ...]] = {
+    "leaf": (280, 620, 330, 1050, 2900, 3600, 3900, 4000, 1950, 900),  # green crop canopy
+    "canopy": (190, 360, 210, 620, 1650, 2050, 2250, 2350, 1050, 450),  # dark tree crowns and shade
+    "straw": (950, 1250, 1550, 1850, 2100, 2250, 2400, 2500, 3350, 2650),  # dry grass, stubble
+    "soil": (1150, 1550, 1950, 2250, 2450, 2600, 2700, 2800, 3550, 3000),  # dry calcareous soil
+    "wet_soil": (650, 900, 1150, 1350, 1500, 1600, 1700, 1800, 2450, 1950),  # tilled or irrigated soil
+    "rock": (2300, 2700, 3100, 3300, 3400, 3500, 3550, 3600, 4050, 3500),  # limestone
+    "asphalt": (600, 700, 780, 860, 930, 980, 1030, 1070, 1300, 1200),
+    "concrete": (1400, 1500, 1600, 1680, 1750, 1800, 1850, 1900, 2150, 1950),
+    "tile": (650, 850, 1450, 1750, 1900, 2000, 2100, 2200, 2550, 2050),  # red roof tiles
+    "metal": (2700, 2800, 2900, 2950, 3000, 3050, 3100, 3100, 2950, 2600),  # industrial roofs
+    "shade": (250, 280, 300, 320, 350, 370, 400, 410, 350, 300),  # building shadows
+    "water": (480, 650, 480, 420, 300, 260, 230, 210, 90, 70),  # inland water, a little turbid
+    "sea": (620, 560, 300, 230, 170, 150, 130, 120, 50, 40),
+    "sand": (1500, 1900, 2300, 2600, 2800, 2950, 3050, 3150, 3700, 3200),
+}
+CLOUD = np.array((4300, 4350, 4400, 4500, 4600, 4650, 4700, 4750, 3700, 2700), dtype=np.float32)
+# How more vigour changes a spectrum (relative): less red and blue, more red edge and NIR.
+VIGOUR = np.array((-0.4, -0.25, -0.5, -0.15, 0.25, 0.35, 0.4, 0.4, -0.1, -0.3), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Cover:
+    """One kind of surface: its class in the mask and how much it varies."""
+
+    name: str
+    code: int  # class code written to the mask
+    texture: float  # relative pixel-to-pixel variation inside a patch
+    brightness: float  # relative variation between patches (parcels, stands, towns)
+    vigour: float  # variation of the vegetation vigour between patches
+
+
+# Index in this tuple = the code burnt by the rasterizer; 0 is outside the region (nodata).
+# fmt: off
+COVERS: tuple[Cover, ...] = (
+    #     name                  class  texture brightness vigour
+    Cover("outside",         NODATA,    0.00,   0.00,     0.00),
+    Cover("winter cereal",        1,    0.03,   0.09,     0.20),
+    Cover("summer crop",          1,    0.05,   0.09,     0.20),
+    Cover("fallow",               1,    0.05,   0.09,     0.15),
+    Cover("olive grove",          2,    0.06,   0.09,     0.15),
+    Cover("vineyard",             2,    0.06,   0.09,     0.15),
+    Cover("orchard",              2,    0.06,   0.09,     0.15),
+    Cover("pine forest",          3,    0.08,   0.06,     0.08),
+    Cover("holm oak forest",      3,    0.08,   0.06,     0.08),
+    Cover("riparian forest",      3,    0.08,   0.05,     0.06),
+    Cover("scrub",                4,    0.10,   0.09,     0.15),
+    Cover("grassland",            4,    0.06,   0.09,     0.20),
+    Cover("bare soil",            5,    0.06,   0.10,     0.00),
+    Cover("gravel bar",           5,    0.08,   0.06,     0.00),
+    Cover("urban",                6,    0.15,   0.06,     0.00),
+    Cover("old town",             6,    0.12,   0.05,     0.00),
+    Cover("farmhouse",            7,    0.10,   0.06,     0.00),
+    Cover("residential estate",   7,    0.15,   0.06,     0.06),
+    Cover("park",                 8,    0.10,   0.06,     0.10),
+    Cover("industrial yard",      9,    0.15,   0.08,     0.00),
+    Cover("industrial roof",      9,    0.08,   0.10,     0.00),
+    Cover("quarry",              10,    0.10,   0.08,     0.00),
+    Cover("landfill",            10,    0.12,   0.08,     0.00),
+    Cover("road",                11,    0.04,   0.05,     0.00),
+    Cover("highway",             11,    0.04,   0.03,     0.00),
+    Cover("railway",             11,    0.05,   0.03,     0.00),
+    Cover("river",               12,    0.05,   0.05,     0.00),
+    Cover("lake",                12,    0.02,   0.05,     0.00),
+    Cover("beach",            BEACH,    0.03,   0.03,     0.00),
+    Cover("sea",                SEA,    0.01,   0.02,     0.00),
+)
+# Endmember fractions of each cover in April, and in August where it differs. Single dates are
+# ambiguous on purpose, as in reality: in April cereal looks like grassland, olive groves like scrub
+# and vineyards like bare soil; in August stubble looks like bare soil and summer crops like
+# orchards. The pair of dates tells them apart.
+APRIL = {
+    "winter cereal":      "leaf .88 soil .12",
+    "summer crop":        "leaf .2 wet_soil .8",
+    "fallow":             "leaf .35 straw .15 soil .5",
+    "olive grove":        "canopy .33 leaf .25 soil .27 straw .15",
+    "vineyard":           "leaf .1 soil .7 straw .2",
+    "orchard":            "leaf .5 canopy .15 wet_soil .35",
+    "pine forest":        "canopy .9 wet_soil .1",
+    "holm oak forest":    "canopy .6 leaf .3 wet_soil .1",
+    "riparian forest":    "leaf .7 canopy .3",
+    "scrub":              "canopy .35 leaf .25 soil .25 straw .15",
+    "grassland":          "leaf .85 straw .03 soil .12",
+    "bare soil":          "soil .7 straw .22 rock .08",
+    "gravel bar":         "soil .5 rock .3 wet_soil .2",
+    "urban":              "concrete .4 tile .25 asphalt .15 shade .1 leaf .1",
+    "old town":           "tile .45 concrete .2 asphalt .15 shade .2",
+    "farmhouse":          "tile .55 concrete .2 leaf .25",
+    "residential estate": "tile .25 concrete .15 asphalt .1 leaf .35 canopy .15",
+    "park":               "leaf .65 canopy .2 concrete .15",
+    "industrial yard":    "asphalt .45 concrete .45 metal .1",
+    "industrial roof":    "metal .75 concrete .25",
+    "quarry":             "rock .8 soil .2",
+    "landfill":           "wet_soil .45 soil .25 concrete .3",
+    "road":               "asphalt 1",
+    "highway":            "asphalt .85 concrete .15",
+    "railway":            "wet_soil .4 rock .35 asphalt .25",
+    "river":              "water .95 leaf .05",
+    "lake":               "water 1",
+    "beach":              "sand 1",
+    "sea":                "sea 1",
+}
+AUGUST = {
+    **APRIL,
+    "winter cereal":      "straw .5 soil .45 leaf .05",  # harvested: stubble
+    "summer crop":        "leaf .85 wet_soil .15",  # irrigated maize, alfalfa: green
+    "fallow":             "wet_soil .7 straw .3",  # ploughed
+    "olive grove":        "leaf .22 canopy .3 soil .48",
+    "vineyard":           "leaf .36 straw .1 soil .54",  # in leaf
+    "orchard":            "leaf .7 canopy .12 wet_soil .18",
+    "pine forest":        "canopy .88 straw .12",
+    "holm oak forest":    "canopy .62 leaf .25 straw .13",
+    "riparian forest":    "leaf .72 canopy .28",
+    "scrub":              "canopy .35 leaf .07 straw .3 soil .28",  # drier
+    "grassland":          "leaf .3 straw .55 soil .15",  # dry
+    "gravel bar":         "soil .55 rock .35 straw .1",
+    "urban":              "concrete .4 tile .25 asphalt .15 shade .1 leaf .06 straw .04",
+    "farmhouse":          "tile .55 concrete .2 leaf .12 straw .13",
+    "residential estate": "tile .25 concrete .15 asphalt .1 leaf .25 canopy .15 straw .1",
+    "park":               "leaf .6 canopy .2 straw .05 concrete .15",
+    "river":              "water .92 leaf .08",
+}
+# fmt: on
+MIXTURES = {"april": APRIL, "august": AUGUST}
+C = {cover.name: i for i, cover in enumerate(COVERS)}  # cover name -> burnt code
+K = len(COVERS)
+
+
+def _spectra(season: str) -> np.ndarray:
+    """(K, 10) float32 reflectance x 10000 of every cover in ``season``."""
+    out = np.zeros((K, len(BANDS)), dtype=np.float32)
+    for name, mixture in MIXTURES[season].items():
+        words = mixture.split()
+        for endmember, fraction in zip(words[::2], words[1::2], strict=True):
+            out[C[name]] += float(fraction) * np.asarray(ENDMEMBERS[endmember], dtype=np.float32)
+    return out
+
+
+SPECTRA = {season: _spectra(season) for season in SEASONS}
+TEXTURE = np.array([c.texture for c in COVERS], dtype=np.float32)
+CLASS_OF = np.zeros(256, dtype=np.uint8)  # burnt code -> class code in the mask
+CLASS_OF[:K] = [c.code for c in COVERS]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Geometry helpers: rings are (N, 2) float arrays of (x, y) metres, y pointing down, first == last.
+
+
+def _close(pts: np.ndarray) -> np.ndarray:
+    return np.vstack([pts, pts[:1]])
+
+
+def _rect(cx: float, cy: float, length: float, width: float, angle: float) -> np.ndarray:
+    """A rotated rectangle centred on (cx, cy)."""
+    u = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=float) * (length / 2, width / 2)
+    c, s = np.cos(angle), np.sin(angle)
+    return _close(u @ np.array([[c, s], [-s, c]]) + (cx, cy))
+
+
+def _blob(
+    rng: np.random.Generator,
+    cx: float,
+    cy: float,
+    r: float,
+    irregular: float = 0.25,
+    aspect: float = 1.0,
+    angle: float = 0.0,
+) -> np.ndarray:
+    """An irregular round patch: a radius wobbling with a few harmonics, stretched by ``aspect``."""
+    n = int(np.clip(2 * np.pi * r / 12, 16, 120))
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    rad = np.ones(n)
+    for k in range(2, 6):
+        rad += rng.uniform(0, irregular) / k**0.5 * np.cos(k * t + rng.uniform(0, 2 * np.pi))
+    rad = r * np.clip(rad, 0.35, None)
+    x, y = rad * np.cos(t) * aspect, rad * np.sin(t)
+    c, s = np.cos(angle), np.sin(angle)
+    return _close(np.stack([cx + c * x - s * y, cy + s * x + c * y], axis=1))
+
+
+def _buffer(line: np.ndarray, width: float | np.ndarray, chunk: int = 40) -> list[np.ndarray]:
+    """Rings covering a smooth polyline of ``width`` metres, in pieces of ``chunk`` vertices.
+
+    The ends are extended by half the width so that lines meeting at a junction leave no notch;
+    short pieces never intersect themselves and keep each polygon small for the strip filter.
+    """
+    line = np.array(line, dtype=float)
+    if len(line) < 2:
+        return []
+    half = np.broadcast_to(np.asarray(width, dtype=float) / 2, (len(line),))
+    d = np.gradient(line, axis=0)
+    d /= np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
+    line[0] -= d[0] * half[0]
+    line[-1] += d[-1] * half[-1]
+    normal = np.stack([-d[:, 1], d[:, 0]], axis=1) * half[:, None]
+    left, right = line + normal, line - normal
+    rings = []
+    for a in range(0, len(line) - 1, chunk - 1):
+        b = min(a + chunk, len(line))
+        rings.append(_close(np.vstack([left[a:b], right[a:b][::-1]])))
+    return rings
+
+
+def _clip_convex(poly: np.ndarray, rect: tuple[float, float, float, float]) -> np.ndarray:
+    """Clip a convex polygon (open ring) to the box (u0, v0, u1, v1): Sutherland-Hodgman."""
+    u0, v0, u1, v1 = rect
+    for axis, bound, keep_below in ((0, u0, False), (0, u1, True), (1, v0, False), (1, v1, True)):
+        if len(poly) == 0:
+            break
+        s = poly[:, axis] - bound if keep_below else bound - poly[:, axis]
+        inside = s <= 0
+        if inside.all():
+            continue
+        out = []
+        for i in range(len(poly)):
+            j = (i + 1) % len(poly)
+            if inside[i]:
+                out.append(poly[i])
+            if inside[i] != inside[j]:
+                out.append(poly[i] + s[i] / (s[i] - s[j]) * (poly[j] - poly[i]))
+        poly = np.array(out).reshape(-1, 2)
+    return poly
+
+
+class Noise:
+    """Smooth value noise in about [-1, 1]: random values on a grid of ``spacing`` metres, interpolated."""
+
+    def __init__(self, rng: np.random.Generator, extent: float, spacing: float):
+        n = int(np.ceil(extent / spacing)) + 4
+        self.grid = rng.uniform(-1, 1, (n, n)).astype(np.float32)
+        self.spacing = spacing
+
+    def __call__(self, x, y) -> np.ndarray:
+        """Noise at points (x, y) in metres (arrays that broadcast together)."""
+        n = self.grid.shape[0]
+        gx = np.clip(np.asarray(x, dtype=np.float32) / self.spacing + 1, 0, n - 1.001)
+        gy = np.clip(np.asarray(y, dtype=np.float32) / self.spacing + 1, 0, n - 1.001)
+        ix, iy = gx.astype(np.intp), gy.astype(np.intp)
+        fx, fy = gx - ix, gy - iy
+        fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
+        g = self.grid
+        top = g[iy, ix] * (1 - fx) + g[iy, ix + 1] * fx
+        bottom = g[iy + 1, ix] * (1 - fx) + g[iy + 1, ix + 1] * fx
+        return top * (1 - fy) + bottom * fy
+
+
+# ---------------------------------------------------------------------------------------------------
+# The landscape: polygons in painter's order, each with a cover and a patch id (per-patch variation).
+
+
+@dataclass
+class Landscape:
+    """Everything the strips need: polygons, their covers and patch ids, gains, noise and clouds."""
+
+    size: int  # scene pixels along each side
+    seed: int
+    geoms: list[list[np.ndarray]]  # rings of each polygon (exterior first), painter's order
+    cover: np.ndarray  # (n,) burnt code of each polygon
+    ident: np.ndarray  # (n,) patch id, 0 = takes the variation of whatever lies below
+    ymin: np.ndarray  # (n,) bounding rows in metres, for the strip filter
+    ymax: np.ndarray
+    gains: dict[str, np.ndarray]  # season -> (n_ids + 1, 10) per-patch multiplier, row 0 = 1
+    clouds: np.ndarray  # (m, 4) cloud puffs: x, y, radius (metres), opacity
+    shadow_shift: tuple[float, float]  # cloud shadow offset in metres
+    texture: list[Noise]  # smooth noise of the texture
+    cloud_edge: Noise
+
+    @property
+    def width_m(self) -> float:
+        return self.size * PIXEL
+
+    def rows(self, y0: float, y1: float) -> np.ndarray:
+        """Indices (painter's order) of the polygons that reach rows y0..y1 (metres)."""
+        return np.flatnonzero((self.ymax >= y0) & (self.ymin <= y1))
+
+
+class _Builder:
+    """Draws the landscape layer by layer (see ``build_landscape``); all randomness from one seed."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed = size, seed
+        self.W = size * PIXEL
+        self.rng = np.random.default_rng([seed, 1])
+        self.geoms: list[list[np.ndarray]] = []
+        self.cover: list[int] = []
+        self.ident: list[int] = []
+        self.id_cover: list[int] = [0]
+        W, rng = self.W, self.rng
+        # Hills inland, plains towards the coast; the coast runs NNE-SSW with the sea to the east.
+        self.relief = [Noise(rng, W, 4000.0), Noise(rng, W, 1500.0)]
+        self.coast_waves = [
+            (rng.uniform(0.004, 0.012) * W, W / rng.uniform(1.5, 6), rng.uniform(0, 2 * np.pi))
+            for _ in range(3)
+        ] + [(rng.uniform(3, 12), rng.uniform(150, 500), rng.uniform(0, 2 * np.pi)) for _ in range(3)]
+        self.warp = [Noise(rng, W, 300.0), Noise(rng, W, 300.0), Noise(rng, W, 70.0), Noise(rng, W, 70.0)]
+        # The region (nodata outside): a wobbly star around the centre, always cutting the corners.
+        t = np.linspace(0, 2 * np.pi, 720, endpoint=False)
+        r = np.full(t.shape, 0.56)
+        for k in range(2, 9):
+            r += rng.uniform(0.02, 0.1) / k**0.5 * np.cos(k * t + rng.uniform(0, 2 * np.pi))
+        for k in range(12, 40, 3):
+            r += rng.uniform(0, 0.008) * np.cos(k * t + rng.uniform(0, 2 * np.pi))
+        self.region_t, self.region_r = t, np.clip(r, 0.38, 0.69) * W
+
+    # -- fields ------------------------------------------------------------------------------------
+    def coast_x(self, y, smooth: bool = False) -> np.ndarray:
+        """The x of the coastline at rows y (metres); ``smooth`` leaves out the small wiggles."""
+        y = np.asarray(y, dtype=float)
+        x = self.W * (0.93 - 0.2 * y / self.W)
+        for amp, wavelength, phase in self.coast_waves[: 3 if smooth else None]:
+            x = x + amp * np.sin(2 * np.pi * y / wavelength + phase)
+        return x
+
+    def relief_at(self, x, y) -> np.ndarray:
+        """Hilliness, higher inland: about 0 on the coastal plain, 1 on the hills."""
+        inland = np.clip((self.coast_x(y, smooth=True) - x) / max(self.W, 1.0), 0, 1)
+        return 0.5 + 0.3 * self.relief[0](x, y) + 0.2 * self.relief[1](x, y) + 0.5 * (inland - 0.5)
+
+    def on_land(self, pts: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Whether points lie inside the region and at least ``margin`` metres from sea and boundary."""
+        c = self.W / 2
+        ang = np.arctan2(pts[:, 1] - c, pts[:, 0] - c) % (2 * np.pi)
+        rad = np.interp(ang, self.region_t, self.region_r, period=2 * np.pi)
+        inside = np.hypot(pts[:, 0] - c, pts[:, 1] - c) < rad - margin
+        return inside & (pts[:, 0] < self.coast_x(pts[:, 1]) - margin)
+
+    def scatter(self, spacing: float, margin: float = 0.0, at_least: int = 1) -> np.ndarray:
+        """Points on land, about one per ``spacing`` x ``spacing`` metres, spread evenly (jittered grid)."""
+        n = max(1, round(self.W / spacing))
+        cell = self.W / n
+        gy, gx = np.mgrid[0:n, 0:n]
+        pts = (np.stack([gx.ravel(), gy.ravel()], axis=1) + self.rng.uniform(0.1, 0.9, (n * n, 2))) * cell
+        pts = pts[self.on_land(pts, margin)]
+        tries = 0
+        while len(pts) < at_least and tries < 1000:  # small areas: make sure there is at least one
+            p = self.rng.uniform(0.2, 0.8, (1, 2)) * self.W
+            if self.on_land(p, margin).all():
+                pts = np.vstack([pts, p])
+            tries += 1
+        return pts
+
+    # -- painting ----------------------------------------------------------------------------------
+    def new_id(self, cover: int) -> int:
+        self.id_cover.append(cover)
+        return len(self.id_cover) - 1
+
+    def add(self, rings: np.ndarray | list[np.ndarray], cover: str, ident: int | None = None) -> None:
+        """Paint a polygon (a ring, or exterior then holes) over what is there.
+
+        ``ident``: None gives the polygon its own patch variation, 0 takes what lies below, another
+        value shares a patch (e.g. every piece of one river).
+        """
+        rings = [rings] if isinstance(rings, np.ndarray) else rings
+        code = C[cover]
+        self.geoms.append(rings)
+        self.cover.append(code)
+        self.ident.append(self.new_id(code) if ident is None else ident)
+
+    def add_line(self, line: np.ndarray, width, cover: str, ident: int | None = 0) -> None:
+        """Paint a polyline ``width`` metres wide (constant or one value per vertex)."""
+        if ident is None:
+            ident = self.new_id(C[cover])
+        for ring in _buffer(line, width):
+            self.add(ring, cover, ident)
+
+    # -- layers, bottom to top ---------------------------------------------------------------------
+    def background(self) -> None:
+        """Scrub everywhere: what shows between fields, along forest edges and in field margins."""
+        W = self.W
+        self.add(_close(np.array([[-50, -50], [W + 50, -50], [W + 50, W + 50], [-50, W + 50]])), "scrub")
+
+    def districts(self) -> None:
+        """Voronoi districts: forest and scrub on the hills (wobbly edges), field parcels in the plains."""
+        rng, W = self.rng, self.W
+        d = 800.0
+        n = int(np.ceil(W / d)) + 4
+        gy, gx = np.mgrid[0:n, 0:n]
+        seeds = (np.stack([gx.ravel(), gy.ravel()], axis=1) - 2 + rng.uniform(0.15, 0.85, (n * n, 2))) * d
+        vor = Voronoi(seeds)
+        near = np.all((seeds > -d) & (seeds < W + d), axis=1)
+        relief = self.relief_at(seeds[:, 0], seeds[:, 1])
+        q = np.zeros(len(seeds))
+        q[near] = (np.argsort(np.argsort(relief[near])) + 0.5) / near.sum()  # relief as a quantile
+        kinds = ("forest", "scrub", "woody", "herbaceous")
+        probs = {
+            "high": (0.65, 0.22, 0.08, 0.05),
+            "mid": (0.2, 0.2, 0.32, 0.28),
+            "low": (0.05, 0.08, 0.25, 0.62),
+        }
+        self.district_kind = np.array(["herbaceous"] * len(seeds), dtype=object)
+        self.vor = vor
+        for i in np.flatnonzero(near):
+            band = "high" if q[i] > 0.65 else "mid" if q[i] > 0.35 else "low"
+            kind = kinds[rng.choice(4, p=probs[band])]
+            self.district_kind[i] = kind
+            region = vor.regions[vor.point_region[i]]
+            if not region or -1 in region:
+                continue
+            poly = vor.vertices[region]
+            poly = poly[np.argsort(np.arctan2(*(poly - poly.mean(0)).T[::-1]))]  # convex: sort by angle
+            if kind == "forest":
+                pine = rng.random() < (0.75 if q[i] > 0.6 else 0.3)
+                self.add(self.wobble(poly), "pine forest" if pine else "holm oak forest")
+            elif kind == "scrub":
+                self.add(self.wobble(poly), "scrub" if rng.random() < 0.75 else "grassland")
+            else:
+                self.parcels(poly, kind)
+
+    def wobble(self, poly: np.ndarray, amp: float = 90.0, step: float = 20.0) -> np.ndarray:
+        """A convex polygon with its edges subdivided and bent by a smooth warp field (the same for
+        neighbours, so that wobbly districts still tile)."""
+        pts = []
+        for a, b in zip(poly, np.roll(poly, -1, axis=0), strict=True):
+            m = max(1, int(np.hypot(*(b - a)) / step))
+            pts.append(a + np.arange(m)[:, None] / m * (b - a))
+        pts = np.vstack(pts)
+        x, y = pts[:, 0], pts[:, 1]
+        shift = np.stack([self.warp[0](x, y), self.warp[1](x, y)], axis=1)
+        shift += 0.25 * np.stack([self.warp[2](x, y), self.warp[3](x, y)], axis=1)
+        return _close(pts + amp * shift)
+
+    def parcels(self, poly: np.ndarray, kind: str) -> None:
+        """Fill a convex district with field parcels: rows of rectangles along the longest edge."""
+        rng = self.rng
+        if kind == "herbaceous":
+            names = ("winter cereal", "summer crop", "fallow", "olive grove", "vineyard", "orchard")
+            names += ("grassland", "scrub", "bare soil", "holm oak forest")
+            p = (0.5, 0.16, 0.08, 0.05, 0.05, 0.05, 0.05, 0.03, 0.01, 0.02)
+        else:
+            names = ("olive grove", "vineyard", "orchard", "winter cereal", "summer crop", "fallow")
+            names += ("grassland", "scrub", "holm oak forest")
+            p = (0.22, 0.22, 0.14, 0.22, 0.06, 0.05, 0.04, 0.03, 0.02)
+        edges = np.roll(poly, -1, axis=0) - poly
+        e = edges[np.argmax(np.hypot(edges[:, 0], edges[:, 1]))]
+        angle = np.arctan2(e[1], e[0]) + rng.normal(0, 0.05)
+        c, s = np.cos(angle), np.sin(angle)
+        rot = np.array([[c, -s], [s, c]])  # xy @ rot -> uv (u along the edge)
+        uv = poly @ rot
+        (u_lo, v_lo), (u_hi, v_hi) = uv.min(0), uv.max(0)
+        v = v_lo
+        while v < v_hi:
+            depth = rng.uniform(70, 220)
+            lengths = rng.uniform(50, 320, int((u_hi - u_lo) / 50) + 2)
+            starts = u_lo - rng.uniform(0, 50) + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            for u0, length in zip(starts, lengths, strict=True):
+                if u0 > u_hi:
+                    break
+                m = rng.uniform(0.3, 1.5)  # half the field margin
+                piece = _clip_convex(uv, (u0 + m, v + m, u0 + length - m, v + depth - m))
+                if len(piece) >= 3 and _area(piece) > 300:
+                    self.add(_close(piece @ rot.T), names[rng.choice(len(names), p=p)])
+            v += depth
+
+    def patches(self) -> None:
+        """Small woods, clearings and bare patches everywhere (rock outcrops higher up)."""
+        rng = self.rng
+        for x, y in self.scatter(550.0):
+            high = self.relief_at(x, y) > 0.55
+            names = ("grassland", "scrub", "pine forest", "bare soil") if high else ("holm oak forest",)
+            names += () if high else ("pine forest", "grassland", "scrub")
+            p = (0.3, 0.3, 0.2, 0.2) if high else (0.35, 0.15, 0.25, 0.25)
+            r = rng.uniform(30, 160)
+            self.add(
+                _blob(rng, x, y, r, 0.35, rng.uniform(1, 2), rng.uniform(0, np.pi)), names[rng.choice(4, p=p)]
+            )
+        for x, y in self.scatter(800.0, at_least=2):  # bare ground: outcrops, eroded slopes, building sites
+            r = rng.uniform(20, 70)
+            self.add(_blob(rng, x, y, r, 0.4, rng.uniform(1, 2.5), rng.uniform(0, np.pi)), "bare soil")
+
+    def walk(
+        self, start, heading: float, step: float, length: float, turn: float, pull: float = 0.03
+    ) -> np.ndarray:
+        """A meandering path from ``start``, pulled to the sea, until it reaches it or leaves the area."""
+        rng, W = self.rng, self.W
+        target = np.arctan2(1.0, 5.0) + rng.uniform(-0.5, 0.5)  # ESE, across the coast
+        pts = [np.array(start, dtype=float)]
+        bend = 0.0
+        for _ in range(int(length / step)):
+            bend = 0.85 * bend + rng.normal(0, turn)
+            heading += bend + pull * (target - heading)
+            p = pts[-1] + step * np.array([np.cos(heading), np.sin(heading)])
+            pts.append(p)
+            if p[0] > self.coast_x(p[1]) + 60 or not (-400 < p[0] < W + 400 and -400 < p[1] < W + 400):
+                break
+        return np.array(pts)
+
+    def rivers(self) -> None:
+        """A main river (wide, gravel bars, riparian forest) and streams thinner than 10 m."""
+        rng, W = self.rng, self.W
+        if W >= 6000:
+            start = (-300.0, rng.uniform(0.15, 0.6) * W)
+            line = self.walk(start, rng.uniform(-0.2, 0.5), 20.0, 3 * W, 0.02, pull=0.1)
+            t = np.arange(len(line)) * 20.0
+            width = rng.uniform(22, 35) * (1 + 0.3 * np.sin(t / rng.uniform(800, 2000) + rng.uniform(0, 6)))
+            bars = np.clip(
+                np.sin(t / rng.uniform(150, 400) + rng.uniform(0, 6)), 0, None
+            )  # now here, now there
+            bed = width * (1.05 + 1.2 * bars)
+            self.add_line(line, bed + 2 * rng.uniform(15, 35), "riparian forest", None)
+            self.add_line(line, bed, "gravel bar", None)
+            self.add_line(line, width, "river", None)
+        n = max(2, round(W * W / 10e6))
+        starts = self.scatter(W / np.sqrt(n), margin=50.0, at_least=2)
+        for x, y in starts[rng.permutation(len(starts))[:n]]:
+            length = min(rng.uniform(2000, 10000), 1.5 * W)
+            line = self.walk((x, y), rng.uniform(-0.6, 0.9), 12.0, length, 0.05)
+            width = rng.uniform(2.5, 7.0)
+            if rng.random() < 0.5:
+                self.add_line(line, width + 2 * rng.uniform(4, 12), "riparian forest", None)
+            self.add_line(line, width, "river", None)
+
+    def roads(self) -> None:
+        """Local roads along district edges, main roads between towns, a coastal road and railway."""
+        rng, W, vor = self.rng, self.W, self.vor
+        for (a, b), (i, j) in zip(vor.ridge_vertices, vor.ridge_points, strict=True):
+            if a < 0 or b < 0:
+                continue
+            p, q = vor.vertices[a], vor.vertices[b]
+            if not (np.all(np.minimum(p, q) < W + 100) and np.all(np.maximum(p, q) > -100)):
+                continue
+            farmland = sum(self.district_kind[k] in ("herbaceous", "woody") for k in (i, j))
+            if rng.random() < (0.2, 0.35, 0.6)[farmland]:
+                n = max(2, int(np.hypot(*(q - p)) / 25))
+                t = np.linspace(0, 1, n)[:, None]
+                line = p + t * (q - p)
+                normal = np.array([-(q - p)[1], (q - p)[0]]) / max(np.hypot(*(q - p)), 1e-9)
+                line += normal * (rng.uniform(-5, 5) * np.sin(np.pi * t))  # a gentle bend
+                self.add_line(line, rng.uniform(4, 6.5), "road")
+        # Main roads: each town to its two nearest neighbours.
+        towns = self.town_centres
+        pairs = set()
+        for k in range(len(towns)):
+            for m in np.argsort(np.hypot(*(towns - towns[k]).T))[1:3]:
+                pairs.add((min(k, int(m)), max(k, int(m))))
+        for k, m in sorted(pairs):
+            self.add_line(self.curve(towns[k], towns[m], 0.12), rng.uniform(7, 9.5), "road")
+        # Along the coast: the railway, then the old coastal road a little inland.
+        y = np.arange(-300.0, W + 300.0, 20.0)
+        shore = self.coast_x(y, smooth=True)
+        rail = rng.uniform(110, 250)
+        self.add_line(np.stack([shore - rail, y], 1), 9.0, "railway")
+        self.add_line(np.stack([shore - rail - rng.uniform(80, 250), y], 1), 9.5, "road")
+
+    def curve(self, p, q, bend: float) -> np.ndarray:
+        """A gently curved line from p to q (a sideways bow of up to ``bend`` x its length)."""
+        p, q = np.asarray(p, dtype=float), np.asarray(q, dtype=float)
+        length = max(np.hypot(*(q - p)), 1.0)
+        t = np.linspace(0, 1, max(2, int(length / 20)))[:, None]
+        normal = np.array([-(q - p)[1], (q - p)[0]]) / length
+        bow = self.rng.uniform(-bend, bend) * length * np.sin(np.pi * t)
+        wiggle = self.rng.uniform(2, 8) * np.sin(2 * np.pi * t * length / self.rng.uniform(200, 600))
+        return p + t * (q - p) + normal * (bow + wiggle * np.sin(np.pi * t))
+
+    def reservoirs(self) -> None:
+        """Reservoirs in the hills (large areas only)."""
+        rng, W = self.rng, self.W
+        if W < 8000:
+            return
+        candidates = self.scatter(3000.0, margin=800.0)
+        relief = self.relief_at(candidates[:, 0], candidates[:, 1])
+        for x, y in candidates[np.argsort(-relief)[: max(1, round(W * W / 250e6))]]:
+            r = rng.uniform(250, 600)
+            self.add(_blob(rng, x, y, r, 0.45, rng.uniform(2, 3.5), rng.uniform(0, np.pi)), "lake")
+
+    def rural(self) -> None:
+        """Quarries and landfills, farm ponds, farmhouses and residential estates."""
+        rng, W = self.rng, self.W
+        for x, y in self.scatter(3000.0, margin=100.0):
+            r = min(rng.uniform(90, 260), 0.06 * W)
+            aspect, angle = rng.uniform(1, 1.8), rng.uniform(0, np.pi)
+            self.add(_blob(rng, x, y, r, 0.3, aspect, angle), "quarry")
+            self.add(_blob(rng, x, y, 0.55 * r, 0.3, aspect, angle), "quarry")  # a lower bench
+            if rng.random() < 0.25:
+                self.add(_blob(rng, x, y, 0.2 * r, 0.2), "lake", 0)
+        for x, y in self.scatter(1100.0):
+            if rng.random() < 0.6:
+                side = rng.uniform(12, 45)
+                self.add(_rect(x, y, side, side * rng.uniform(0.6, 1), rng.uniform(0, np.pi)), "lake", 0)
+            else:
+                self.add(_blob(rng, x, y, rng.uniform(8, 25), 0.15), "lake", 0)
+        for x, y in self.scatter(3500.0, margin=200.0):
+            if rng.random() < 0.8:
+                r = min(rng.uniform(110, 320), 0.08 * W)
+                self.add(
+                    _blob(rng, x, y, r, 0.35, rng.uniform(1, 1.8), rng.uniform(0, np.pi)),
+                    "residential estate",
+                )
+        for x, y in self.scatter(420.0, at_least=3):
+            for _ in range(1 if rng.random() < 0.85 else rng.integers(3, 8)):  # some hamlets
+                dx, dy = (0, 0) if _ == 0 else rng.normal(0, 40, 2)
+                length = rng.uniform(10, 22)
+                ring = _rect(x + dx, y + dy, length, length * rng.uniform(0.5, 0.9), rng.uniform(0, np.pi))
+                self.add(ring, "farmhouse", 0)
+
+    def place_towns(self) -> None:
+        """Where the towns are (the roads need them before the towns are painted over them)."""
+        rng, W = self.rng, self.W
+        centres = self.scatter(2800.0, margin=150.0)
+        radius = np.minimum(np.clip(rng.lognormal(np.log(300), 0.45, len(centres)), 120, 900), 0.12 * W)
+        if W >= 15000:  # a coastal city
+            y = rng.uniform(0.35, 0.65) * W
+            r = rng.uniform(1200, 1700)
+            centres = np.vstack([centres, [self.coast_x(y, smooth=True) - 0.6 * r, y]])
+            radius = np.append(radius, r)
+        self.town_centres, self.town_radius = centres, radius
+
+    def towns(self) -> None:
+        """Towns: an urban blob, a denser old core, parks, an industrial estate, sometimes a landfill."""
+        rng = self.rng
+        for k, ((x, y), r) in enumerate(zip(self.town_centres, self.town_radius, strict=True)):
+            self.add(_blob(rng, x, y, r, 0.3, rng.uniform(1, 1.4), rng.uniform(0, np.pi)), "urban")
+            self.add(_blob(rng, x, y, r * rng.uniform(0.3, 0.45), 0.3), "old town")
+            for _ in range(2 + int(r // 200)):
+                a, d = rng.uniform(0, 2 * np.pi), rng.uniform(0.1, 0.75) * r
+                px, py = x + d * np.cos(a), y + d * np.sin(a)
+                s = np.clip(rng.uniform(0.12, 0.3) * r, 30, 250)
+                if rng.random() < 0.6:
+                    self.add(_rect(px, py, s * rng.uniform(1, 1.8), s, rng.uniform(0, np.pi)), "park")
+                else:
+                    self.add(_blob(rng, px, py, s / 1.5, 0.25), "park")
+            for _ in range(1 if k == 0 or rng.random() < 0.5 else rng.choice([0, 2])):
+                self.industrial_estate(x, y, r)
+            if rng.random() < 0.25:
+                a, d = rng.uniform(0, 2 * np.pi), r + rng.uniform(300, 800)
+                self.add(
+                    _blob(rng, x + d * np.cos(a), y + d * np.sin(a), rng.uniform(60, 150), 0.3), "landfill"
+                )
+
+    def industrial_estate(self, x: float, y: float, r: float) -> None:
+        """A rectangle of yards and roads beside a town, with rows of large roofs."""
+        rng = self.rng
+        a = rng.uniform(0, 2 * np.pi)
+        length = min(rng.uniform(200, 600), 2 * r)
+        width = min(rng.uniform(100, 320), length)
+        cx, cy = x + (r + 0.35 * length) * np.cos(a), y + (r + 0.35 * length) * np.sin(a)
+        self.add(_rect(cx, cy, length, width, a), "industrial yard")
+        c, s = np.cos(a), np.sin(a)
+        u = -length / 2 + 10
+        while u < length / 2 - 30:
+            bl = rng.uniform(25, 80)
+            v = -width / 2 + 10
+            while v < width / 2 - 25:
+                bw = rng.uniform(20, 60)
+                if rng.random() < 0.85 and u + bl < length / 2 - 8 and v + bw < width / 2 - 8:
+                    mu, mv = u + bl / 2, v + bw / 2
+                    self.add(_rect(cx + c * mu - s * mv, cy + s * mu + c * mv, bl, bw, a), "industrial roof")
+                v += bw + rng.uniform(10, 20)
+            u += bl + rng.uniform(10, 20)
+
+    def highways(self) -> None:
+        """A highway parallel to the coast and a trunk road crossing towards it (large areas)."""
+        rng, W = self.rng, self.W
+        if W >= 5000:
+            y = np.arange(-400.0, W + 400.0, 25.0)
+            x = self.coast_x(y, smooth=True) - rng.uniform(0.3, 0.45) * W
+            x = x + 0.03 * W * np.sin(2 * np.pi * y / rng.uniform(0.8, 1.6) / W + rng.uniform(0, 6))
+            self.add_line(np.stack([x, y], 1), rng.uniform(24, 30), "highway")
+        if W >= 15000:
+            y0, y1 = rng.uniform(0.3, 0.7, 2) * W
+            self.add_line(self.curve((-400, y0), (self.coast_x(y1, smooth=True), y1), 0.05), 14.0, "highway")
+
+    def coast(self) -> None:
+        """Beaches (some stretches rocky) and the sea east of the coastline."""
+        rng, W = self.rng, self.W
+        y = np.arange(-200.0, W + 200.0, 5.0)
+        shore = self.coast_x(y)
+        beach = np.clip(30 + 45 * Noise(rng, W + 400, 400.0)(np.zeros_like(y), y + 200), 0, 70)
+        left = np.stack([shore - beach, y], axis=1)
+        right = np.stack([shore + 5, y], axis=1)
+        for a in range(0, len(y) - 1, 199):  # in pieces, to keep each polygon short
+            b = min(a + 200, len(y))
+            self.add(_close(np.vstack([left[a:b], right[a:b][::-1]])), "beach")
+        sea = np.vstack([np.stack([shore, y], 1), [[W + 300, W + 200], [W + 300, -200]]])
+        self.add(_close(sea), "sea")
+
+    def outside(self) -> None:
+        """Nodata outside the region: a frame with the region as its hole."""
+        W = self.W
+        frame = _close(np.array([[-500, -500], [W + 500, -500], [W + 500, W + 500], [-500, W + 500]]))
+        c = W / 2
+        hole = _close(
+            np.stack(
+                [c + self.region_r * np.cos(self.region_t), c + self.region_r * np.sin(self.region_t)], 1
+            )
+        )
+        self.add([frame, hole], "outside", 0)
+
+    def clouds(self) -> tuple[np.ndarray, tuple[float, float]]:
+        """Cloud puffs (x, y, radius, opacity) in a few clusters, and the shadows' offset."""
+        rng, W = self.rng, self.W
+        puffs = []
+        for _ in range(max(1, round(W * W / 80e6))):
+            cx, cy = rng.uniform(0.2, 0.8, 2) * W
+            spread = min(rng.uniform(150, 800), 0.08 * W)
+            for _ in range(rng.integers(4, 12)):
+                x, y = rng.normal((cx, cy), spread)
+                puffs.append((x, y, min(rng.uniform(80, 350), 0.04 * W), rng.uniform(0.6, 0.95)))
+        shift = (-rng.uniform(150, 400), -rng.uniform(100, 300))  # sun in the south-east: shadows to the NW
+        return np.array(puffs, dtype=np.float64), shift
+
+    def finish(self) -> Landscape:
+        rng = self.rng
+        ids = np.array(self.id_cover)
+        gains = {}
+        bright = 1 + rng.normal(0, 1, len(ids)) * np.array([COVERS[c].brightness for c in ids])
+        vig_sd = np.array([COVERS[c].vigour for c in ids])
+        vig_april = rng.normal(0, 1, len(ids)) * vig_sd
+        vig_august = 0.6 * vig_april + 0.8 * rng.normal(0, 1, len(ids)) * vig_sd
+        for season, vig in zip(SEASONS, (vig_april, vig_august), strict=True):
+            g = np.clip(bright, 0.7, 1.3)[:, None] * (1 + np.clip(vig, -0.5, 0.5)[:, None] * VIGOUR[None])
+            g[0] = 1.0
+            gains[season] = g.astype(np.float32)
+        clouds, shift = self.clouds()
+        ymin = np.array([g[0][:, 1].min() for g in self.geoms])
+        ymax = np.array([g[0][:, 1].max() for g in self.geoms])
+        return Landscape(
+            size=self.size,
+            seed=self.seed,
+            geoms=self.geoms,
+            cover=np.array(self.cover, dtype=np.uint8),
+            ident=np.array(self.ident, dtype=np.int32),
+            ymin=ymin,
+            ymax=ymax,
+            gains=gains,
+            clouds=clouds,
+            shadow_shift=shift,
+            texture=[Noise(rng, self.W, 60.0), Noise(rng, self.W, 25.0)],
+            cloud_edge=Noise(rng, self.W, 150.0),
+        )
+
+
+def _area(poly: np.ndarray) -> float:
+    x, y = poly[:, 0], poly[:, 1]
+    return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def build_landscape(size: int, seed: int) -> Landscape:
+    """The polygons of a demo area of ``size`` x ``size`` scene pixels, in painter's order."""
+    b = _Builder(size, seed)
+    b.background()
+    b.districts()
+    b.patches()
+    b.rivers()
+    b.place_towns()
+    b.roads()
+    b.reservoirs()
+    b.rural()
+    b.towns()
+    b.highways()
+    b.coast()
+    b.outside()
+    return b.finish()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rendering, one strip of rows at a time.
+
+
+def burn(land: Landscape, y0: float, y1: float, res: float, values: str = "cover") -> np.ndarray:
+    """Rasterize rows y0..y1 (metres) at ``res`` metres: burnt cover codes (uint8) or patch ids (int32)."""
+    shape = (round((y1 - y0) / res), round(land.width_m / res))
+    sel = land.rows(y0, y1)
+    if values == "ident":
+        sel = sel[land.ident[sel] > 0]
+        vals, dtype = land.ident, "int32"
+    else:
+        vals, dtype = land.cover, "uint8"
+    shapes = (({"type": "Polygon", "coordinates": land.geoms[i]}, int(vals[i])) for i in sel)
+    if len(sel) == 0:
+        return np.zeros(shape, dtype=dtype)
+    return features.rasterize(
+        shapes, out_shape=shape, transform=Affine(res, 0, 0, 0, res, y0), fill=0, dtype=dtype
+    )
+
+
+def cell_counts(codes: np.ndarray, k: int = K, fine: int = FINE) -> np.ndarray:
+    """(h * fine, w * fine) codes -> (h, w, k) int32: how many pixels of each code in each block."""
+    h, w = codes.shape[0] // fine, codes.shape[1] // fine
+    blocks = codes.reshape(h, fine, w, fine).transpose(0, 2, 1, 3).reshape(h * w, fine * fine)
+    lo, hi = blocks.min(axis=1), blocks.max(axis=1)
+    counts = np.zeros((h * w, k), dtype=np.int32)
+    counts[np.arange(h * w), lo] = fine * fine  # pure blocks; mixed ones are counted below
+    mixed = np.flatnonzero(lo != hi)
+    if mixed.size:
+        index = blocks[mixed].astype(np.intp) + (np.arange(mixed.size, dtype=np.intp) * k)[:, None]
+        counts[mixed] = np.bincount(index.ravel(), minlength=mixed.size * k).reshape(-1, k)
+    return counts.reshape(h, w, k)
+
+
+def cloud_cover(land: Landscape, r0: int, r1: int, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """(rows, size) cloud opacity 0..1 of scene rows r0..r1 (puffs moved by ``shift`` for shadows)."""
+    n = land.size
+    y = (np.arange(r0, r1) + 0.5) * PIXEL
+    x = (np.arange(n) + 0.5) * PIXEL
+    clear = np.ones((r1 - r0, n), dtype=np.float32)
+    for px, py, r, opacity in land.clouds:
+        px, py = px + shift[0], py + shift[1]
+        rows = np.flatnonzero(np.abs(y - py) < 2.5 * r)
+        if rows.size == 0:
+            continue
+        c0, c1 = np.searchsorted(x, [px - 2.5 * r, px + 2.5 * r])
+        if c1 <= c0:
+            continue
+        d2 = ((x[None, c0:c1] - px) ** 2 + (y[rows, None] - py) ** 2) / (r * r)
+        clear[rows[0] : rows[-1] + 1, c0:c1] *= 1 - opacity * np.exp(-1.5 * d2)
+    alpha = 1 - clear
+    edge = land.cloud_edge(x[None, :] + shift[0], y[:, None] + shift[1])
+    return np.clip(alpha * (1.1 + 0.6 * edge), 0, 1).astype(np.float32)
+
+
+def mean_over_blocks(counts: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """(n, K) block counts, (K, m) values per cover -> (n, m) mean over the valid 1 m pixels of each block.
+
+    Pure blocks (most of them) just take their cover's row; mixed ones are counts @ table / count.
+    """
+    top = counts.argmax(axis=1)
+    out = table[top]
+    mixed = np.flatnonzero(counts[np.arange(len(top)), top] < FINE * FINE)
+    if mixed.size:
+        valid = counts[mixed, 1:].astype(np.float32)
+        out[mixed] = (valid @ table[1:]) / np.maximum(valid.sum(axis=1), 1)[:, None]
+    return out
+
+
+# Per cover: April spectrum, August spectrum, texture (one table, so that one product mixes all).
+MIX_TABLE = np.hstack([SPECTRA["april"], SPECTRA["august"], TEXTURE[:, None]])
+
+
+def render_scenes(land: Landscape, counts: np.ndarray, ids: np.ndarray, r0: int) -> dict[str, np.ndarray]:
+    """(10, rows, size) uint16 reflectance of each season from the block counts of a strip."""
+    rows, n = counts.shape[:2]
+    counts = counts.reshape(-1, K)
+    valid = counts[:, 0] <= FINE * FINE // 2  # nodata where most of the 1 m pixels are outside
+    mixed = mean_over_blocks(counts, MIX_TABLE)
+    y = (np.arange(r0, r0 + rows) + 0.5)[:, None] * PIXEL
+    x = (np.arange(n) + 0.5)[None, :] * PIXEL
+    smooth = (0.7 * land.texture[0](x, y) + 0.5 * land.texture[1](x, y)).ravel()
+    rng = np.random.default_rng([land.seed, 2, r0])
+    texture = 1 + mixed[:, -1] * (smooth + 0.5 * rng.standard_normal(smooth.shape, dtype=np.float32))
+    ids = ids.ravel()
+    nb = len(BANDS)
+    out = {}
+    for s, season in enumerate(SEASONS):
+        value = mixed[:, s * nb : (s + 1) * nb] * land.gains[season][ids] * texture[:, None]
+        value += (0.01 * value + 8) * rng.standard_normal(value.shape, dtype=np.float32)  # sensor noise
+        if season == "april":
+            shadow = cloud_cover(land, r0, r0 + rows, land.shadow_shift).ravel()
+            cloud = cloud_cover(land, r0, r0 + rows).ravel()
+            value *= (1 - 0.6 * shadow)[:, None]
+            value = value * (1 - cloud)[:, None] + cloud[:, None] * CLOUD[None]
+        value = np.clip(np.rint(value), 1, 65535).astype(np.uint16)
+        value[~valid] = 0
+        out[season] = np.ascontiguousarray(value.T).reshape(nb, rows, n)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing.
+
+
+def _tags(size: int, seed: int) -> dict[str, str]:
+    return {
+        "DEMO_GENERATOR": "make_demo_data.py",
+        "DEMO_VERSION": VERSION,
+        "DEMO_SIZE": str(size),
+        "DEMO_SEED": str(seed),
+    }
+
+
+def outputs(out: Path) -> dict[str, Path]:
+    """The three files written into ``out``."""
+    return {
+        "april": out / SCENE_NAMES["april"],
+        "august": out / SCENE_NAMES["august"],
+        "mask": out / MASK_NAME,
+    }
+
+
+def is_done(out: str | Path, size: int, seed: int) -> bool:
+    """Whether ``out`` already holds a finished set made with this size, seed and generator version."""
+    want = _tags(size, seed)
+    for path in outputs(Path(out)).values():
+        try:
+            with rasterio.open(path) as src:
+                tags = src.tags()
+        except (rasterio.errors.RasterioError, OSError):
+            return False
+        if any(tags.get(k) != v for k, v in want.items()):
+            return False
+    return True
+
+
+def _profile(size: int, count: int, dtype: str, res: float) -> dict:
+    block = 512 if size >= 512 else 256
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=count,
+        dtype=dtype,
+        crs=CRS,
+        transform=Affine(res, 0, ORIGIN[0], 0, -res, ORIGIN[1]),
+        nodata=0,
+        tiled=True,
+        blockxsize=block,
+        blockysize=block,
+        compress="deflate",
+        num_threads="ALL_CPUS",
+        bigtiff="IF_SAFER",
+    )
+    if dtype == "uint16":
+        profile["predictor"] = 2
+    return profile
+
+
+def generate(out: str | Path, size: int = 3000, seed: int = 0, show_progress: bool = True) -> dict[str, Path]:
+    """Write the two scenes and the 1 m mask of a demo area of ``size`` x ``size`` scene pixels.
+
+    Returns the paths written ("april", "august", "mask"). Files appear only when all are finished.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_partials(out)
+    land = build_landscape(size, seed)
+    paths = outputs(out)
+    n_fine = size * FINE
+    totals = np.zeros(K, dtype=np.int64)
+    # GDAL's block cache holds the tiles being written: the rows of tiles a strip touches, plus room.
+    cache = 64 * 2**20 + 2 * size * 512 * len(BANDS) * 2 + n_fine * 512
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=cache))
+        tmp = {key: stack.enter_context(atomic_path(p)) for key, p in paths.items()}  # renamed last
+        dst = {}
+        for season in SEASONS:
+            dst[season] = stack.enter_context(
+                rasterio.open(tmp[season], "w", **_profile(size, len(BANDS), "uint16", PIXEL))
+            )
+            dst[season].update_tags(**_tags(size, seed), SEASON=season, REFLECTANCE_SCALE=str(SCALE))
+            for i, band in enumerate(BANDS, start=1):
+                dst[season].set_band_description(i, band)
+        mask = dst["mask"] = stack.enter_context(
+            rasterio.open(tmp["mask"], "w", **_profile(n_fine, 1, "uint8", PIXEL / FINE))
+        )
+        mask.update_tags(**_tags(size, seed))
+        mask.set_band_description(1, "land cover")
+        mask.write_colormap(1, gdal_colour_table())
+        bar = progress(total=size, desc="demo data", unit="row", disable=not show_progress)
+        for r0 in range(0, size, STRIP):
+            r1 = min(r0 + STRIP, size)
+            codes = burn(land, r0 * PIXEL, r1 * PIXEL, PIXEL / FINE)
+            mask.write(CLASS_OF[codes], 1, window=Window(0, r0 * FINE, n_fine, (r1 - r0) * FINE))
+            counts = cell_counts(codes)
+            totals += counts.reshape(-1, K).sum(axis=0)
+            ids = burn(land, r0 * PIXEL, r1 * PIXEL, PIXEL, values="ident")
+            for season, value in render_scenes(land, counts, ids, r0).items():
+                dst[season].write(value, window=Window(0, r0, size, r1 - r0))
+            bar.update(r1 - r0)
+        bar.close()
+    _report(totals)
+    return paths
+
+
+def _report(totals: np.ndarray) -> None:
+    """Print each class's share of the mask."""
+    per_class: dict[int, int] = {}
+    for i, n in enumerate(totals):
+        per_class[COVERS[i].code] = per_class.get(COVERS[i].code, 0) + int(n)
+    total = max(sum(per_class.values()), 1)
+    names = {**{c: name for c, (name, _) in CLASSES.items()}, BEACH: "Beaches (-> 5)", SEA: "Sea (-> 12)"}
+    print("class shares of the 1 m mask:")
+    for code in sorted(per_class):
+        print(f"  {code:3d} {names[code]:42s} {100 * per_class[code] / total:6.2f} %")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Output files: " + ", ".join([*SCENE_NAMES.values(), MASK_NAME]),
+    )
+    parser.add_argument("--out", default="data/raw", help="folder for the two scenes and the 1 m mask")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=3000,
+        help=f"scene width and height in 10 m pixels ({MIN_SIZE}..{MAX_SIZE}); the mask is 10x larger",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same data")
+    parser.add_argument(
+        "--force", action="store_true", help="make the data again even if a finished set is there"
+    )
+    args = parser.parse_args(argv)
+    check_range("--size", args.size, MIN_SIZE, MAX_SIZE)
+    check_range("--seed", args.seed, 0)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        fail(f"--out is not a folder: {out}")
+    if not args.force and is_done(out, args.size, args.seed):
+        print(
+            f"{out}: demo data of size {args.size} and seed {args.seed} already there (--force to remake it)"
+        )
+        return
+    paths = generate(out, args.size, args.seed)
+    for p in paths.values():
+        print(f"wrote {p}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
