@@ -11,8 +11,10 @@ overrides), any other code outside 1..12 is reported with its pixel count and ma
 is clipped into a neighbouring class.
 
 Methods:
-  near      the source pixel under each output pixel centre (``gdalwarp -r near``).
-  mode      the most frequent valid class in each output pixel (``gdalwarp -r mode``).
+  near      the mask pixel under each output pixel centre: ``gdalwarp -r near``, pixel for pixel.
+  mode      the most frequent valid class in each output pixel: ``gdalwarp -r mode``, pixel for pixel,
+            except that GDAL gives the output pixels just before the mask's top or left edge the
+            value of the edge (its window is never empty); here, outside the mask is nodata.
   weighted  a majority vote in which class c counts ``w_c`` per source pixel, so that thin or small
             rare features (roads, isolated houses) survive the 10x reduction. Default weights come
             from inverse class frequency, tempered: ``w_c = (f_max / f_c) ** POWER`` with f_c the
@@ -26,9 +28,11 @@ Methods:
 
 How it streams: the output is cut into blocks of whole 512 x 512 tiles; for each block the covering
 window of the mask (plus a small margin) is read, remapped and resampled with GDAL's warper
-(``rasterio.warp.reproject``), several blocks at a time on ``--threads`` threads; blocks are written
-in order. Memory is a few source windows (about 64 Mpixel each) plus a fixed GDAL cache, whatever the
-size of the mask.
+(``rasterio.warp.reproject``), several blocks at a time on ``--threads`` threads; rows of tiles are
+written in order. Memory is a few source windows (about 64 Mpixel each, buffers reused) plus a fixed
+GDAL cache, whatever the size of the mask (about 0.4 GB for a 300000 x 300000 mask). Shortcuts that
+change no pixel: ``near`` remaps the picked pixels only (it picks the same pixel either way); windows
+without nodata skip GDAL's validity mask; windows of nothing but nodata skip the warp.
 
 The per-class shares printed before and after come from a histogram of the mask pixels whose centre
 lies in the scene. For near and mode it is counted in the same pass, on the windows already read,
@@ -233,6 +237,8 @@ def count_codes(a: np.ndarray) -> Counter:
     Counted by run lengths along rows: a class map changes value rarely, so this is several times
     faster than ``np.bincount``; falls back to it when the runs are short.
     """
+    if a.size and a.min() == a.max():  # one value (a window of sea, or outside the region)
+        return Counter({int(a.flat[0]): a.size})
     hist = np.zeros(256, np.int64)  # uint8 values; any other dtype is counted in ``counts``
     counts: Counter = Counter()
     step = max(1, 1_000_000 // max(a.shape[1], 1)) if a.ndim == 2 else max(a.shape[0], 1)
@@ -492,19 +498,21 @@ class Worker:
         if a.max() == NODATA and a.min() == NODATA:  # nothing but nodata (outside the region): no warp
             return np.zeros(shape, np.uint8), counts
         dst_t = rasterio.windows.transform(block.dst, self.grid.transform)
-        if self.method == "near":  # the pixel picked is the same before or after the remap: remap after
+        src_t = rasterio.windows.transform(block.src, self.mask.transform)
+        if self.method == "near":
+            # near picks one pixel, the same before or after the remap: a uint8 mask is remapped
+            # after, on 100x fewer pixels; a wider one before, to fit in uint8
+            after = a.dtype == np.uint8
             out = np.zeros(shape, np.uint8)
-            src_t = rasterio.windows.transform(block.src, self.mask.transform)
             reproject(
-                a, out, src_transform=src_t, src_crs=self.mask.crs, dst_transform=dst_t,
-                dst_crs=self.grid.crs, dst_nodata=NODATA, resampling=Resampling.nearest,
-                num_threads=1, warp_mem_limit=WARP_MEM_MB,
+                a if after else to_codes(a, self.lut, self.threshold), out, src_transform=src_t,
+                src_crs=self.mask.crs, dst_transform=dst_t, dst_crs=self.grid.crs, dst_nodata=NODATA,
+                resampling=Resampling.nearest, num_threads=1, warp_mem_limit=WARP_MEM_MB,
             )  # fmt: skip
-            return to_codes(out, self.lut, self.threshold), counts
+            return (to_codes(out, self.lut, self.threshold) if after else out), counts
         codes = to_codes(a, self.lut, self.threshold, self.buffer("scratch", a.shape, np.uint8))
         if self.aligned is not None:
             return vote_aligned(codes, self.aligned[0], self.aligned[1], self.weights), counts
-        src_t = rasterio.windows.transform(block.src, self.mask.transform)
         if self.method == "weighted":
             present = [c for c in CODES if (codes == c).any()]
             out = vote_warped(codes, src_t, self.mask, dst_t, self.grid, shape, self.weights, present, 1)
@@ -719,11 +727,16 @@ def build_parser() -> ArgumentParser:
         "--out", type=Path, default=Path("data/mask_10m.tif"), help="output mask on the scene's grid"
     )
     p.add_argument(
-        "--method", choices=METHODS, default="near", help="near, mode (majority) or weighted majority"
+        "--method",
+        choices=METHODS,
+        default="near",
+        help="near: the pixel under each centre (gdalwarp -r near); mode: the majority (gdalwarp -r mode); "
+        "weighted: a majority where rare classes count more",
     )
     p.add_argument(
         "--weights", nargs="+", default=None, metavar="CODE=W",
-        help="weighted: class weights by hand (unlisted classes weigh 1); default: from inverse frequency",
+        help="weighted: class weights by hand (unlisted classes weigh 1); default: from inverse class "
+        "frequency, see below%(default).0s",
     )  # fmt: skip
     p.add_argument(
         "--weight-power", type=float, default=0.5, metavar="POWER",
@@ -732,9 +745,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--remap", nargs="*", default=None, metavar="CODE=CLASS",
         help=f"stray codes merged into a class before resampling (default: "
-        f"{' '.join(f'{k}={v}' for k, v in DEFAULT_REMAP.items())}; give none to remap nothing)",
+        f"{' '.join(f'{k}={v}' for k, v in DEFAULT_REMAP.items())}; give none to remap nothing)%(default).0s",
     )  # fmt: skip
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="worker threads")
+    p.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="threads (blocks resampled at once)"
+    )
     return p
 
 
