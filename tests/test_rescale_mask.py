@@ -173,9 +173,13 @@ def road_mask(h: int = 200, w: int = 300) -> np.ndarray:
     return mask
 
 
-@pytest.mark.parametrize("origin", [(X0, Y0), (X0 + 4, Y0)], ids=["aligned", "not-aligned"])
-def test_weighted_keeps_a_3m_road_that_mode_loses(tmp_path, origin):
-    mask = write_raster(tmp_path / "mask.tif", road_mask(), res=1.0, origin=(X0, Y0))
+@pytest.mark.parametrize(
+    "origin, mask_crs",
+    [((X0, Y0), "EPSG:32631"), ((X0 + 4, Y0), "EPSG:32631"), ((X0, Y0), "EPSG:25831")],
+    ids=["aligned", "offset", "other-crs"],  # other-crs: GDAL's average of each class, weighted
+)
+def test_weighted_keeps_a_3m_road_that_mode_loses(tmp_path, origin, mask_crs):
+    mask = write_raster(tmp_path / "mask.tif", road_mask(), res=1.0, origin=(X0, Y0), crs=mask_crs)
     like = scene(tmp_path / "scene.tif", width=29, height=20, origin=origin)
     mode = read(rescale(tmp_path, mask, like, "mode", name="mode.tif"))
     weighted = read(rescale(tmp_path, mask, like, "weighted", name="weighted.tif"))
@@ -183,6 +187,15 @@ def test_weighted_keeps_a_3m_road_that_mode_loses(tmp_path, origin):
     assert (weighted[10] == 11).all()  # the road survives along its whole length ...
     assert (weighted[[9, 11]] != 11).all()  # ... one pixel wide, not smeared over its neighbours
     assert np.array_equal(np.delete(weighted, 10, 0), np.delete(mode, 10, 0))  # elsewhere a plain majority
+
+
+def test_weighted_from_a_coarser_mask_leaves_no_holes(tmp_path):
+    mask = write_raster(tmp_path / "mask.tif", parcels(20, 30, seed=9), res=20.0, origin=(X0, Y0))
+    like = scene(tmp_path / "scene.tif", width=60, height=40)
+    weighted = read(rescale(tmp_path, mask, like, "weighted"))
+    near = read(rescale(tmp_path, mask, like, "near", name="near.tif"))
+    assert np.array_equal(weighted != 0, near != 0)  # every 10 m pixel of a 20 m one has its class
+    assert np.mean(weighted == near) > 0.95
 
 
 def test_weighted_weights_are_printed_and_can_be_given(tmp_path, capsys):
@@ -201,18 +214,28 @@ def test_weighted_weights_are_printed_and_can_be_given(tmp_path, capsys):
     assert not (out == 11).any()
 
 
-def test_vote_aligned_is_a_weighted_majority():
+@pytest.mark.parametrize("regular", [True, False], ids=["10x10-cells", "uneven-cells"])
+def test_vote_by_centre_is_a_weighted_majority(regular):
     rng = np.random.default_rng(1)
     codes = rng.choice(np.array([0, 3, 5, 11], np.uint8), size=(60, 90), p=[0.2, 0.5, 0.2, 0.1])
     codes[:6, :9] = 0  # a cell with no valid pixel
+    if regular:
+        rows, cols = np.arange(60) // 6, np.arange(90) // 9
+    else:  # cells of 4 to 8 rows and 7 to 11 columns, as on a grid not aligned with the mask
+        rows = np.repeat(np.arange(10), rng.integers(4, 9, 10))[:60]
+        cols = np.repeat(np.arange(10), rng.integers(7, 12, 10))[:90]
+        rows, cols = (
+            np.pad(rows, (0, 60 - rows.size), mode="edge"),
+            np.pad(cols, (0, 90 - cols.size), mode="edge"),
+        )
     weights = np.ones(256)
     weights[5], weights[11] = 1.5, 2.5
-    got = rm.vote_aligned(codes, 6, 9, weights)
+    got = rm.vote_by_centre(codes, rows, cols, (10, 10), weights)
     for i, j in np.ndindex(got.shape):
-        cell = codes[6 * i : 6 * i + 6, 9 * j : 9 * j + 9]
+        cell = codes[np.ix_(rows == i, cols == j)]
         scores = [weights[c] * np.count_nonzero(cell == c) for c in range(1, 13)]
         assert got[i, j] == (int(np.argmax(scores)) + 1 if max(scores) > 0 else 0), (i, j)
-    assert got[0, 0] == 0 and {3, 5, 11} <= set(np.unique(got))
+    assert {3, 5, 11} <= set(np.unique(got))
 
 
 def test_remap_before_resampling_merges_votes(tmp_path, capsys):
