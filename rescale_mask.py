@@ -408,7 +408,7 @@ def vote_by_centre(
 
 
 def vote_warped(
-    codes: np.ndarray, src_t: Affine, mask: Grid, dst_t: Affine, grid: Grid, shape, weights, present, threads
+    codes: np.ndarray, src_t: Affine, mask: Grid, dst_t: Affine, grid: Grid, shape, weights, present
 ) -> np.ndarray:
     """Weighted majority on any grid: each class's covered fraction from GDAL's ``average``, weighted."""
     out = np.zeros(shape, np.uint8)
@@ -422,7 +422,7 @@ def vote_warped(
     frac = np.full((len(present), *shape), -1, np.float32)
     reproject(
         stack, frac, src_transform=src_t, src_crs=mask.crs, src_nodata=255, dst_transform=dst_t,
-        dst_crs=grid.crs, dst_nodata=-1, resampling=Resampling.average, num_threads=threads,
+        dst_crs=grid.crs, dst_nodata=-1, resampling=Resampling.average, num_threads=1,
         warp_mem_limit=WARP_MEM_MB,
     )  # fmt: skip
     score = frac * np.asarray([weights[c] for c in present], np.float32)[:, None, None]
@@ -433,13 +433,17 @@ def vote_warped(
 
 
 class Worker:
-    """Processes blocks on a thread pool; each thread opens the mask once (GDAL handles are not shared)."""
+    """Processes blocks on a thread pool; each thread opens the mask once (GDAL handles are not shared).
+
+    Each block's warp runs single-threaded: the blocks themselves run ``--threads`` at a time, which
+    also overlaps the reading, counting and remapping of one block with the warping of another.
+    """
 
     def __init__(
-        self, path: Path, mask: Grid, grid: Grid, method: str, lut: np.ndarray, weights, threads: int
+        self, path: Path, mask: Grid, grid: Grid, method: str, lut: np.ndarray, weights: np.ndarray | None
     ):
         self.path, self.mask, self.grid, self.method = path, mask, grid, method
-        self.lut, self.weights, self.threads = lut, weights, threads
+        self.lut, self.weights = lut, weights
         self.threshold = lut_threshold(lut)
         self.by_centres = vote_by_centres(mask, grid)
         self.local = threading.local()
@@ -508,7 +512,7 @@ class Worker:
             return vote_by_centre(codes, rows, cols, shape, self.weights), counts
         if self.method == "weighted":
             present = [c for c in CODES if (codes == c).any()]
-            out = vote_warped(codes, src_t, self.mask, dst_t, self.grid, shape, self.weights, present, 1)
+            out = vote_warped(codes, src_t, self.mask, dst_t, self.grid, shape, self.weights, present)
             return self._clear_outside(out, block), counts
         out = np.zeros(shape, np.uint8)
         # GDAL builds a validity mask from the nodata value, a third of mode's time: skip it when the
@@ -584,7 +588,7 @@ def rescale(
         fail(f"the mask does not overlap the scene: {mask_path}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     counts = Counts()
-    worker = Worker(mask_path, mask, grid, method, lut, weights, threads)
+    worker = Worker(mask_path, mask, grid, method, lut, weights)
     try:
         with ThreadPoolExecutor(threads) as pool:
             if prepass:
@@ -597,7 +601,7 @@ def rescale(
                 print_weights(weights, counts.source, lut, weight_power)
             with (
                 atomic_path(out_path) as tmp,
-                rasterio.open(tmp, "w", **output_profile(grid, threads)) as dst,
+                rasterio.open(tmp, "w", **output_profile(grid)) as dst,
             ):
                 dst.write_colormap(1, gdal_colour_table())
                 dst.update_tags(1, method=method, source=Path(mask_path).name)
@@ -626,7 +630,7 @@ def rescale(
     return counts, weights
 
 
-def output_profile(grid: Grid, threads: int) -> dict:
+def output_profile(grid: Grid) -> dict:
     """The output GeoTIFF: uint8 on the scene's grid, nodata 0, tiled 512, DEFLATE."""
     return dict(
         driver="GTiff", width=grid.width, height=grid.height, count=1, dtype="uint8", crs=grid.crs,
