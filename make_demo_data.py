@@ -9,21 +9,21 @@ Reads nothing. Writes into --out (default data/raw):
 
 How it is made. The landscape is a list of polygons in painter's order (metres from the top-left
 corner): Voronoi districts of forest and scrub on the hills and of field parcels in the plains, woods,
-clearings and bare patches, meandering rivers and streams, a road network along the district edges,
-towns with a dense core, parks and an industrial estate, scattered farmhouses and residential
-estates, quarries, ponds and reservoirs, a highway, a coast with beaches and the sea, and nodata
-outside an irregular region boundary. Everything is burnt at 1 m by GDAL's rasterizer, one strip at a
-time. Each 10 m pixel of the scenes is then the mean of the spectra of its 100 1 m pixels (class
-fractions @ spectra, so roads, rivers and houses thinner than 10 m are mixed pixels, as in reality),
-times a per-parcel brightness and vigour, a texture and sensor noise. Spectra change with the season:
-winter cereals are green in April and harvested stubble in August, summer crops the reverse,
-vineyards leaf out, scrub and grassland dry up, forests and towns stay. A few clouds (and their
-shadows) cover part of the April scene only; the mask does not see them.
+clearings and bare patches, meandering rivers and streams, roads along the district edges and
+between towns, towns (blocks on a street grid, a denser old core, parks, industrial estates),
+farmhouses and residential estates, quarries, ponds and reservoirs, a highway, a railway and a coast
+with beaches and the sea, and nodata outside an irregular region boundary. GDAL's rasterizer burns
+it at 1 m, one strip of rows at a time. Each 10 m pixel of the scenes is the mean of the spectra of
+its 100 1 m pixels (class fractions @ spectra: roads, streams and houses narrower than 10 m are mixed
+pixels, as in reality), times a per-patch brightness and vigour, a texture and sensor noise. The
+seasons differ as they do in reality: winter cereals are green in April and stubble in August,
+summer crops the reverse, vineyards leaf out, scrub and grassland dry up, forests and towns stay.
+A few clouds (and their shadows) cover part of the April scene only; the mask does not see them.
 
-Nothing holds the whole 1 m mask: the work streams by strips of rows, and memory does not grow with
---size (the polygon list grows with the area, a few MB for the default). The same --seed gives the
-same pixels; another seed another layout. A finished set with the same size and seed is kept as it
-is (--force makes it again).
+The 1 m mask is never held whole: the work streams by strips of 640 mask rows (memory grows with the
+width, about 0.6 GB at the default size). The same --seed gives the same pixels, another seed another
+layout. A finished set of the same size, seed and generator version is left as it is (--force
+makes it again); an interrupted run leaves only *.partial files, replaced by the next run.
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ import rasterio
 from rasterio import features
 from rasterio.transform import Affine
 from rasterio.windows import Window
+from scipy.signal import lfilter
 from scipy.spatial import Voronoi
 
 from colormap import CLASSES, NODATA, gdal_colour_table
-from common import ArgumentParser, atomic_path, check_range, fail, progress, remove_partials, run_main
+from common import ArgumentParser, atomic_path, check_range, fail, progress, run_main
 
 BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
 SEASONS = ("april", "august")
@@ -111,8 +112,9 @@ COVERS: tuple[Cover, ...] = (
     Cover("grassland",            4,    0.06,   0.09,     0.20),
     Cover("bare soil",            5,    0.06,   0.10,     0.00),
     Cover("gravel bar",           5,    0.08,   0.06,     0.00),
-    Cover("urban",                6,    0.15,   0.06,     0.00),
-    Cover("old town",             6,    0.12,   0.05,     0.00),
+    Cover("urban",                6,    0.08,   0.08,     0.00),
+    Cover("old town",             6,    0.06,   0.06,     0.00),
+    Cover("street",               6,    0.06,   0.05,     0.00),
     Cover("farmhouse",            7,    0.10,   0.06,     0.00),
     Cover("residential estate",   7,    0.15,   0.06,     0.06),
     Cover("park",                 8,    0.10,   0.06,     0.10),
@@ -146,8 +148,9 @@ APRIL = {
     "grassland":          "leaf .85 straw .03 soil .12",
     "bare soil":          "soil .7 straw .22 rock .08",
     "gravel bar":         "soil .5 rock .3 wet_soil .2",
-    "urban":              "concrete .4 tile .25 asphalt .15 shade .1 leaf .1",
-    "old town":           "tile .45 concrete .2 asphalt .15 shade .2",
+    "urban":              "concrete .4 tile .3 shade .15 leaf .15",
+    "old town":           "tile .6 concrete .2 shade .2",
+    "street":             "asphalt .55 concrete .2 shade .15 leaf .1",
     "farmhouse":          "tile .55 concrete .2 leaf .25",
     "residential estate": "tile .25 concrete .15 asphalt .1 leaf .35 canopy .15",
     "park":               "leaf .65 canopy .2 concrete .15",
@@ -177,7 +180,7 @@ AUGUST = {
     "scrub":              "canopy .35 leaf .07 straw .3 soil .28",  # drier
     "grassland":          "leaf .3 straw .55 soil .15",  # dry
     "gravel bar":         "soil .55 rock .35 straw .1",
-    "urban":              "concrete .4 tile .25 asphalt .15 shade .1 leaf .06 straw .04",
+    "urban":              "concrete .4 tile .3 shade .15 leaf .1 straw .05",
     "farmhouse":          "tile .55 concrete .2 leaf .12 straw .13",
     "residential estate": "tile .25 concrete .15 asphalt .1 leaf .25 canopy .15 straw .1",
     "park":               "leaf .6 canopy .2 straw .05 concrete .15",
@@ -185,6 +188,7 @@ AUGUST = {
 }
 # fmt: on
 MIXTURES = {"april": APRIL, "august": AUGUST}
+BACKGROUND = "scrub"  # what shows where nothing else is painted: field margins, forest edges
 C = {cover.name: i for i, cover in enumerate(COVERS)}  # cover name -> burnt code
 K = len(COVERS)
 
@@ -427,11 +431,6 @@ class _Builder:
             self.add(ring, cover, ident)
 
     # -- layers, bottom to top ---------------------------------------------------------------------
-    def background(self) -> None:
-        """Scrub everywhere: what shows between fields, along forest edges and in field margins."""
-        W = self.W
-        self.add(_close(np.array([[-50, -50], [W + 50, -50], [W + 50, W + 50], [-50, W + 50]])), "scrub")
-
     def districts(self) -> None:
         """Voronoi districts: forest and scrub on the hills (wobbly edges), field parcels in the plains."""
         rng, W = self.rng, self.W
@@ -500,32 +499,43 @@ class _Builder:
         rot = np.array([[c, -s], [s, c]])  # xy @ rot -> uv (u along the edge)
         uv = poly @ rot
         (u_lo, v_lo), (u_hi, v_hi) = uv.min(0), uv.max(0)
+        rects = []  # (u0, v0, u1, v1): rows 70..220 m deep of fields 50..320 m long
         v = v_lo
         while v < v_hi:
             depth = rng.uniform(70, 220)
             lengths = rng.uniform(50, 320, int((u_hi - u_lo) / 50) + 2)
-            starts = u_lo - rng.uniform(0, 50) + np.concatenate([[0], np.cumsum(lengths)[:-1]])
-            for u0, length in zip(starts, lengths, strict=True):
-                if u0 > u_hi:
-                    break
-                m = rng.uniform(0.3, 1.5)  # half the field margin
-                piece = _clip_convex(uv, (u0 + m, v + m, u0 + length - m, v + depth - m))
-                if len(piece) >= 3 and _area(piece) > 300:
-                    self.add(_close(piece @ rot.T), names[rng.choice(len(names), p=p)])
+            u0 = u_lo - rng.uniform(0, 50) + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            row = np.stack([u0, np.full_like(u0, v), u0 + lengths, np.full_like(u0, v + depth)], axis=1)
+            rects.append(row[u0 <= u_hi])
             v += depth
+        rects = np.vstack(rects)
+        margin = rng.uniform(0.3, 1.5, (len(rects), 1))  # half the field margin
+        rects += np.hstack([margin, margin, -margin, -margin])
+        covers = rng.choice(len(names), size=len(rects), p=p)
+        # Fields whose four corners lie inside the (convex) district need no clipping.
+        corners = rects[:, [[0, 1], [2, 1], [2, 3], [0, 3]]]  # (n, 4, 2)
+        edge = np.roll(uv, -1, axis=0) - uv
+        rel = corners[:, :, None, :] - uv  # (n, 4, edges, 2)
+        side = edge[:, 0] * rel[..., 1] - edge[:, 1] * rel[..., 0]
+        inside = np.all(side >= 0, axis=(1, 2))  # districts run anticlockwise (sorted by angle)
+        outside = np.any(np.all(side < 0, axis=1), axis=1)  # all four corners beyond one edge
+        for rect, quad, cover, whole, out in zip(rects, corners, covers, inside, outside, strict=True):
+            if out:
+                continue
+            piece = quad if whole else _clip_convex(uv, tuple(rect))
+            if len(piece) >= 3 and (whole or _area(piece) > 300):
+                self.add(_close(piece @ rot.T), names[cover])
 
     def patches(self) -> None:
         """Small woods, clearings and bare patches everywhere (rock outcrops higher up)."""
         rng = self.rng
         for x, y in self.scatter(550.0):
-            high = self.relief_at(x, y) > 0.55
-            names = ("grassland", "scrub", "pine forest", "bare soil") if high else ("holm oak forest",)
-            names += () if high else ("pine forest", "grassland", "scrub")
-            p = (0.3, 0.3, 0.2, 0.2) if high else (0.35, 0.15, 0.25, 0.25)
-            r = rng.uniform(30, 160)
-            self.add(
-                _blob(rng, x, y, r, 0.35, rng.uniform(1, 2), rng.uniform(0, np.pi)), names[rng.choice(4, p=p)]
-            )
+            if self.relief_at(x, y) > 0.55:  # clearings and outcrops in the hills
+                names, p = ("grassland", "scrub", "pine forest", "bare soil"), (0.3, 0.3, 0.2, 0.2)
+            else:  # small woods and rough patches in the plains
+                names, p = ("holm oak forest", "pine forest", "grassland", "scrub"), (0.35, 0.15, 0.25, 0.25)
+            ring = _blob(rng, x, y, rng.uniform(30, 160), 0.35, rng.uniform(1, 2), rng.uniform(0, np.pi))
+            self.add(ring, names[rng.choice(4, p=p)])
         for x, y in self.scatter(800.0, at_least=2):  # bare ground: outcrops, eroded slopes, building sites
             r = rng.uniform(20, 70)
             self.add(_blob(rng, x, y, r, 0.4, rng.uniform(1, 2.5), rng.uniform(0, np.pi)), "bare soil")
@@ -534,18 +544,17 @@ class _Builder:
         self, start, heading: float, step: float, length: float, turn: float, pull: float = 0.03
     ) -> np.ndarray:
         """A meandering path from ``start``, pulled to the sea, until it reaches it or leaves the area."""
-        rng, W = self.rng, self.W
+        rng, W, start = self.rng, self.W, np.asarray(start, dtype=float)
         target = np.arctan2(1.0, 5.0) + rng.uniform(-0.5, 0.5)  # ESE, across the coast
-        pts = [np.array(start, dtype=float)]
-        bend = 0.0
-        for _ in range(int(length / step)):
-            bend = 0.85 * bend + rng.normal(0, turn)
-            heading += bend + pull * (target - heading)
-            p = pts[-1] + step * np.array([np.cos(heading), np.sin(heading)])
-            pts.append(p)
-            if p[0] > self.coast_x(p[1]) + 60 or not (-400 < p[0] < W + 400 and -400 < p[1] < W + 400):
-                break
-        return np.array(pts)
+        bend = lfilter([1.0], [1.0, -0.85], rng.normal(0, turn, int(length / step)))  # persistent turns
+        # heading[i] = heading[i-1] + bend[i] + pull * (target - heading[i-1])
+        heading = lfilter([1.0], [1.0, pull - 1], bend + pull * target, zi=[(1 - pull) * heading])[0]
+        steps = step * np.stack([np.cos(heading), np.sin(heading)], axis=1)
+        pts = np.vstack([start, start + np.cumsum(steps, axis=0)])
+        x, y = pts[:, 0], pts[:, 1]
+        gone = (x > self.coast_x(y) + 60) | (x < -400) | (x > W + 400) | (y < -400) | (y > W + 400)
+        end = np.argmax(gone) + 1 if gone.any() else len(pts)
+        return pts[:end]
 
     def rivers(self) -> None:
         """A main river (wide, gravel bars, riparian forest) and streams thinner than 10 m."""
@@ -555,9 +564,8 @@ class _Builder:
             line = self.walk(start, rng.uniform(-0.2, 0.5), 20.0, 3 * W, 0.02, pull=0.1)
             t = np.arange(len(line)) * 20.0
             width = rng.uniform(22, 35) * (1 + 0.3 * np.sin(t / rng.uniform(800, 2000) + rng.uniform(0, 6)))
-            bars = np.clip(
-                np.sin(t / rng.uniform(150, 400) + rng.uniform(0, 6)), 0, None
-            )  # now here, now there
+            # Gravel bars, now on this bank, now gone: the bed is wider than the water here and there.
+            bars = np.clip(np.sin(t / rng.uniform(150, 400) + rng.uniform(0, 6)), 0, None)
             bed = width * (1.05 + 1.2 * bars)
             self.add_line(line, bed + 2 * rng.uniform(15, 35), "riparian forest", None)
             self.add_line(line, bed, "gravel bar", None)
@@ -644,10 +652,8 @@ class _Builder:
         for x, y in self.scatter(3500.0, margin=200.0):
             if rng.random() < 0.8:
                 r = min(rng.uniform(110, 320), 0.08 * W)
-                self.add(
-                    _blob(rng, x, y, r, 0.35, rng.uniform(1, 1.8), rng.uniform(0, np.pi)),
-                    "residential estate",
-                )
+                estate = _blob(rng, x, y, r, 0.35, rng.uniform(1, 1.8), rng.uniform(0, np.pi))
+                self.add(estate, "residential estate")
         for x, y in self.scatter(420.0, at_least=3):
             for _ in range(1 if rng.random() < 0.85 else rng.integers(3, 8)):  # some hamlets
                 dx, dy = (0, 0) if _ == 0 else rng.normal(0, 40, 2)
@@ -671,8 +677,12 @@ class _Builder:
         """Towns: an urban blob, a denser old core, parks, an industrial estate, sometimes a landfill."""
         rng = self.rng
         for k, ((x, y), r) in enumerate(zip(self.town_centres, self.town_radius, strict=True)):
-            self.add(_blob(rng, x, y, r, 0.3, rng.uniform(1, 1.4), rng.uniform(0, np.pi)), "urban")
-            self.add(_blob(rng, x, y, r * rng.uniform(0.3, 0.45), 0.3), "old town")
+            town = _blob(rng, x, y, r, 0.3, rng.uniform(1, 1.4), rng.uniform(0, np.pi))
+            self.add(town, "street", 0)
+            self.city_blocks(town, x, y, (50, 120), (8, 14), "urban")
+            core = _blob(rng, x, y, r * rng.uniform(0.3, 0.45), 0.3)
+            self.add(core, "street", 0)
+            self.city_blocks(core, x, y, (25, 60), (4, 7), "old town")
             for _ in range(2 + int(r // 200)):
                 a, d = rng.uniform(0, 2 * np.pi), rng.uniform(0.1, 0.75) * r
                 px, py = x + d * np.cos(a), y + d * np.sin(a)
@@ -683,19 +693,46 @@ class _Builder:
                     self.add(_blob(rng, px, py, s / 1.5, 0.25), "park")
             for _ in range(1 if k == 0 or rng.random() < 0.5 else rng.choice([0, 2])):
                 self.industrial_estate(x, y, r)
-            if rng.random() < 0.25:
+            if rng.random() < 0.6:  # a building site on the edge of town
+                a = rng.uniform(0, 2 * np.pi)
+                site = _blob(rng, x + r * np.cos(a), y + r * np.sin(a), rng.uniform(30, 90), 0.3)
+                self.add(site, "bare soil")
+            if rng.random() < 0.25:  # a landfill out of town
                 a, d = rng.uniform(0, 2 * np.pi), r + rng.uniform(300, 800)
-                self.add(
-                    _blob(rng, x + d * np.cos(a), y + d * np.sin(a), rng.uniform(60, 150), 0.3), "landfill"
-                )
+                dump = _blob(rng, x + d * np.cos(a), y + d * np.sin(a), rng.uniform(60, 150), 0.3)
+                self.add(dump, "landfill")
+
+    def city_blocks(self, outline: np.ndarray, x: float, y: float, block, street, cover: str) -> None:
+        """Blocks of buildings on a rotated street grid, those whose centre lies inside ``outline``
+        (a star-shaped ring around (x, y)); the streets are what was painted below."""
+        rng = self.rng
+        rad = np.hypot(outline[:, 0] - x, outline[:, 1] - y).max()
+        a = rng.uniform(0, np.pi / 2)
+        c, s = np.cos(a), np.sin(a)
+        edges = []
+        for _ in range(2):  # street lines along u, then along v
+            sizes = rng.uniform(*block, int(2 * rad / block[0]) + 2)
+            edges.append(-rad - rng.uniform(0, block[1]) + np.concatenate([[0], np.cumsum(sizes)]))
+        (u, v), gap = edges, rng.uniform(*street) / 2
+        u0, v0 = np.meshgrid(u[:-1], v[:-1])
+        u1, v1 = np.meshgrid(u[1:], v[1:])
+        mu, mv = (u0 + u1).ravel() / 2, (v0 + v1).ravel() / 2
+        centres = np.stack([x + c * mu - s * mv, y + s * mu + c * mv], axis=1)
+        sizes = np.stack([(u1 - u0).ravel(), (v1 - v0).ravel()], axis=1) - 2 * gap
+        inside = _inside_star(outline, x, y, centres)
+        for (px, py), (lu, lv) in zip(centres[inside], sizes[inside], strict=True):
+            self.add(_rect(px, py, lu, lv, a), cover)
 
     def industrial_estate(self, x: float, y: float, r: float) -> None:
-        """A rectangle of yards and roads beside a town, with rows of large roofs."""
+        """A rectangle of yards and roads beside a town (on land), with rows of large roofs."""
         rng = self.rng
-        a = rng.uniform(0, 2 * np.pi)
         length = min(rng.uniform(200, 600), 2 * r)
         width = min(rng.uniform(100, 320), length)
-        cx, cy = x + (r + 0.35 * length) * np.cos(a), y + (r + 0.35 * length) * np.sin(a)
+        for _ in range(10):
+            a = rng.uniform(0, 2 * np.pi)
+            cx, cy = x + (r + 0.35 * length) * np.cos(a), y + (r + 0.35 * length) * np.sin(a)
+            if self.on_land(np.array([[cx, cy]]), 0.3 * length).all():
+                break
         self.add(_rect(cx, cy, length, width, a), "industrial yard")
         c, s = np.cos(a), np.sin(a)
         u = -length / 2 + 10
@@ -740,12 +777,8 @@ class _Builder:
         """Nodata outside the region: a frame with the region as its hole."""
         W = self.W
         frame = _close(np.array([[-500, -500], [W + 500, -500], [W + 500, W + 500], [-500, W + 500]]))
-        c = W / 2
-        hole = _close(
-            np.stack(
-                [c + self.region_r * np.cos(self.region_t), c + self.region_r * np.sin(self.region_t)], 1
-            )
-        )
+        c, t, r = W / 2, self.region_t, self.region_r
+        hole = _close(np.stack([c + r * np.cos(t), c + r * np.sin(t)], axis=1))
         self.add([frame, hole], "outside", 0)
 
     def clouds(self) -> tuple[np.ndarray, tuple[float, float]]:
@@ -792,6 +825,15 @@ class _Builder:
         )
 
 
+def _inside_star(ring: np.ndarray, cx: float, cy: float, pts: np.ndarray) -> np.ndarray:
+    """Whether points lie inside a ring that is star-shaped around (cx, cy) (a ``_blob``)."""
+    ang = np.arctan2(ring[:-1, 1] - cy, ring[:-1, 0] - cx)
+    rad = np.hypot(ring[:-1, 1] - cy, ring[:-1, 0] - cx)
+    order = np.argsort(ang)
+    at = np.interp(np.arctan2(pts[:, 1] - cy, pts[:, 0] - cx), ang[order], rad[order], period=2 * np.pi)
+    return np.hypot(pts[:, 1] - cy, pts[:, 0] - cx) < at
+
+
 def _area(poly: np.ndarray) -> float:
     x, y = poly[:, 0], poly[:, 1]
     return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
@@ -800,7 +842,6 @@ def _area(poly: np.ndarray) -> float:
 def build_landscape(size: int, seed: int) -> Landscape:
     """The polygons of a demo area of ``size`` x ``size`` scene pixels, in painter's order."""
     b = _Builder(size, seed)
-    b.background()
     b.districts()
     b.patches()
     b.rivers()
@@ -820,19 +861,22 @@ def build_landscape(size: int, seed: int) -> Landscape:
 
 
 def burn(land: Landscape, y0: float, y1: float, res: float, values: str = "cover") -> np.ndarray:
-    """Rasterize rows y0..y1 (metres) at ``res`` metres: burnt cover codes (uint8) or patch ids (int32)."""
+    """Rasterize rows y0..y1 (metres) at ``res`` metres: burnt cover codes (uint8) or patch ids (int32).
+
+    Where no polygon lies, the cover is the background (scrub) and the patch id 0.
+    """
     shape = (round((y1 - y0) / res), round(land.width_m / res))
     sel = land.rows(y0, y1)
     if values == "ident":
         sel = sel[land.ident[sel] > 0]
-        vals, dtype = land.ident, "int32"
+        vals, dtype, fill = land.ident, "int32", 0
     else:
-        vals, dtype = land.cover, "uint8"
-    shapes = (({"type": "Polygon", "coordinates": land.geoms[i]}, int(vals[i])) for i in sel)
+        vals, dtype, fill = land.cover, "uint8", C[BACKGROUND]
     if len(sel) == 0:
-        return np.zeros(shape, dtype=dtype)
+        return np.full(shape, fill, dtype=dtype)
+    shapes = (({"type": "Polygon", "coordinates": land.geoms[i]}, int(vals[i])) for i in sel)
     return features.rasterize(
-        shapes, out_shape=shape, transform=Affine(res, 0, 0, 0, res, y0), fill=0, dtype=dtype
+        shapes, out_shape=shape, transform=Affine(res, 0, 0, 0, res, y0), fill=fill, dtype=dtype
     )
 
 
@@ -856,6 +900,7 @@ def cloud_cover(land: Landscape, r0: int, r1: int, shift: tuple[float, float] = 
     y = (np.arange(r0, r1) + 0.5) * PIXEL
     x = (np.arange(n) + 0.5) * PIXEL
     clear = np.ones((r1 - r0, n), dtype=np.float32)
+    touched = False
     for px, py, r, opacity in land.clouds:
         px, py = px + shift[0], py + shift[1]
         rows = np.flatnonzero(np.abs(y - py) < 2.5 * r)
@@ -866,6 +911,9 @@ def cloud_cover(land: Landscape, r0: int, r1: int, shift: tuple[float, float] = 
             continue
         d2 = ((x[None, c0:c1] - px) ** 2 + (y[rows, None] - py) ** 2) / (r * r)
         clear[rows[0] : rows[-1] + 1, c0:c1] *= 1 - opacity * np.exp(-1.5 * d2)
+        touched = True
+    if not touched:
+        return np.zeros_like(clear)
     alpha = 1 - clear
     edge = land.cloud_edge(x[None, :] + shift[0], y[:, None] + shift[1])
     return np.clip(alpha * (1.1 + 0.6 * edge), 0, 1).astype(np.float32)
@@ -904,16 +952,22 @@ def render_scenes(land: Landscape, counts: np.ndarray, ids: np.ndarray, r0: int)
     nb = len(BANDS)
     out = {}
     for s, season in enumerate(SEASONS):
-        value = mixed[:, s * nb : (s + 1) * nb] * land.gains[season][ids] * texture[:, None]
-        value += (0.01 * value + 8) * rng.standard_normal(value.shape, dtype=np.float32)  # sensor noise
+        value = mixed[:, s * nb : (s + 1) * nb] * land.gains[season][ids]
+        value *= texture[:, None]
+        noise = rng.random(value.shape, dtype=np.float32)  # sensor noise: uniform, 1 % + 8 sd
+        noise -= 0.5
+        noise *= 0.0346 * value + 27.7
+        value += noise
         if season == "april":
             shadow = cloud_cover(land, r0, r0 + rows, land.shadow_shift).ravel()
             cloud = cloud_cover(land, r0, r0 + rows).ravel()
-            value *= (1 - 0.6 * shadow)[:, None]
-            value = value * (1 - cloud)[:, None] + cloud[:, None] * CLOUD[None]
-        value = np.clip(np.rint(value), 1, 65535).astype(np.uint16)
+            if shadow.any() or cloud.any():
+                value *= ((1 - 0.6 * shadow) * (1 - cloud))[:, None]
+                value += cloud[:, None] * CLOUD[None]
+        np.rint(value, out=value)
+        np.clip(value, 1, 65535, out=value)
         value[~valid] = 0
-        out[season] = np.ascontiguousarray(value.T).reshape(nb, rows, n)
+        out[season] = np.ascontiguousarray(value.T, dtype=np.uint16).reshape(nb, rows, n)
     return out
 
 
@@ -930,8 +984,9 @@ def _tags(size: int, seed: int) -> dict[str, str]:
     }
 
 
-def outputs(out: Path) -> dict[str, Path]:
+def outputs(out: str | Path) -> dict[str, Path]:
     """The three files written into ``out``."""
+    out = Path(out)
     return {
         "april": out / SCENE_NAMES["april"],
         "august": out / SCENE_NAMES["august"],
@@ -981,9 +1036,10 @@ def generate(out: str | Path, size: int = 3000, seed: int = 0, show_progress: bo
 
     Returns the paths written ("april", "august", "mask"). Files appear only when all are finished.
     """
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    remove_partials(out)
     land = build_landscape(size, seed)
     paths = outputs(out)
     n_fine = size * FINE
@@ -1007,7 +1063,9 @@ def generate(out: str | Path, size: int = 3000, seed: int = 0, show_progress: bo
         mask.update_tags(**_tags(size, seed))
         mask.set_band_description(1, "land cover")
         mask.write_colormap(1, gdal_colour_table())
-        bar = progress(total=size, desc="demo data", unit="row", disable=not show_progress)
+        bar = stack.enter_context(
+            progress(total=size, desc="demo data", unit="row", disable=not show_progress)
+        )
         for r0 in range(0, size, STRIP):
             r1 = min(r0 + STRIP, size)
             codes = burn(land, r0 * PIXEL, r1 * PIXEL, PIXEL / FINE)
@@ -1018,7 +1076,6 @@ def generate(out: str | Path, size: int = 3000, seed: int = 0, show_progress: bo
             for season, value in render_scenes(land, counts, ids, r0).items():
                 dst[season].write(value, window=Window(0, r0, size, r1 - r0))
             bar.update(r1 - r0)
-        bar.close()
     _report(totals)
     return paths
 
@@ -1038,7 +1095,8 @@ def _report(totals: np.ndarray) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Output files: " + ", ".join([*SCENE_NAMES.values(), MASK_NAME]),
+        epilog=f"Writes {SCENE_NAMES['april']} and {SCENE_NAMES['august']} (10 bands, 10 m, reflectance x "
+        f"{SCALE}) and {MASK_NAME} (class codes, 1 m) into --out, and prints each class's share of the mask.",
     )
     parser.add_argument("--out", default="data/raw", help="folder for the two scenes and the 1 m mask")
     parser.add_argument(
@@ -1057,6 +1115,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         fail(f"--out is not a folder: {out}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f"cannot make the --out folder {out}: {e.strerror}")
     if not args.force and is_done(out, args.size, args.seed):
         print(
             f"{out}: demo data of size {args.size} and seed {args.seed} already there (--force to remake it)"

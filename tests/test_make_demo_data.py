@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import rasterio
-from helpers import assert_one_line_error, run_script
+from helpers import ROOT, assert_one_line_error, run_script
 from scipy import ndimage
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -194,6 +199,23 @@ def test_cli_writes_skips_a_finished_set_and_remakes_with_force(tmp_path):
     assert stamps == {k: p.stat().st_mtime_ns for k, p in files.items()}
     res = run_script("make_demo_data.py", "--out", out, "--size", 100, "--seed", 1, "--force", check=True)
     assert stamps != {k: p.stat().st_mtime_ns for k, p in files.items()}
+
+
+def test_a_killed_run_leaves_nothing_that_looks_finished_and_the_next_run_completes(tmp_path):
+    out = tmp_path / "raw"
+    cmd = [sys.executable, str(ROOT / "make_demo_data.py"), "--out", str(out), "--size", "1000"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(out.glob("*.partial")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(out.glob("*.partial"))  # killed while writing
+    assert not any(p.exists() for p in demo.outputs(out).values())
+    run_script("make_demo_data.py", "--out", out, "--size", 200, check=True)
+    assert all(p.is_file() for p in demo.outputs(out).values())
+    assert not list(out.glob("*.partial"))
 
 
 @pytest.mark.parametrize(
