@@ -56,7 +56,7 @@ FINE = 10  # mask pixels per scene pixel along each axis (the mask is 1 m)
 SCALE = 10000  # reflectance scaling of the scenes
 STRIP = 64  # scene rows per strip (640 mask rows)
 MIN_SIZE, MAX_SIZE = 100, 10000
-VERSION = "1"  # bump when the generator changes, so that finished data is made again
+VERSION = "2"  # bump when the generator changes, so that finished data is made again
 BEACH, SEA = 19, 41  # stray codes of the real 41-class map (colormap.DEFAULT_REMAP)
 
 # ---------------------------------------------------------------------------------------------------
