@@ -1,0 +1,639 @@
+"""Cut scenes and their 10 m mask into GeoTIFF tile pairs, with a table of every tile's class counts.
+
+Reads  --images: Sentinel-2 scenes (default: data/raw/s2_*.tif, expanded here and sorted) and
+       --mask: the 10 m land-cover mask on the scenes' grid (from rescale_mask.py).
+Writes under --out (default data/tiles):
+  img<SIZE>/<name>.tif and mask<SIZE>/<name>.tif, one pair per place, <name> =
+      <scene stem>_<row offset>_<col offset>. Image tiles keep all bands, the dtype, the band
+      descriptions and the values bit for bit; every tile has its own transform, CRS and nodata.
+      With --stack: one image tile per place holding every scene's bands in the order given,
+      named stack_<row>_<col>, bands described "<scene stem>:<band>" (e.g. s2_april:B4).
+  tiles.csv: one row per written tile (offsets, bounds, nodata fraction, pixels of codes 0..12).
+  divide_img.json: what each scene was tiled from and with; a finished scene is skipped on a re-run.
+
+Tiles start every --stride pixels; the last row and column of tiles are shifted back to end at the
+scene's edge (unless --drop-partial), so the whole scene is covered. A pixel is nodata when the mask
+is 0 or the image has no data there: every band equals the scene's nodata (0 when none is set), and
+with --stack every band of every scene. Dropped and counted: tiles without a valid pixel, tiles whose
+valid pixels are all water (unless --keep-water-only), tiles with more nodata than --max-nodata.
+Clouds and snow are kept. Each scene's tiles are judged on that scene's own pixels: the mask is
+common, so the mask-only filters agree for every scene of a place, while a scene's own nodata can
+tip its tile over --max-nodata. So a scene's tiles never depend on which other scenes are tiled with
+it, and an image tile and its mask tile are always written or dropped together.
+
+Each scene is read once, one strip of a tile row at a time (in column chunks of bounded size), while
+a pool of threads checks and writes the tiles of the strip read before (GDAL releases the GIL while
+it compresses). Every file is written under a temporary name and renamed; a re-run removes the
+leftovers of a killed run, keeps the tiles already written, and writes the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import sys
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window, bounds, transform
+
+from colormap import NUM_CLASSES, WATER
+from common import (
+    ArgumentParser,
+    atomic_path,
+    atomic_write_text,
+    check_range,
+    fail,
+    open_raster,
+    progress,
+    remove_partials,
+    run_main,
+)
+
+CSV_NAME = "tiles.csv"
+RECORD_NAME = "divide_img.json"
+CSV_COLUMNS = [
+    *("name", "scene", "row_off", "col_off", "height", "width", "left", "bottom", "right", "top"),
+    "nodata_fraction",
+    *(f"n{c}" for c in range(NUM_CLASSES)),  # pixels of each code; n0 = nodata
+]
+# Tile compression. ZSTD level 1 with the horizontal predictor compresses these tiles as well as
+# DEFLATE does, writes 3x faster and decodes 2x faster (they are read thousands of times in training).
+COMPRESSION: dict[str, dict[str, object]] = {
+    "zstd": {"compress": "zstd", "zstd_level": 1},
+    "deflate": {"compress": "deflate", "zlevel": 6},
+    "lzw": {"compress": "lzw"},
+    "none": {},
+}
+CHUNK_BYTES = 64 << 20  # image bytes read at once: a strip is read in column chunks of at most this
+DROP_REASONS = ("empty", "water", "nodata")
+
+
+def creation_options(compress: str, dtype: str, predictor: bool = True) -> dict[str, object]:
+    """GeoTIFF creation options of a tile: the compression and, for images, its predictor."""
+    opts = dict(COMPRESSION[compress])
+    if opts and predictor:
+        opts["predictor"] = 3 if np.dtype(dtype).kind == "f" else 2
+    return opts
+
+
+def tile_offsets(length: int, size: int, stride: int, drop_partial: bool = False) -> list[int]:
+    """Start offsets of the tiles along one axis; the last one shifted back to end at the edge."""
+    offs = list(range(0, length - size + 1, stride))
+    if not drop_partial and offs and offs[-1] + size < length:
+        offs.append(length - size)
+    return offs
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: every check happens before anything is written.
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a raster's pixels are: CRS, transform and size."""
+
+    crs: object
+    transform: rasterio.Affine
+    width: int
+    height: int
+
+    def matches(self, other: Grid) -> bool:
+        return (
+            (self.width, self.height) == (other.width, other.height)
+            and self.crs == other.crs
+            and self.transform.almost_equals(other.transform, precision=1e-6 * abs(self.transform.a))
+        )
+
+    def __str__(self) -> str:
+        t = self.transform
+        crs = self.crs.to_string() if self.crs else "no CRS"
+        origin, pixel = f"({t.c:.10g}, {t.f:.10g})", f"{t.a:.10g} x {-t.e:.10g}"
+        return f"{self.width} x {self.height} px, {crs}, origin {origin}, pixel {pixel}"
+
+
+@dataclass
+class Source:
+    """What one kind of image tile is cut from: one scene, or (``--stack``) several on one grid."""
+
+    name: str  # scene stem, or "stack"; the tile names start with it
+    paths: list[Path]
+    grid: Grid
+    count: int  # bands of a tile
+    dtype: str
+    nodata: float | None
+    descriptions: list[str | None]
+
+
+def expand_images(patterns: Sequence[str]) -> list[Path]:
+    """Scene paths: each argument is a file, or a glob pattern expanded here (sorted)."""
+    paths: list[Path] = []
+    for pat in patterns:
+        if not Path(pat).exists() and glob.has_magic(pat):
+            found = sorted(glob.glob(pat))
+            if not found:
+                fail(f"no scenes matched {pat}")
+            paths += [Path(p) for p in found]
+        else:
+            paths.append(Path(pat))
+    return paths
+
+
+def read_scene_info(path: Path) -> tuple[Grid, int, str, float | None, list[str | None]]:
+    """Grid, band count, dtype, nodata and band descriptions of a scene (one-line error if unreadable)."""
+    with open_raster(path, "scene") as ds:
+        if len(set(ds.dtypes)) != 1:
+            fail(f"scene has bands of different types {sorted(set(ds.dtypes))}: {path}")
+        grid = Grid(ds.crs, ds.transform, ds.width, ds.height)
+        return grid, ds.count, ds.dtypes[0], ds.nodata, list(ds.descriptions)
+
+
+def make_sources(paths: list[Path], stack: bool) -> list[Source]:
+    """One source per scene, or one stacked source; refuses what cannot be tiled together."""
+    infos = [read_scene_info(p) for p in paths]
+    for stem, n in Counter(p.stem for p in paths).items():
+        if n > 1:
+            fail(f"{n} scenes are named {stem} (their tiles would collide): {' '.join(map(str, paths))}")
+    if not stack:
+        return [
+            Source(p.stem, [p], g, c, d, nd, desc)
+            for p, (g, c, d, nd, desc) in zip(paths, infos, strict=True)
+        ]
+    g0, c0, d0, nd0, _ = infos[0]
+    for p, (g, c, d, nd, _) in zip(paths[1:], infos[1:], strict=True):
+        if not g.matches(g0):
+            fail(f"--stack needs scenes on one grid: {p} is {g}, {paths[0]} is {g0}")
+        if c != c0:
+            fail(f"--stack needs scenes with the same band count: {p} has {c} bands, {paths[0]} has {c0}")
+        if d != d0:
+            fail(f"--stack needs scenes of one data type: {p} is {d}, {paths[0]} is {d0}")
+        if nd != nd0:
+            fail(f"--stack needs scenes with one nodata value: {p} has {nd}, {paths[0]} has {nd0}")
+    descriptions = [
+        f"{p.stem}:{d or f'band{i}'}"
+        for p, info in zip(paths, infos, strict=True)
+        for i, d in enumerate(info[4], 1)
+    ]
+    return [Source("stack", paths, g0, c0 * len(paths), d0, nd0, descriptions)]
+
+
+def check_mask(mask_path: Path, sources: list[Source]) -> tuple[str, float | None]:
+    """The mask's dtype and nodata; refuses a mask with several bands or off the scenes' grid."""
+    with open_raster(mask_path, "mask") as m:
+        if m.count != 1:
+            fail(f"mask has {m.count} bands, expected 1: {mask_path}")
+        if np.dtype(m.dtypes[0]).kind not in "ui":
+            fail(f"mask holds {m.dtypes[0]} values, expected integer class codes: {mask_path}")
+        grid = Grid(m.crs, m.transform, m.width, m.height)
+        dtype, nodata = m.dtypes[0], m.nodata
+    for src in sources:
+        if not grid.matches(src.grid):
+            fail(
+                f"mask {mask_path} ({grid}) is not on the grid of scene {src.paths[0]} ({src.grid}); "
+                f"run rescale_mask.py --mask <1 m mask> --like {src.paths[0]} --out {mask_path}"
+            )
+    return dtype, nodata
+
+
+def read_csv_rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """Rows of an existing tiles.csv keyed by (name, height), as text (rewritten unchanged)."""
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if list(reader.fieldnames or [])[: len(CSV_COLUMNS)] != CSV_COLUMNS:
+            fail(f"{path} is not a tiles.csv written by divide_img.py (columns {reader.fieldnames})")
+        return {(r["name"], r["height"]): r for r in reader}
+
+
+def write_csv_rows(path: Path, rows: dict[tuple[str, str], dict[str, str]]) -> None:
+    """Write tiles.csv atomically, rows ordered by tile size, scene, row and column."""
+    order = sorted(
+        rows.values(), key=lambda r: (int(r["height"]), r["scene"], int(r["row_off"]), int(r["col_off"]))
+    )
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(order)
+    atomic_write_text(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# One tile: counts, the filter decision, the write.
+
+
+def tile_counts(img: np.ndarray, mask: np.ndarray, nodata: float | None) -> tuple[np.ndarray, int]:
+    """Pixels of each code 0..12 in a tile, and how many valid pixels hold a code outside 1..12.
+
+    Code 0 counts nodata: mask 0, an unknown code, or no image data (every band == nodata).
+    """
+    valid = np.any(img != (0 if nodata is None else nodata), axis=0) & (mask != 0)
+    known = valid & (mask > 0) & (mask < NUM_CLASSES)
+    counts = np.bincount(mask[known].astype(np.intp), minlength=NUM_CLASSES)
+    n_known = int(counts[1:].sum())
+    counts[0] = mask.size - n_known
+    return counts, int(np.count_nonzero(valid)) - n_known
+
+
+def drop_reason(counts: np.ndarray, max_nodata: float, keep_water_only: bool) -> str | None:
+    """Why a tile is dropped ("empty", "water", "nodata"), or None to keep it."""
+    total = int(counts.sum())
+    valid = total - int(counts[0])
+    if valid == 0:
+        return "empty"
+    if not keep_water_only and int(counts[WATER]) == valid:
+        return "water"
+    if counts[0] / total > max_nodata:
+        return "nodata"
+    return None
+
+
+@dataclass
+class Job:
+    """What every tile of one source shares."""
+
+    source: Source
+    img_dir: Path
+    mask_dir: Path
+    img_profile: dict
+    mask_profile: dict
+    mask_colormap: dict | None
+    max_nodata: float = 0.5
+    keep_water_only: bool = False
+
+
+@dataclass
+class Result:
+    name: str
+    row: dict[str, str] | None  # None when dropped
+    status: str  # "written", "existing", or a drop reason
+    unknown: int = 0
+    kept_despite_filter: bool = False
+
+
+def write_tif(path: Path, data: np.ndarray, profile: dict, descriptions=None, colormap=None) -> None:
+    """Write one GeoTIFF atomically (``<path>.partial`` renamed into place)."""
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(data)
+        for i, d in enumerate(descriptions or [], 1):
+            if d:
+                dst.set_band_description(i, d)
+        if colormap:
+            dst.write_colormap(1, colormap)
+
+
+def process_tile(job: Job, row_off: int, col_off: int, img: np.ndarray, mask: np.ndarray) -> Result:
+    """Count, filter and (unless it is already there) write one tile pair; return its csv row."""
+    src = job.source
+    name = f"{src.name}_{row_off}_{col_off}"
+    size = mask.shape[0]
+    counts, unknown = tile_counts(img, mask, src.nodata)
+    reason = drop_reason(counts, job.max_nodata, job.keep_water_only)
+    img_path, mask_path = job.img_dir / f"{name}.tif", job.mask_dir / f"{name}.tif"
+    existing = img_path.is_file() and mask_path.is_file()
+    if reason is not None and not existing:
+        return Result(name, None, reason)
+    window = Window(col_off, row_off, size, size)
+    if not existing:
+        win_transform = transform(window, src.grid.transform)
+        write_tif(img_path, img, {**job.img_profile, "transform": win_transform}, src.descriptions)
+        write_tif(
+            mask_path, mask[None], {**job.mask_profile, "transform": win_transform}, None, job.mask_colormap
+        )
+    left, bottom, right, top = bounds(window, src.grid.transform)
+    row = dict(
+        name=name,
+        scene=src.name,
+        row_off=row_off,
+        col_off=col_off,
+        height=size,
+        width=size,
+        left=left,
+        bottom=bottom,
+        right=right,
+        top=top,
+        nodata_fraction=round(float(counts[0]) / mask.size, 6),
+        **{f"n{c}": int(n) for c, n in enumerate(counts)},
+    )
+    row = {k: str(v) for k, v in row.items()}
+    return Result(name, row, "existing" if existing else "written", unknown, reason is not None)
+
+
+# ---------------------------------------------------------------------------------------------
+# One source: read strip by strip, hand the tiles to the pool.
+
+
+def strip_chunks(
+    rows: list[int], cols: list[int], size: int, max_cols: int
+) -> Iterator[tuple[int, list[int]]]:
+    """(row offset, column offsets) groups: every tile row, cut in runs of at most ``max_cols`` tiles."""
+    for r in rows:
+        for i in range(0, len(cols), max_cols):
+            yield r, cols[i : i + max_cols]
+
+
+class ChunkReader:
+    """Reads the image bands (all scenes, in order) and the mask of a window into reused buffers.
+
+    Two buffers take turns: one is read while the tiles of the other are written (no fresh memory,
+    and so no page faults, for every chunk).
+    """
+
+    def __init__(
+        self, paths: list[Path], mask_path: Path, count: int, dtype: str, max_shape: tuple[int, int]
+    ):
+        # NUM_THREADS: GDAL decompresses the blocks of one read in parallel
+        self.datasets = [rasterio.open(p, NUM_THREADS=str(os.cpu_count() or 1)) for p in paths]
+        self.mask_ds = rasterio.open(mask_path)
+        n = max_shape[0] * max_shape[1]
+        self.img_bufs = [np.empty(count * n, dtype=dtype) for _ in range(2)]
+        self.mask_bufs = [np.empty(n, dtype=self.mask_ds.dtypes[0]) for _ in range(2)]
+        self.count, self.turn = count, 0
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        h, w = int(window.height), int(window.width)
+        self.turn ^= 1
+        img = self.img_bufs[self.turn][: self.count * h * w].reshape(self.count, h, w)
+        mask = self.mask_bufs[self.turn][: h * w].reshape(h, w)
+        b = 0
+        for ds in self.datasets:
+            ds.read(window=window, out=img[b : b + ds.count])
+            b += ds.count
+        self.mask_ds.read(1, window=window, out=mask)
+        return img, mask
+
+    def close(self) -> None:
+        for ds in [*self.datasets, self.mask_ds]:
+            ds.close()
+
+
+@dataclass
+class Summary:
+    places: int = 0
+    written: int = 0
+    existing: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    unknown: int = 0
+    kept_despite_filter: int = 0
+    skipped: bool = False
+
+    def as_dict(self) -> dict:
+        return dict(
+            places=self.places, tiles=self.written + self.existing, dropped=dict(sorted(self.dropped.items()))
+        )
+
+
+def tile_source(
+    job: Job,
+    mask_path: Path,
+    size: int,
+    stride: int,
+    drop_partial: bool,
+    pool: ThreadPoolExecutor,
+    rows_out: dict,
+) -> Summary:
+    """Tile one source into ``job.img_dir``/``job.mask_dir``; add its csv rows to ``rows_out``."""
+    src = job.source
+    rows = tile_offsets(src.grid.height, size, stride, drop_partial)
+    cols = tile_offsets(src.grid.width, size, stride, drop_partial)
+    tile_bytes = src.count * size * size * np.dtype(src.dtype).itemsize
+    max_cols = max(1, CHUNK_BYTES // tile_bytes)
+    summary = Summary(places=len(rows) * len(cols))
+    pending: deque[list[Future]] = deque()
+
+    def collect(futures: list[Future]) -> None:
+        for f in futures:
+            res: Result = f.result()
+            if res.row is None:
+                summary.dropped[res.status] += 1
+            else:
+                rows_out[(res.name, str(size))] = res.row
+                setattr(summary, res.status, getattr(summary, res.status) + 1)
+                summary.unknown += res.unknown
+                summary.kept_despite_filter += res.kept_despite_filter
+            bar.update()
+
+    reader = ChunkReader(src.paths, mask_path, src.count, src.dtype, (size, max_cols * size))
+    try:
+        with progress(total=summary.places, desc=src.name, unit="tile") as bar:
+            for r, chunk in strip_chunks(rows, cols, size, max_cols):
+                c0 = chunk[0]
+                window = Window(c0, r, chunk[-1] + size - c0, size)
+                try:
+                    img, mask = reader.read(window)
+                except rasterio.errors.RasterioIOError as e:
+                    fail(f"cannot read {', '.join(map(str, src.paths))} or {mask_path} at {window}: {e}")
+                views = [
+                    (c, img[:, :, c - c0 : c - c0 + size], mask[:, c - c0 : c - c0 + size]) for c in chunk
+                ]
+                pending.append([pool.submit(process_tile, job, r, c, im, ma) for c, im, ma in views])
+                while len(pending) > 1:  # the next chunk is read while this one is written, no further
+                    collect(pending.popleft())
+            while pending:
+                collect(pending.popleft())
+    finally:
+        reader.close()
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# The run record: lets a re-run skip finished scenes and refuse to mix tiles of other inputs.
+
+
+def signature(src: Source) -> dict:
+    """What the tiles of a source look like; tiles of another signature must not share a folder."""
+    g = src.grid
+    return dict(
+        scenes=[p.stem for p in src.paths],
+        bands=src.count,
+        dtype=src.dtype,
+        nodata=src.nodata,
+        descriptions=src.descriptions,
+        grid=[g.crs.to_string() if g.crs else None, list(g.transform)[:6], g.width, g.height],
+    )
+
+
+def identity(paths: Sequence[Path]) -> list:
+    """Which files, of which size and modification time (a changed input is tiled again)."""
+    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+
+
+def load_record(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+        fail(f"{path} is damaged (not JSON); delete it and run again (finished tiles are kept)")
+
+
+def save_record(path: Path, record: dict) -> None:
+    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def summary_table(summaries: dict[str, Summary], max_nodata: float) -> str:
+    """The end-of-run table: places, tiles written / already there, and drops by filter."""
+    head = [
+        "source",
+        "places",
+        "written",
+        "already there",
+        "no valid pixel",
+        "only water",
+        f"nodata > {max_nodata:g}",
+    ]
+    lines = [head]
+    for name, s in summaries.items():
+        lines.append(
+            [name, str(s.places), str(s.written), str(s.existing), *(str(s.dropped[r]) for r in DROP_REASONS)]
+        )
+    widths = [max(len(line[i]) for line in lines if len(line) > i) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True)))
+        for line in lines
+    )
+
+
+def parse_args(argv: Sequence[str] | None):
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--images", nargs="+", default=["data/raw/s2_*.tif"], help="scenes (files or glob patterns)"
+    )
+    p.add_argument(
+        "--mask", default="data/mask_10m.tif", help="10 m mask on the scenes' grid (rescale_mask.py)"
+    )
+    p.add_argument("--out", default="data/tiles", help="output folder: img<SIZE>/, mask<SIZE>/, tiles.csv")
+    p.add_argument("--size", type=int, default=300, help="tile side in pixels")
+    p.add_argument("--stride", type=int, help="pixels between tile starts (default: --size; less overlaps)")
+    p.add_argument("--stack", action="store_true", help="one tile per place: every scene's bands, in order")
+    p.add_argument(
+        "--drop-partial", action="store_true", help="drop edge tiles instead of shifting them back"
+    )
+    p.add_argument("--max-nodata", type=float, default=0.5, help="drop tiles with a larger nodata fraction")
+    p.add_argument(
+        "--keep-water-only", action="store_true", help="keep tiles whose valid pixels are all water"
+    )
+    p.add_argument(
+        "--compress", choices=list(COMPRESSION), default="zstd", help="tile compression (lossless)"
+    )
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="threads writing tiles")
+    args = p.parse_args(argv)
+    check_range("--size", args.size, 0, low_open=True)
+    args.stride = args.size if args.stride is None else args.stride
+    check_range("--stride", args.stride, 0, args.size, low_open=True)
+    check_range("--max-nodata", args.max_nodata, 0, 1)
+    check_range("--workers", args.workers, 1)
+    return args
+
+
+def already_done(earlier: dict, options: dict, inputs: list, rows: dict, src: Source, size: int) -> bool:
+    """Whether a source was tiled to the end from these very inputs with these options, and its rows
+    are all in tiles.csv (then a re-run has nothing to do for it)."""
+    if not earlier.get("finished") or (earlier["options"], earlier["inputs"]) != (options, inputs):
+        return False
+    in_csv = sum(1 for r in rows.values() if r["scene"] == src.name and r["height"] == str(size))
+    return earlier["summary"]["tiles"] == in_csv
+
+
+def cache_bytes(sources: list[Source], cap: int = 1536 << 20) -> int:
+    """GDAL block cache for two rows of blocks of the scenes read together, within a fixed cap."""
+
+    def need(src: Source) -> int:
+        total = 0
+        for path in src.paths:
+            with rasterio.open(path) as ds:
+                total += 2 * ds.block_shapes[0][0] * ds.width * ds.count * np.dtype(ds.dtypes[0]).itemsize
+        return total
+
+    return int(min(max(max(map(need, sources)) * 5 // 4, 256 << 20), cap))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    size = args.size
+    sources = make_sources(expand_images(args.images), args.stack)
+    mask_path = Path(args.mask)
+    mask_dtype, mask_nodata = check_mask(mask_path, sources)
+    for src in sources:
+        if min(src.grid.width, src.grid.height) < size:
+            g = src.grid
+            fail(f"scene {src.paths[0]} ({g.width} x {g.height} px) is smaller than one {size} px tile")
+    out = Path(args.out)
+    img_dir, mask_dir = out / f"img{size}", out / f"mask{size}"
+    csv_path, record_path = out / CSV_NAME, out / RECORD_NAME
+    rows = read_csv_rows(csv_path)
+    record = load_record(record_path)
+    options = {
+        k: getattr(args, k) for k in ("stride", "drop_partial", "max_nodata", "keep_water_only", "compress")
+    }
+    for src in sources:
+        earlier = record.get(f"{img_dir.name}/{src.name}", {}).get("signature")
+        if earlier and earlier != signature(src):
+            differs = ",".join(k for k, v in signature(src).items() if earlier.get(k) != v)
+            fail(
+                f"{img_dir} holds {src.name} tiles cut from other inputs (other {differs}); use another --out"
+            )
+
+    remove_partials(out)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(mask_path) as m:
+        try:
+            mask_colormap = m.colormap(1)
+        except ValueError:
+            mask_colormap = None
+    tile = dict(driver="GTiff", width=size, height=size, blockysize=size)  # one strip per band
+    mask_profile = dict(tile, count=1, dtype=mask_dtype, nodata=mask_nodata)
+    mask_profile.update(creation_options(args.compress, mask_dtype, predictor=False))
+    summaries: dict[str, Summary] = {}
+    # GDAL's block cache keeps the blocks a strip shares with the next: each is decompressed once.
+    with ThreadPoolExecutor(args.workers) as pool, rasterio.Env(GDAL_CACHEMAX=cache_bytes(sources)):
+        for src in sources:
+            key, inputs = f"{img_dir.name}/{src.name}", identity([*src.paths, mask_path])
+            if already_done(record.get(key, {}), options, inputs, rows, src, size):
+                done = record[key]["summary"]
+                summaries[src.name] = Summary(
+                    done["places"], 0, done["tiles"], Counter(done["dropped"]), skipped=True
+                )
+                continue
+            record[key] = dict(signature=signature(src), inputs=inputs, options=options, finished=False)
+            save_record(record_path, record)
+            img_profile = dict(tile, count=src.count, dtype=src.dtype, nodata=src.nodata, interleave="band")
+            img_profile.update(creation_options(args.compress, src.dtype), crs=src.grid.crs)
+            job = Job(
+                src, img_dir, mask_dir, img_profile, dict(mask_profile, crs=src.grid.crs), mask_colormap
+            )
+            job.max_nodata, job.keep_water_only = args.max_nodata, args.keep_water_only
+            summaries[src.name] = tile_source(
+                job, mask_path, size, args.stride, args.drop_partial, pool, rows
+            )
+            write_csv_rows(csv_path, rows)
+            record[key].update(finished=True, summary=summaries[src.name].as_dict())
+            save_record(record_path, record)
+
+    print(summary_table(summaries, args.max_nodata))
+    print(f"tile pairs in {img_dir} and {mask_dir}; {csv_path}: {len(rows)} rows")
+    for name, s in summaries.items():
+        if s.skipped:
+            print(f"{name}: tiled earlier from the same inputs with the same options; nothing to do")
+        if s.unknown:
+            print(f"warning: {name}: {s.unknown} pixels hold mask codes outside 0..12, counted as nodata "
+                  "(rescale_mask.py remaps or reports such codes)")  # fmt: skip
+        if s.kept_despite_filter:
+            print(f"note: {name}: {s.kept_despite_filter} tiles of an earlier run would be dropped by these "
+                  "filters; they are kept (use another --out to start afresh)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
