@@ -1,0 +1,417 @@
+"""train.py: learning, checkpoints, exact resume, interruption, bad input, torchrun, TensorBoard.
+
+Small generated tiles (32 x 32, 4 bands) and a resnet18 U-Net on the CPU. Most runs call ``main`` in
+this process (through ``run_main``, exactly what the script runs) to save the start-up time; the
+command line itself is run as a subprocess where the process matters (signals, torchrun, one line).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import EASY_CLASSES, ROOT, write_raster, write_tile_split
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import colormap
+import train
+from common import InputError, run_main
+from dataset import read_checkpoint
+
+FAST = ["--encoder", "resnet18", "--batch-size", "2", "--workers", "0", "--log-images-every", "0"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: the machine's cores are shared, and two threads on a busy core are slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+    torch.use_deterministic_algorithms(False)
+
+
+def make_data(root: Path, n_train: int = 4, n_val: int = 2, same: bool = False, **kw) -> Path:
+    """A data folder with train/ and val/ splits of easy synthetic tiles (val = train when ``same``)."""
+    kw = {"size": 32, "block": 8, **kw}
+    write_tile_split(root / "train", n=n_train, seed=1, **kw)
+    write_tile_split(root / "val", n=n_train if same else n_val, seed=1 if same else 2, **kw)
+    return root
+
+
+def run(argv: list) -> int:
+    """Run train.py's main in this process as the script would; return its exit status."""
+    return run_main(train.main, [str(a) for a in argv])
+
+
+def displayed(stderr: str) -> list[str]:
+    """The non-empty lines a terminal shows: progress bars redraw and clear their line with \r."""
+    return [ln.split("\r")[-1].strip() for ln in stderr.split("\n") if ln.split("\r")[-1].strip()]
+
+
+def assert_one_line(stderr: str, *needles: str) -> str:
+    """Exactly one line shown on stderr (no traceback), holding every needle."""
+    lines = displayed(stderr)
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert all(n in lines[0] for n in needles), (needles, lines[0])
+    return lines[0]
+
+
+def cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python train.py args`` as a user runs it; output decoded without turning \r into newlines."""
+    cmd = [sys.executable, str(ROOT / "train.py"), *map(str, args)]
+    res = subprocess.run(cmd, capture_output=True, cwd=ROOT, timeout=timeout)
+    return subprocess.CompletedProcess(cmd, res.returncode, res.stdout.decode(), res.stderr.decode())
+
+
+def events(folder: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def steps(acc: EventAccumulator, tag: str) -> list[int]:
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_learns_easy_classes_and_logs_to_tensorboard(tmp_path):
+    """Loss goes down, validation mIoU > 0.9 on the training tiles; TensorBoard holds every scalar."""
+    data = make_data(tmp_path / "data", n_train=8, same=True)
+    out = tmp_path / "run"
+    argv = ["--data", data, "--out", out, *FAST, "--epochs", 16, "--lr", 0.003, "--log-images-every", 100]
+    assert run(argv) == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("events")) == ["best.pt", "last.pt"]
+    best = read_checkpoint(out / "best.pt")
+    assert best["metrics"]["miou"] > 0.9, best["metrics"]
+    assert best["bands"] == ["B2", "B3", "B4", "B8"]
+    assert "optimizer" not in best  # best.pt is for evaluation: weights and metadata only
+
+    acc = events(out)
+    train_loss = [e.value for e in acc.Scalars("Loss/train")]
+    assert len(train_loss) == 16 and train_loss[-1] < 0.5 * train_loss[0]
+    tags = set(acc.Tags()["scalars"])
+    present = [colormap.name(c) for c in EASY_CLASSES]
+    expected = {"Loss/train", "Loss/val", "LR", "mIoU/val"}
+    expected |= {f"IoU/{n}" for n in present} | {f"Dice/{n}" for n in present}
+    assert expected <= tags, expected - tags
+    assert steps(acc, "mIoU/val") == list(range(1, 17))
+    assert acc.Scalars("mIoU/val")[-1].value == pytest.approx(
+        read_checkpoint(out / "last.pt")["metrics"]["miou"]
+    )
+    images = set(acc.Tags()["images"])
+    assert "Confusion matrix/val" in images and "Validation/t000" in images
+    assert [e.step for e in acc.Images("Confusion matrix/val")] == [1, 16]  # epoch 1 and the last
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
+    """Stopped after epoch 1, killed after logging epoch 2 but before its last.pt, resumed twice (with
+    another --workers): the same weights, optimizer and metrics as one run; TensorBoard steps once each."""
+    data = make_data(tmp_path / "data")
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ["--data", data, *FAST, "--seed", 5]
+    assert run([*common, "--out", a, "--epochs", 3]) == 0
+
+    assert run([*common, "--out", b, "--epochs", 1, "--workers", 2]) == 0
+    shutil.copy(b / "last.pt", tmp_path / "epoch1.pt")
+    assert run([*common, "--out", b, "--epochs", 2, "--resume"]) == 0
+    # SIGKILL after epoch 2 was logged but before its last.pt was renamed into place:
+    shutil.copy(tmp_path / "epoch1.pt", b / "last.pt")
+    (b / "last.pt.partial").write_bytes(b"half a checkpoint")
+    assert run([*common, "--out", b, "--epochs", 3, "--resume", "--workers", 1]) == 0
+
+    ca, cb = read_checkpoint(a / "last.pt"), read_checkpoint(b / "last.pt")
+    assert cb["epoch"] == 3
+    assert same_state(ca["model"], cb["model"])  # bitwise
+    assert ca["optimizer"]["state"].keys() == cb["optimizer"]["state"].keys()
+    for k, st in ca["optimizer"]["state"].items():
+        assert all(torch.equal(v, cb["optimizer"]["state"][k][n]) for n, v in st.items())
+    assert ca["scheduler"] == cb["scheduler"] and ca["metrics"] == cb["metrics"]
+    assert not (b / "last.pt.partial").exists()
+
+    ea, eb = events(a), events(b)
+    for tag in ("Loss/train", "Loss/val", "mIoU/val", "LR"):
+        assert steps(eb, tag) == [1, 2, 3], tag  # epoch 2's first logging purged, no duplicates
+        assert [e.value for e in eb.Scalars(tag)] == [e.value for e in ea.Scalars(tag)], tag
+
+
+def test_checkpoint_loads_weights_only_and_holds_the_training_state(tmp_path):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "run"
+    assert run(["--data", data, "--out", out, *FAST, "--epochs", 1, "--class-weights", "sqrt"]) == 0
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    for key in (
+        "model",
+        "model_config",
+        "optimizer",
+        "scheduler",
+        "epoch",
+        "rng",
+        "options",
+        "classes",
+        "bands",
+    ):
+        assert key in ckpt, key
+    assert ckpt["stats"].keys() == {"mean", "std"} and len(ckpt["stats"]["mean"]) == 4
+    assert ckpt["options"]["class_weights"] == "sqrt" and ckpt["epoch"] == 1
+    assert ckpt["classes"]["12"] == colormap.name(12)
+    assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
+    train.set_rng_state(ckpt["rng"])  # restorable as stored
+    assert ckpt["class_weights"][0] == 0 and ckpt["metrics"]["pixels"] > 0
+    assert ckpt["scheduler"]["factor"] == 0.5 and ckpt["scheduler"]["patience"] == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [("pickle", "pickled objects"), ("truncated", "truncated"), ("foreign", "not a checkpoint")],
+)
+def test_resume_refuses_unsafe_or_broken_last_pt(tmp_path, content, needle):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "run"
+    out.mkdir()
+    if content == "pickle":  # a pickled object (a Path) inside: torch.load(weights_only=True) refuses it
+        torch.save(
+            {"model": {}, "model_config": {}, "bands": [], "stats": {}, "classes": Path("x")}, out / "last.pt"
+        )
+    elif content == "truncated":
+        ckpt = {
+            "model": {"w": torch.zeros(1000)},
+            "model_config": {},
+            "bands": [],
+            "stats": {},
+            "classes": {},
+        }
+        torch.save(ckpt, out / "last.pt")
+        full = (out / "last.pt").read_bytes()
+        (out / "last.pt").write_bytes(full[: len(full) // 2])
+    else:
+        torch.save({"weights": torch.zeros(3)}, out / "last.pt")
+    before = sorted(out.iterdir())
+    res = cli("--data", data, "--out", out, *FAST, "--epochs", 1, "--resume")
+    assert res.returncode == 2
+    assert_one_line(res.stderr, needle, "last.pt")
+    assert sorted(out.iterdir()) == before
+
+
+def test_sigterm_stops_at_once_and_keeps_last_pt(tmp_path):
+    """SIGTERM (as Ctrl-C) mid-run: exit 130, last.pt intact and resumable, no partial file."""
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "run"
+    cmd = [sys.executable, ROOT / "train.py", "--data", data, "--out", out, *FAST, "--epochs", 1000]
+    proc = subprocess.Popen(
+        [str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + 120
+        while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(2)  # inside the first epochs
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err
+    done = read_checkpoint(out / "last.pt")["epoch"]
+    assert not list(out.glob("*.partial"))
+    assert run(["--data", data, "--out", out, *FAST, "--epochs", done + 1, "--resume"]) == 0
+    assert read_checkpoint(out / "last.pt")["epoch"] == done + 1
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo): finishes, one set of checkpoints, every val pixel counted once."""
+    data = make_data(tmp_path / "data", n_train=4, n_val=3)
+    out = tmp_path / "run"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [torchrun, "--standalone", "--nproc_per_node", 2, ROOT / "train.py", "--data", data, "--out", out]
+    cmd += [*FAST, "--epochs", 2]
+    res = subprocess.run([str(c) for c in cmd], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    names = sorted(p.name for p in out.iterdir())
+    assert [n for n in names if not n.startswith("events.out.tfevents")] == ["best.pt", "last.pt"]
+    assert len(names) == 3, names  # one event file: rank 0 alone logs
+    ckpt = read_checkpoint(out / "last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["epoch"] == 2
+    # 3 val tiles over 2 processes: no tile dropped or counted twice (32 x 32 with 4 nodata rows)
+    assert ckpt["metrics"]["pixels"] == 3 * 28 * 32
+    assert steps(events(out), "Loss/train") == [1, 2]
+    assert res.stdout.count("epoch 2/2") == 1  # only rank 0 reports
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input: one line, exit 2, nothing written
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    res = cli("--data", tmp_path / "nowhere", "--out", tmp_path / "run")
+    assert res.returncode == 2
+    assert_one_line(res.stderr, "split folder not found", "nowhere")
+    assert not (tmp_path / "run").exists()
+    res = cli("--epochs", "0", "--out", tmp_path / "run")
+    assert res.returncode == 2
+    assert_one_line(res.stderr, "--epochs must be >= 1")
+
+
+def bad_data(root: Path, case: str) -> Path:
+    make_data(root)
+    if case == "no val":
+        shutil.rmtree(root / "val")
+    elif case == "empty split":
+        for p in (root / "val").rglob("*.tif"):
+            p.unlink()
+    elif case == "unpaired":
+        (root / "train" / "mask" / "t001.tif").unlink()
+    elif case == "mixed sizes":
+        write_raster(root / "train" / "img" / "t001.tif", np.ones((4, 16, 16), np.uint16))
+        write_raster(root / "train" / "mask" / "t001.tif", np.ones((16, 16), np.uint8))
+    elif case == "band counts":
+        shutil.rmtree(root / "val")
+        write_tile_split(root / "val", n=2, size=32, descriptions=("B2", "B3", "B4"), classes={1: (1, 2, 3)})
+    return root
+
+
+@pytest.mark.parametrize(
+    ("case", "needles"),
+    [
+        ("no val", ["split folder not found", "val"]),
+        ("empty split", ["no tiles", "val"]),
+        ("unpaired", ["image tile without its mask", "t001.tif"]),
+        ("mixed sizes", ["tile differs", "t001.tif"]),
+        ("band counts", ["val tiles have 3 bands", "train tiles 4 bands"]),
+    ],
+)
+def test_bad_data_is_refused_before_writing(tmp_path, capsys, case, needles):
+    data = bad_data(tmp_path / "data", case)
+    out = tmp_path / "run"
+    assert run(["--data", data, "--out", out, *FAST, "--epochs", 1]) == 2
+    assert_one_line(capsys.readouterr().err, *needles)
+    assert not out.exists() and not (data / "band_stats.json").exists()
+
+
+def test_resume_and_run_folder_mistakes(tmp_path, capsys, monkeypatch):
+    data = make_data(tmp_path / "data")
+    out = tmp_path / "run"
+
+    def error(argv) -> str:
+        capsys.readouterr()
+        assert run(argv) == 2
+        return assert_one_line(capsys.readouterr().err)
+
+    base = ["--data", data, "--out", out, *FAST, "--epochs", 1]
+    assert "nothing to resume" in error([*base, "--resume"])
+    assert not out.exists()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty torch cache, no network
+    msg = error([*base, "--weights", "imagenet"])
+    assert "encoder weights not found" in msg and "resnet18" in msg and "--weights none" in msg
+    assert not out.exists()
+
+    assert run(base) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert "already holds a run" in error(base)  # a second fresh run never overwrites the first
+    assert "other options: --encoder resnet18 (now resnet34)" in error(
+        [*base, "--resume", "--encoder", "resnet34"]
+    )
+    assert "--seed 0 (now 1)" in error([*base, "--resume", "--seed", "1"])
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+    # the same run folder, but the tiles now have other bands
+    for p in (data / "train" / "img").glob("*.tif"):
+        with __import__("rasterio").open(p, "r+") as ds:
+            ds.set_band_description(4, "B8A")
+    msg = error([*base, "--resume", "--epochs", 2])
+    assert "trained on other bands" in msg and "B8A" in msg
+
+    # resuming a finished run changes nothing
+    for p in (data / "train" / "img").glob("*.tif"):
+        with __import__("rasterio").open(p, "r+") as ds:
+            ds.set_band_description(4, "B8")
+    assert run([*base, "--resume"]) == 0
+    assert read_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pieces
+
+
+def test_class_weights():
+    pixels = [500, 600, 0, 300, 0, 0, 100] + [0] * 6  # code 0 (nodata) must not count
+    none = train.class_weights(pixels, "none")
+    assert none[0] == 0 and torch.all(none[1:] == 1)
+    inv = train.class_weights(pixels, "inverse")
+    present = [1, 3, 6]
+    assert inv[0] == 0 and inv[2] == 0 and inv[12] == 0
+    assert inv[present].mean().item() == pytest.approx(1.0)
+    assert inv[6] / inv[1] == pytest.approx(6.0) and inv[3] / inv[1] == pytest.approx(2.0)
+    sq = train.class_weights(pixels, "sqrt")
+    assert sq[6] / sq[1] == pytest.approx(6**0.5) and sq[present].mean().item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", train.LOSSES)
+def test_losses_ignore_nodata_and_never_give_nan(kind):
+    torch.manual_seed(0)
+    weight = train.class_weights([0] + [1] * 12, "none")
+    criterion = train.make_criterion(kind, weight)
+    logits = torch.randn(2, 13, 8, 8, requires_grad=True)
+    target = torch.randint(1, 13, (2, 8, 8))
+    target[:, :3] = 0
+    loss = criterion(logits, target)
+    changed = logits.detach().clone()
+    changed[:, :, :3] = torch.randn(2, 13, 3, 8) * 10  # nodata pixels: anything
+    assert criterion(changed, target).item() == pytest.approx(loss.item(), rel=1e-5)
+    loss.backward()
+    assert torch.all(logits.grad[:, :, :3] == 0)
+    empty = criterion(logits, torch.zeros_like(target))  # a batch without a valid pixel
+    assert torch.isfinite(empty) and empty.item() == 0
+    perfect = torch.full((2, 13, 8, 8), -20.0).scatter(1, target.unsqueeze(1), 20.0)
+    assert criterion(perfect, target).item() < 0.01 < loss.item()
+
+
+def test_sampler_shards_and_depends_only_on_seed_and_epoch():
+    n = 11
+    shards = []
+    for rank in range(3):
+        s = train.EpochSampler(n, seed=4, proc=train.Proc(rank, 3))
+        s.set_epoch(2)
+        shards.append(list(s))
+        assert len(shards[-1]) == len(s) == 4
+    tiles = [i for shard in shards for i, _ in shard]
+    assert sorted(set(tiles)) == list(range(n)) and len(tiles) == 12  # padded by one, as DistributedSampler
+    one = train.EpochSampler(n, seed=4, proc=train.Proc())
+    one.set_epoch(2)
+    assert list(one) == list(one) and {k for _, k in one} <= set(range(8)) and len({k for _, k in one}) > 1
+    other = train.EpochSampler(n, seed=4, proc=train.Proc())
+    other.set_epoch(3)
+    assert list(other) != list(one)
+
+
+def test_argmax_never_predicts_nodata(tmp_path):
+    """Validation counts predictions from classes 1..12 even where the nodata logit is the largest."""
+    from metrics import ConfusionMatrix
+    from model import predict_classes
+
+    logits = torch.zeros(1, 13, 2, 2)
+    logits[:, 0] = 100.0
+    logits[0, 7, 0, 0] = 1.0
+    pred = predict_classes(logits)
+    assert pred.min() >= 1 and pred[0, 0, 0] == 7
+    cm = ConfusionMatrix(13)
+    cm.update(torch.tensor([[[7, 0], [2, 2]]]), pred)
+    assert cm.mat[0].sum() == 0 and cm.mat[7, 7] == 1  # truth 0 ignored
+
+
+def test_input_error_is_input_error():
+    with pytest.raises(InputError, match="--lr must be >"):
+        train.main(["--lr", "0"])
