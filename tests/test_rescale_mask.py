@@ -58,22 +58,12 @@ def read(path: Path) -> np.ndarray:
 
 
 def gdalwarp(src: Path, like: Path, method: str, out: Path) -> np.ndarray:
+    """The reference: gdalwarp onto the scene's grid (bounds, size, CRS)."""
     with rasterio.open(like) as s:
-        b = s.bounds
-        args = [
-            "-te",
-            b.left,
-            b.bottom,
-            b.right,
-            b.top,
-            "-ts",
-            s.width,
-            s.height,
-            "-t_srs",
-            s.crs.to_string(),
-        ]
+        b, size, crs = s.bounds, (s.width, s.height), s.crs.to_string()
+    grid = ["-te", b.left, b.bottom, b.right, b.top, "-ts", *size, "-t_srs", crs]
     subprocess.run(
-        [GDALWARP, "-q", "-overwrite", "-r", method, *map(str, args), str(src), str(out)], check=True
+        [GDALWARP, "-q", "-overwrite", "-r", method, *map(str, grid), str(src), str(out)], check=True
     )
     return read(out)
 
@@ -153,7 +143,7 @@ def test_output_grid_is_the_scene_grid(tmp_path, mask_origin, mask_size, mask_cr
     assert np.count_nonzero(data[well_inside]) > 0.7 * well_inside.sum()
 
 
-def test_mask_entirely_outside_some_blocks_and_threads_agree(tmp_path, monkeypatch):
+def test_mask_entirely_outside_some_blocks_and_threads_agree(tmp_path):
     mask = write_raster(tmp_path / "mask.tif", parcels(150, 150, seed=3), res=1.0, origin=(X0, Y0))
     like = scene(tmp_path / "scene.tif", width=64, height=48)  # most blocks see no mask at all
     one = read(rescale(tmp_path, mask, like, "mode", "--threads", "1", name="one.tif"))
