@@ -493,8 +493,8 @@ class Worker:
         counts = count_block(a, block, self.mask, self.grid) if count else Counter()
         if a.max() == NODATA and a.min() == NODATA:  # nothing but nodata (outside the region): no warp
             return np.zeros(shape, np.uint8), counts
-        dst_t = rasterio.windows.transform(block.dst, self.grid.transform)
-        src_t = rasterio.windows.transform(block.src, self.mask.transform)
+        dst_t = self.grid.transform @ Affine.translation(block.dst.col_off, block.dst.row_off)
+        src_t = self.mask.transform @ Affine.translation(block.src.col_off, block.src.row_off)
         if self.method == "near":
             # near picks one pixel, the same before or after the remap: a uint8 mask is remapped
             # after, on 100x fewer pixels; a wider one before, to fit in uint8
