@@ -598,7 +598,7 @@ def rescale(
                     bar.update()
                 bar.close()
                 weights = worker.weights = default_weights(counts.source, lut, weight_power)
-                print_weights(weights, counts.source, lut, weight_power)
+                print_weights(weights, weight_power)
             with (
                 atomic_path(out_path) as tmp,
                 rasterio.open(tmp, "w", **output_profile(grid)) as dst,
@@ -609,18 +609,9 @@ def rescale(
                     dst.update_tags(1, weights=" ".join(f"{c}={weights[c]:.4g}" for c in CODES))
                 bar = progress(total=len(blocks), desc=f"rescaling ({method})", unit="block")
                 run = functools.partial(worker.run, count=not prepass)
-                strip = np.zeros((min(TILE, grid.height), grid.width), np.uint8)
+                rows = TileRows(dst, grid)
                 for block, (data, c) in zip(blocks, in_order(pool, run, blocks, threads + 1), strict=True):
-                    # whole rows of tiles are written at once: each tile compressed once, same bytes every run
-                    d, top = block.dst, block.dst.row_off // TILE * TILE
-                    strip[d.row_off - top : d.row_off - top + d.height, d.col_off : d.col_off + d.width] = (
-                        data
-                    )
-                    if d.col_off + d.width == grid.width and (
-                        d.row_off + d.height - top == TILE or d.row_off + d.height == grid.height
-                    ):
-                        rows = d.row_off + d.height - top
-                        dst.write(strip[:rows], 1, window=Window(0, top, grid.width, rows))
+                    rows.add(block.dst, data)
                     counts.source.update(c)
                     counts.output += np.bincount(data.ravel(), minlength=256)
                     bar.update()
@@ -628,6 +619,26 @@ def rescale(
     finally:
         worker.close()
     return counts, weights
+
+
+class TileRows:
+    """Collects the output blocks (in order) into whole rows of tiles and writes each row when it is
+    complete: every tile is compressed once, and a re-run writes the same bytes."""
+
+    def __init__(self, dst, grid: Grid):
+        self.dst, self.grid = dst, grid
+        self.strip = np.zeros((min(TILE, grid.height), grid.width), np.uint8)
+
+    def add(self, win: Window, data: np.ndarray) -> None:
+        top = win.row_off // TILE * TILE
+        bottom = win.row_off + win.height
+        self.strip[win.row_off - top : bottom - top, win.col_off : win.col_off + win.width] = data
+        if win.col_off + win.width == self.grid.width and (
+            bottom - top == TILE or bottom == self.grid.height
+        ):
+            self.dst.write(
+                self.strip[: bottom - top], 1, window=Window(0, top, self.grid.width, bottom - top)
+            )
 
 
 def output_profile(grid: Grid) -> dict:
@@ -643,7 +654,8 @@ def output_profile(grid: Grid) -> dict:
 # Reporting
 
 
-def print_weights(weights: np.ndarray, counts: Counter, lut: np.ndarray, power: float | None) -> None:
+def print_weights(weights: np.ndarray, power: float | None) -> None:
+    """The weights of ``weighted``, one line per class."""
     how = f"(f_max / f_c) ** {power:g} from the mask's class shares" if power is not None else "as given"
     print(f"weights, {how}:")
     for c in CODES:
@@ -775,7 +787,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if nodata_code is not None and 0 <= nodata_code <= 255:
             lut[nodata_code] = NODATA  # the mask's own nodata value is nodata, not an unknown code
         if weights is not None:
-            print_weights(weights, Counter(), lut, None)
+            print_weights(weights, None)
         counts, _ = rescale(
             args.mask, mask, grid, out, args.method, lut, weights, args.weight_power, args.threads
         )
