@@ -430,7 +430,8 @@ def tile_source(
                 try:
                     img, mask = reader.read(window)
                 except rasterio.errors.RasterioIOError as e:
-                    fail(f"cannot read {', '.join(map(str, src.paths))} or {mask_path} at {window}: {e}")
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    fail(f"cannot read {' or '.join(map(str, [*src.paths, mask_path]))} at {window}: {first}")
                 views = [
                     (c, img[:, :, c - c0 : c - c0 + size], mask[:, c - c0 : c - c0 + size]) for c in chunk
                 ]
@@ -439,6 +440,11 @@ def tile_source(
                     collect(pending.popleft())
             while pending:
                 collect(pending.popleft())
+    except BaseException:  # interrupted or failed: tiles not started yet are not started
+        for futures in pending:
+            for f in futures:
+                f.cancel()
+        raise
     finally:
         reader.close()
     return summary
@@ -546,17 +552,38 @@ def already_done(earlier: dict, options: dict, inputs: list, rows: dict, src: So
     return earlier["summary"]["tiles"] == in_csv
 
 
-def cache_bytes(sources: list[Source], cap: int = 1536 << 20) -> int:
-    """GDAL block cache for two rows of blocks of the scenes read together, within a fixed cap."""
+def cache_bytes(sources: list[Source], size: int, cap: int = 2 << 30) -> int:
+    """A GDAL block cache that holds the blocks of a strip of tiles and of the block rows it shares
+    with the strips before and after it, for all scenes read together, within a fixed cap."""
 
     def need(src: Source) -> int:
         total = 0
         for path in src.paths:
             with rasterio.open(path) as ds:
-                total += 2 * ds.block_shapes[0][0] * ds.width * ds.count * np.dtype(ds.dtypes[0]).itemsize
+                rows = size + 2 * ds.block_shapes[0][0]
+                total += rows * ds.width * ds.count * np.dtype(ds.dtypes[0]).itemsize
         return total
 
     return int(min(max(max(map(need, sources)) * 5 // 4, 256 << 20), cap))
+
+
+def check_record(record: dict, img_dir: Path, src: Source) -> None:
+    """Refuse to add tiles to a folder whose earlier tiles of this source came from other inputs, or
+    whose tiles have another band count or type (training reads a folder of tiles of one shape)."""
+    mine = signature(src)
+    for key, other in record.items():
+        folder, name = key.split("/", 1)
+        theirs = other["signature"]
+        if folder != img_dir.name:
+            continue
+        if name == src.name and theirs != mine:
+            differs = ", ".join(k for k, v in mine.items() if theirs.get(k) != v)
+            fail(f"{img_dir} holds {name} tiles cut from other inputs (other {differs}); use another --out")
+        if (theirs["bands"], theirs["dtype"]) != (mine["bands"], mine["dtype"]):
+            fail(
+                f"{img_dir} holds {name} tiles of {theirs['bands']} bands {theirs['dtype']}; {src.name} "
+                f"tiles ({mine['bands']} bands {mine['dtype']}) would be mixed with them: use another --out"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -578,12 +605,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         k: getattr(args, k) for k in ("stride", "drop_partial", "max_nodata", "keep_water_only", "compress")
     }
     for src in sources:
-        earlier = record.get(f"{img_dir.name}/{src.name}", {}).get("signature")
-        if earlier and earlier != signature(src):
-            differs = ",".join(k for k, v in signature(src).items() if earlier.get(k) != v)
-            fail(
-                f"{img_dir} holds {src.name} tiles cut from other inputs (other {differs}); use another --out"
-            )
+        check_record(record, img_dir, src)
 
     remove_partials(out)
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -598,7 +620,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     mask_profile.update(creation_options(args.compress, mask_dtype, predictor=False))
     summaries: dict[str, Summary] = {}
     # GDAL's block cache keeps the blocks a strip shares with the next: each is decompressed once.
-    with ThreadPoolExecutor(args.workers) as pool, rasterio.Env(GDAL_CACHEMAX=cache_bytes(sources)):
+    with ThreadPoolExecutor(args.workers) as pool, rasterio.Env(GDAL_CACHEMAX=cache_bytes(sources, size)):
         for src in sources:
             key, inputs = f"{img_dir.name}/{src.name}", identity([*src.paths, mask_path])
             if already_done(record.get(key, {}), options, inputs, rows, src, size):

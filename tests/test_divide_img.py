@@ -219,6 +219,11 @@ def test_stack_holds_every_scene_in_order_nodata_only_where_all_are(tmp_path):
     n0 = {r["name"]: int(r["n0"]) for r in read_rows(out)}
     assert n0 == {"stack_0_0": 100, "stack_0_20": 0, "stack_20_0": 0, "stack_20_20": 0}
     assert {r["scene"] for r in read_rows(out)} == {"stack"}
+    # single-date tiles (10 bands) are not mixed into a folder of stacked tiles (20 bands)
+    before = snapshot(out)
+    res = run_script("divide_img.py", "--images", a, "--mask", m, "--size", "20", "--out", out)
+    assert_one_line_error(res, "20 bands", "10 bands", "another --out")
+    assert snapshot(out) == before
 
 
 def test_rerun_skips_finished_tiles_and_csv_describes_old_and_new_once(tmp_path, scene, capsys):
@@ -254,14 +259,16 @@ def test_leftovers_of_a_killed_run_are_repaired_to_the_same_folder(tmp_path, sce
     for t in tiles[::3]:
         t.unlink()
     (out / "mask16" / tiles[1].name).unlink()  # an image whose mask was not written yet
-    (out / "img16" / (tiles[0].name + ".partial")).write_bytes(b"half a tile")
-    (out / "tiles.csv.partial").write_text("name,scene\n")
+    (out / "img16" / (tiles[2].name + ".partial")).write_bytes(b"half a tile")  # of a finished tile
+    (out / "mask16" / "s2_april_99_99.tif.partial").write_bytes(b"")
+    untouched = tiles[2].stat().st_mtime_ns
     run(tmp_path, *args)
     assert snapshot(out) == expected
+    assert tiles[2].stat().st_mtime_ns == untouched  # a finished tile is not written again
 
 
 def test_sigkill_part_way_then_rerun_gives_the_uninterrupted_result(tmp_path):
-    data, codes = scene_data(320, 320, bands=10), np.random.default_rng(3).integers(1, 13, (320, 320))
+    data, codes = scene_data(240, 240, bands=10), np.random.default_rng(3).integers(1, 13, (240, 240))
     img_path, mask_path = write_scene(tmp_path / "s.tif", data), write_mask(tmp_path / "m.tif", codes)
     args = ["--images", str(img_path), "--mask", str(mask_path), "--size", "8", "--workers", "1"]
     clean, out = tmp_path / "clean", tmp_path / "killed"
@@ -274,7 +281,7 @@ def test_sigkill_part_way_then_rerun_gives_the_uninterrupted_result(tmp_path):
     )
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
-        if (out / "mask8").is_dir() and len(os.listdir(out / "mask8")) >= 200:
+        if (out / "mask8").is_dir() and len(os.listdir(out / "mask8")) >= 100:
             break
         time.sleep(0.01)
     killed = proc.poll() is None
@@ -282,7 +289,7 @@ def test_sigkill_part_way_then_rerun_gives_the_uninterrupted_result(tmp_path):
     proc.wait()
     if killed:  # the run was cut part-way: no finished csv for the scene, some tiles missing
         assert not (out / "tiles.csv").exists()
-        assert len(os.listdir(out / "mask8")) < 40 * 40
+        assert len(os.listdir(out / "mask8")) < 30 * 30
     run_script("divide_img.py", *args, "--out", out, check=True)
     assert snapshot(out) == snapshot(clean)
     assert killed, "the run finished before it could be killed; the test proved nothing"
