@@ -592,6 +592,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         rgb = colormap.rgb_band_indices(bands, args.rgb)
     except ValueError as e:
         fail(f"{e} ({args.data / 'train'})")
+    if args.out.exists() and not args.out.is_dir():
+        fail(f"--out is a file, not a run folder: {args.out}")
     last = args.out / "last.pt"
     ckpt = None
     if args.resume:

@@ -310,6 +310,8 @@ def test_resume_and_run_folder_mistakes(tmp_path, capsys, monkeypatch):
         assert run(argv) == 2
         return assert_one_line(capsys.readouterr().err)
 
+    (tmp_path / "afile").write_text("x")
+    assert "--out is a file" in error(["--data", data, "--out", tmp_path / "afile", *FAST])
     base = ["--data", data, "--out", out, *FAST, "--epochs", 1]
     assert "nothing to resume" in error([*base, "--resume"])
     assert not out.exists()
