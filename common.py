@@ -11,7 +11,9 @@ import argparse
 import contextlib
 import errno
 import os
+import shutil
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn, TypeVar
@@ -21,6 +23,13 @@ from tqdm.auto import tqdm
 T = TypeVar("T")
 
 PARTIAL = ".partial"  # suffix of files being written; never a finished output
+
+
+# OSErrors that mean an output cannot be written (a full disk, a quota, a read-only or failing disk, a file
+# where a folder should be): one line and exit status 2 like bad input, not a traceback
+WRITE_ERRORS = (
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO, errno.ENOTDIR, errno.EEXIST
+)  # fmt: skip
 
 
 class InputError(Exception):
@@ -50,18 +59,30 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
     try:
         main(argv)
     except InputError as e:
+        clear_progress_bars()
         sys.stderr.write(f"{prog}: error: {e}\n")
         return 2
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        if e.errno in WRITE_ERRORS:
+            clear_progress_bars()
             where = f" ({e.filename})" if e.filename else ""
-            sys.stderr.write(f"{prog}: error: cannot write{where}: {e.strerror}\n")
+            what = "input/output error" if e.errno == errno.EIO else "cannot write"
+            sys.stderr.write(f"{prog}: error: {what}{where}: {e.strerror}\n")
             return 2
         raise
     except KeyboardInterrupt:
+        clear_progress_bars()
         sys.stderr.write(f"{prog}: interrupted\n")
         return 130
     return 0
+
+
+def clear_progress_bars() -> None:
+    """Erase the progress bars still drawn (a run stopped part-way), so that the error message that
+    follows stands on its own line instead of after a bar that is redrawn below it at exit."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.leave = False
+        bar.close()
 
 
 def partial_path(final: Path) -> Path:
@@ -83,8 +104,10 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename in (None, str(tmp)):  # name the file the user knows
+            e.filename = str(final)
         raise
 
 
@@ -148,11 +171,61 @@ def open_raster(path: str | os.PathLike, what: str = "raster"):
 
     p = require_file(path, what)
     try:
-        ds = rasterio.open(p)
-        if ds.count < 1:
-            ds.close()
-            fail(f"{what} has no bands: {p}")
-        return ds
+        with warnings.catch_warnings():  # scripts that need georeferencing check it themselves
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            ds = rasterio.open(p)
     except rasterio.errors.RasterioError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         fail(f"{what} is not a readable raster: {p} ({first})")
+    if ds.count < 1:
+        ds.close()
+        fail(f"{what} has no bands: {p}")
+    cut = blocks_past_end(ds)
+    if cut:
+        ds.close()
+        fail(
+            f"{what} is truncated ({cut} data blocks lie past the end of the file: copied or written only "
+            f"in part?): {p}"
+        )
+    return ds
+
+
+def blocks_past_end(ds) -> int:
+    """How many data blocks of an open GeoTIFF lie (partly) past the end of its file; 0 for other formats.
+
+    A GeoTIFF cut short (an interrupted copy or download) still opens, as its header comes first, and
+    fails only part-way through reading it; comparing the blocks' offsets and sizes with the file size
+    finds it at once, without reading any pixels (a few microseconds per block).
+    """
+    if ds.driver != "GTiff" or not os.path.isfile(ds.name):
+        return 0
+    size = os.path.getsize(ds.name)
+    bh, bw = ds.block_shapes[0]
+    pixel_interleaved = ds.count == 1 or (ds.interleaving is not None and ds.interleaving.value == "PIXEL")
+    bands = [1] if pixel_interleaved else range(1, ds.count + 1)  # pixel interleaving: blocks hold all bands
+    cut = 0
+    for b in bands:
+        for i in range(-(-ds.height // bh)):
+            for j in range(-(-ds.width // bw)):
+                offset = ds.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=b)
+                nbytes = ds.get_tag_item(f"BLOCK_SIZE_{j}_{i}", "TIFF", bidx=b)
+                if offset is None or nbytes is None:
+                    return 0  # GDAL does not say: nothing to check against
+                cut += int(offset) + int(nbytes) > size
+    return cut
+
+
+def check_written(path: str | os.PathLike) -> None:
+    """Re-open a raster just written (before it is renamed into place): on a full disk GDAL only prints
+    its errors when the file is closed and leaves a short or empty file behind, without raising."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as ds:
+            cut = blocks_past_end(ds)
+    except rasterio.errors.RasterioError:
+        cut = -1
+    if cut:
+        full = shutil.disk_usage(Path(path).parent).free < 1 << 20
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, f"{os.strerror(code)}: the file could not be written completely", str(path))
