@@ -71,6 +71,8 @@ def scan_tiles(pairs: list[tuple[Path, Path]]) -> TileInfo:
             descriptions = tuple(d or f"band{i + 1}" for i, d in enumerate(src.descriptions))
             info = TileInfo(src.count, src.height, src.width, src.dtypes[0], descriptions)
         with open_raster(mask_path, "mask tile") as m:
+            if np.dtype(m.dtypes[0]).kind not in "ui":
+                fail(f"mask tile holds {m.dtypes[0]} values, expected integer class codes: {mask_path}")
             if m.count != 1 or (m.height, m.width) != (info.height, info.width):
                 fail(
                     f"mask tile does not fit its image ({m.count} band(s), {m.height} x {m.width}; "
