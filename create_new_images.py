@@ -91,9 +91,26 @@ def scan_train(train: Path) -> tuple[list[str], list[str], list[str]]:
 def mask_info(path: Path) -> tuple[np.ndarray, bool]:
     """Pixel counts of codes 0..12 of a mask tile, and whether it is tagged as an augmented copy."""
     with open_raster(path, "mask tile") as src:
+        if np.dtype(src.dtypes[0]).kind not in "ui":
+            fail(f"mask tile holds {src.dtypes[0]} values, expected integer class codes: {path}")
         m = src.read(1)
         tagged = TAG_OP in src.tags()
     return np.bincount(m.ravel(), minlength=256)[:NUM_CLASSES].astype(np.int64), tagged
+
+
+def check_pair(train: Path, name: str) -> None:
+    """Fail unless a pair's image opens (whole: not cut short) and has its mask's size: checked for every
+    pair to augment before the first copy is written."""
+    mask_path = train / "mask" / f"{name}.tif"
+    with (
+        open_raster(train / "img" / f"{name}.tif", "image tile") as img,
+        open_raster(mask_path, "mask tile") as m,
+    ):
+        if (img.height, img.width) != (m.height, m.width):
+            fail(
+                f"mask tile does not fit its image ({m.height} x {m.width}, image {img.height} x "
+                f"{img.width}): {mask_path}"
+            )
 
 
 def is_rare(counts: np.ndarray, classes: Sequence[int], threshold: float) -> bool:
@@ -246,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             op = n[len(src) + 1 :]
             if op not in todo[src]:
                 todo[src].append(op)
+        list(pool.map(lambda n: check_pair(train, n), todo))
         jobs = [pool.submit(augment_pair, train, n, ops) for n, ops in todo.items()]
         for job in progress(jobs, desc="augmenting", unit="source"):
             job.result()
