@@ -603,6 +603,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 f"warning: {n_over} tiles overlap a block of another split (tiles overlap: divide_img.py "
                 "--stride below --size); their edge pixels are shared across splits"
             )
+        out.mkdir(parents=True, exist_ok=True)
         write_plan(plan_path, plan)
 
     for s in SPLITS:
