@@ -617,7 +617,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             net = build_model(args.encoder, info.bands, colormap.NUM_CLASSES, args.weights, rgb=rgb)
         except FileNotFoundError as e:
             fail(str(e))
-        except (ValueError, RuntimeError, OSError, KeyError, EOFError, pickle.UnpicklingError) as e:
+        except pickle.UnpicklingError as e:  # torch's message would suggest loading it unsafely
+            what = (
+                "holds pickled objects, refused without running them"
+                if "GLOBAL" in str(e)
+                else "is not a weights file"
+            )
+            fail(f"cannot load encoder weights {args.weights}: the file {what}")
+        except (ValueError, RuntimeError, OSError, KeyError, EOFError) as e:
             fail(f"cannot load encoder weights {args.weights}: {str(e).splitlines()[0][:160]}")
 
     configure_torch(device)
