@@ -1,0 +1,265 @@
+"""Evaluate a checkpoint on a split of tiles: metrics.json, the confusion matrix and comparison pictures.
+
+Reads: a checkpoint (train.py's best.pt) and a split folder (``img/`` and ``mask/`` tiles paired by
+name, move_images.py), with the checkpoint's own bands and normalisation: a split whose band count or
+band names differ from the checkpoint's is refused.
+Writes into --out (default results/<run folder of the checkpoint>):
+  metrics.json          overall_accuracy, miou, mean_dice, kappa, per_class (by code: name, iou, dice,
+                        precision, recall, support in pixels), classes_left_out (absent from truth and
+                        prediction, so left out of the means), the confusion matrix counts, checkpoint
+                        and split
+  confusion_matrix.png  row-normalised: where the pixels of each true class went
+  tile_scores.csv       valid pixels, accuracy and mIoU of every tile
+  comparisons/<group>_<rank>_<tile>.png   image / truth / prediction, legend naming the classes shown,
+                        for the --n best, --n worst and --n random tiles by tile mIoU
+and prints the metrics as a table. Every number comes from one confusion matrix accumulated over every
+valid pixel of the split (nodata never counts); a tile's mIoU from that tile's own matrix.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import inference
+from colormap import (
+    CLASSES,
+    NODATA,
+    NUM_CLASSES,
+    comparison_figure,
+    confusion_figure,
+    rgb_band_indices,
+    stretch_rgb,
+)
+from common import (
+    ArgumentParser,
+    atomic_path,
+    atomic_write_text,
+    check_range,
+    fail,
+    open_raster,
+    progress,
+    run_main,
+)
+from dataset import TileDataset, read_tile, scan_tiles, tile_pairs, valid_pixels
+from metrics import ConfusionMatrix, format_table
+
+GROUPS = ("best", "worst", "random")
+COMPARISONS = "comparisons"
+
+
+def evaluate(
+    net: torch.nn.Module,
+    pairs: list[tuple[Path, Path]],
+    stats: dict,
+    device: torch.device,
+    *,
+    batch_size: int = 8,
+    workers: int = 0,
+    tta: bool = False,
+) -> tuple[ConfusionMatrix, list[dict]]:
+    """The split's confusion matrix over every valid pixel, and each tile's pixels, accuracy and mIoU."""
+    loader = DataLoader(
+        TileDataset(pairs, stats),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    cm = ConfusionMatrix(NUM_CLASSES)
+    scores: list[dict] = []
+    with progress(total=len(pairs), desc="evaluating", unit="tile") as bar:
+        for x, y in loader:
+            pred = inference.predict_codes(net, x.to(device, non_blocking=True), tta).cpu()
+            cm.update(y, pred)
+            for b in range(len(y)):
+                tile = ConfusionMatrix(NUM_CLASSES)
+                tile.update(y[b], pred[b])
+                m = tile.compute()
+                scores.append(
+                    {
+                        "tile": pairs[len(scores)][0].stem,
+                        "pixels": m["pixels"],
+                        "accuracy": m["overall_accuracy"],
+                        "miou": m["miou"],
+                    }
+                )
+            bar.update(len(y))
+    return cm, scores
+
+
+def select_tiles(scores: list[dict], n: int, seed: int) -> list[tuple[str, int, int]]:
+    """(group, rank, tile index): the n best and n worst tiles by tile mIoU and n random others.
+
+    Tiles without valid pixels are never picked; a tile is in one group at most; ties go by name.
+    """
+    ranked = sorted(
+        (i for i, s in enumerate(scores) if s["miou"] is not None),
+        key=lambda i: (-scores[i]["miou"], scores[i]["tile"]),
+    )
+    best = ranked[:n]
+    worst = [i for i in reversed(ranked) if i not in best][:n]
+    others = [i for i in ranked if i not in best and i not in worst]
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.choice(len(others), size=min(n, len(others)), replace=False).tolist())
+    random = [others[k] for k in picked]
+    return [
+        (g, r + 1, i)
+        for g, group in zip(GROUPS, (best, worst, random), strict=True)
+        for r, i in enumerate(group)
+    ]
+
+
+def tile_comparison(
+    net: torch.nn.Module,
+    dataset: TileDataset,
+    index: int,
+    device: torch.device,
+    rgb: Sequence[int],
+    title: str,
+    tta: bool = False,
+):
+    """The image / truth / prediction figure of one tile, predicted exactly as in ``evaluate``.
+
+    The truth and prediction are nodata where the image has no data; the legend names only the classes
+    shown (``colormap.comparison_figure``).
+    """
+    x, y = dataset[index]
+    img, _ = read_tile(*dataset.pairs[index])
+    valid = valid_pixels(img)
+    pred = inference.predict_codes(net, x[None].to(device), tta)[0].cpu().numpy()
+    pred[~valid] = NODATA
+    picture = stretch_rgb(img[list(rgb)], valid)
+    return comparison_figure(picture, y.numpy(), pred, title)
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Save a matplotlib figure as PNG atomically and free it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
+
+def scores_csv(scores: list[dict]) -> str:
+    """The per-tile scores as CSV text (empty cells where a tile has no valid pixel)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["tile", "valid_pixels", "accuracy", "miou"])
+    for s in scores:
+        w.writerow(
+            [s["tile"], s["pixels"], *("" if s[k] is None else f"{s[k]:.6f}" for k in ("accuracy", "miou"))]
+        )
+    return buf.getvalue()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--checkpoint", default=inference.DEFAULT_CHECKPOINT, help="checkpoint written by train.py"
+    )
+    parser.add_argument("--data", type=Path, default=Path("data/test"), help="split folder (img/ and mask/)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results folder (default: results/<run folder of the checkpoint>, e.g. results/resnet50)",
+    )
+    parser.add_argument(
+        "--n", type=int, default=4, help="comparison pictures per group (best, worst, random)"
+    )
+    parser.add_argument("--tta", action="store_true", help="average predictions over 4 flips (4x slower)")
+    parser.add_argument("--batch-size", type=int, default=8, help="tiles per model call")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="DataLoader worker processes (0: main process)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random group of pictures")
+    parser.add_argument(
+        "--rgb",
+        type=int,
+        nargs=3,
+        default=(3, 2, 1),
+        metavar=("R", "G", "B"),
+        help="1-based red, green, blue bands for pictures when the tiles do not name B4, B3, B2",
+    )
+    args = parser.parse_args(argv)
+    check_range("--n", args.n, 0)
+    check_range("--batch-size", args.batch_size, 1)
+    check_range("--workers", args.workers, 0)
+
+    device = inference.pick_device(args.device)
+    net, ckpt = inference.load_model(args.checkpoint, device)
+    pairs = tile_pairs(args.data)
+    with open_raster(pairs[0][0], "image tile") as first:  # the usual mistake, before the tile scan
+        inference.check_bands(ckpt["bands"], first.descriptions, f"split {args.data}")
+    info = scan_tiles(pairs)
+    inference.check_bands(ckpt["bands"], info.descriptions, f"split {args.data}")
+    try:
+        rgb = rgb_band_indices(info.descriptions, args.rgb)
+    except ValueError as e:
+        fail(f"{e}: {args.data}")
+    out = args.out or inference.results_folder(args.checkpoint)
+
+    cm, scores = evaluate(
+        net, pairs, ckpt["stats"], device, batch_size=args.batch_size, workers=args.workers, tta=args.tta
+    )
+    metrics = cm.compute({c: CLASSES[c][0] for c in CLASSES})
+    if metrics["pixels"] == 0:
+        fail(f"no valid pixels in the tiles of {args.data} (every pixel is nodata in the image or the mask)")
+    report = {
+        **metrics,
+        "confusion_matrix": {"rows": "truth", "columns": "prediction", "codes": list(range(NUM_CLASSES))}
+        | {"counts": cm.mat.tolist()},
+        "checkpoint": {
+            "path": str(args.checkpoint),
+            "encoder": ckpt["model_config"]["encoder"],
+            "bands": list(ckpt["bands"]),
+            "epoch": ckpt.get("epoch"),
+            "val_miou": ckpt.get("best_miou"),
+        },
+        "split": {
+            "path": str(args.data),
+            "tiles": len(pairs),
+            "tile_size": [info.height, info.width],
+            "bands": list(info.descriptions),
+        },
+        "tta": args.tta,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "tile_scores.csv", scores_csv(scores))
+    title = f"{Path(args.data).name}: {metrics['pixels']:,} pixels, mIoU {metrics['miou']:.3f}"
+    save_figure(confusion_figure(cm.mat.numpy(), title), out / "confusion_matrix.png")
+
+    folder = out / COMPARISONS
+    folder.mkdir(exist_ok=True)
+    dataset = TileDataset(pairs, ckpt["stats"])
+    written = set()
+    for group, rank, i in progress(select_tiles(scores, args.n, args.seed), desc="pictures", unit="tile"):
+        s = scores[i]
+        name = f"{group}_{rank}_{s['tile']}.png"
+        t = f"{group} {rank}: {s['tile']}, tile mIoU {s['miou']:.3f}, accuracy {s['accuracy']:.3f}"
+        save_figure(tile_comparison(net, dataset, i, device, rgb, t, args.tta), folder / name)
+        written.add(name)
+    for old in folder.glob("*.png"):  # pictures of an earlier evaluation into the same folder
+        if old.name not in written:
+            old.unlink()
+    atomic_write_text(out / "metrics.json", json.dumps(report, indent=1) + "\n")  # last: all is written
+
+    print(format_table(metrics))
+    print(f"wrote {out / 'metrics.json'}, {out / 'confusion_matrix.png'}, {out / 'tile_scores.csv'}")
+    print(f"wrote {len(written)} comparison pictures in {folder}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
