@@ -215,6 +215,27 @@ def blocks_past_end(ds) -> int:
     return cut
 
 
+@contextlib.contextmanager
+def whole_raster(path: str | os.PathLike) -> Iterator[None]:
+    """Around writing a raster at ``path`` with GDAL (inside ``atomic_path``, around ``rasterio.open``):
+    a write GDAL could not finish, e.g. on a full disk, becomes an OSError naming the file, before the
+    file is renamed into place. GDAL raises only "Write failed" for what it cannot write at once, and for
+    what it writes when the file is closed it prints its errors and leaves a short file without raising:
+    so the closed file is opened again and checked (its header only: no pixel is read).
+
+        with atomic_path(out) as tmp, whole_raster(tmp), rasterio.open(tmp, "w", **profile) as dst:
+    """
+    import rasterio
+
+    try:
+        yield
+    except rasterio.errors.RasterioIOError as e:
+        if not (str(e).startswith("Write failed") or str(path) in str(e)):  # reading an input failed
+            raise
+        raise _write_error(path) from e
+    check_written(path)
+
+
 def check_written(path: str | os.PathLike) -> None:
     """Re-open a raster just written (before it is renamed into place): on a full disk GDAL only prints
     its errors when the file is closed and leaves a short or empty file behind, without raising."""
@@ -222,10 +243,14 @@ def check_written(path: str | os.PathLike) -> None:
 
     try:
         with rasterio.open(path) as ds:
-            cut = blocks_past_end(ds)
+            whole = blocks_past_end(ds) == 0
     except rasterio.errors.RasterioError:
-        cut = -1
-    if cut:
-        full = shutil.disk_usage(Path(path).parent).free < 1 << 20
-        code = errno.ENOSPC if full else errno.EIO
-        raise OSError(code, f"{os.strerror(code)}: the file could not be written completely", str(path))
+        whole = False
+    if not whole:
+        raise _write_error(path)
+
+
+def _write_error(path: str | os.PathLike) -> OSError:
+    """The OSError of a raster GDAL could not write: ENOSPC when the disk is (nearly) full, else EIO."""
+    code = errno.ENOSPC if shutil.disk_usage(Path(path).parent).free < 1 << 20 else errno.EIO
+    return OSError(code, f"{os.strerror(code)}: the raster could not be written completely", str(path))
