@@ -40,6 +40,7 @@ from common import (
     progress,
     remove_partials,
     run_main,
+    whole_raster,
 )
 
 # The dihedral transforms, on arrays whose last two axes are (rows, cols), e.g. (C, H, W) or (H, W).
@@ -162,7 +163,7 @@ def write_copy(r: Raster, op: str) -> Path:
     out = np.ascontiguousarray(AUGMENTATIONS[op](r.data))
     final = r.path.with_name(f"{r.path.stem}_{op}.tif")
     profile = {**r.profile, "height": out.shape[1], "width": out.shape[2]}
-    with atomic_path(final) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(final) as tmp, whole_raster(tmp), rasterio.open(tmp, "w", **profile) as dst:
         dst.write(out)
         for i, d in enumerate(r.descriptions, start=1):
             if d:

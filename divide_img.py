@@ -56,6 +56,7 @@ from common import (
     progress,
     remove_partials,
     run_main,
+    whole_raster,
 )
 
 CSV_NAME = "tiles.csv"
@@ -283,7 +284,7 @@ class Result:
 
 def write_tif(path: Path, data: np.ndarray, profile: dict, descriptions=None, colormap=None) -> None:
     """Write one GeoTIFF atomically (``<path>.partial`` renamed into place)."""
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(path) as tmp, whole_raster(tmp), rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data)
         for i, d in enumerate(descriptions or [], 1):
             if d:

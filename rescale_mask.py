@@ -64,7 +64,16 @@ from rasterio.warp import Resampling, reproject, transform, transform_bounds
 from rasterio.windows import Window
 
 from colormap import CLASSES, CODES, DEFAULT_REMAP, NODATA, gdal_colour_table, remap_lut
-from common import ArgumentParser, atomic_path, check_range, fail, open_raster, progress, run_main
+from common import (
+    ArgumentParser,
+    atomic_path,
+    check_range,
+    fail,
+    open_raster,
+    progress,
+    run_main,
+    whole_raster,
+)
 
 METHODS = ("near", "mode", "weighted")
 TILE = 512  # output tile size; blocks are made of whole tiles
@@ -601,6 +610,7 @@ def rescale(
                 print_weights(weights, weight_power)
             with (
                 atomic_path(out_path) as tmp,
+                whole_raster(tmp),
                 rasterio.open(tmp, "w", **output_profile(grid)) as dst,
             ):
                 dst.write_colormap(1, gdal_colour_table())
