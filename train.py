@@ -513,8 +513,17 @@ def log_pictures(
 
 
 def save_checkpoint(ckpt: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    """Save atomically; a full disk is the OSError (ENOSPC) run_main reports in one line, and the
+    previous file stays as it was. torch.save(ckpt, path) would raise a RuntimeError of its zip writer
+    ("unexpected pos"); through a Python file the OSError is raised, then hidden by the RuntimeError
+    the writer raises again while closing."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:
+            torch.save(ckpt, f)
+        except RuntimeError as e:
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
 
 
 def plain_options(args) -> dict:
