@@ -209,9 +209,8 @@ def blocks_past_end(ds) -> int:
             for j in range(-(-ds.width // bw)):
                 offset = ds.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=b)
                 nbytes = ds.get_tag_item(f"BLOCK_SIZE_{j}_{i}", "TIFF", bidx=b)
-                if offset is None or nbytes is None:
-                    return 0  # GDAL does not say: nothing to check against
-                cut += int(offset) + int(nbytes) > size
+                if offset is not None and nbytes is not None:  # None: a sparse block, or not said
+                    cut += int(offset) + int(nbytes) > size
     return cut
 
 
