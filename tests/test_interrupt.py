@@ -7,8 +7,9 @@ their output exists (at the n-th call of a function: a rename, a write, a model 
 same arguments, and their output folder is compared file by file, byte for byte, with the folder of an
 uninterrupted run. train.py is killed in the middle of epoch 2 of 3 (and once after epoch 2 was logged
 but before its checkpoint was saved), resumed with --resume, and must end with a valid best.pt and
-last.pt and a TensorBoard history holding every scalar exactly once per epoch 1..3, with the weights
-of an uninterrupted run. Runs are real processes forked from a warm server (tests/prefork.py).
+last.pt and a TensorBoard history holding every scalar exactly once per epoch 1..3 (as TensorBoard
+reads the event files: an epoch logged before the kill and again after the resume is purged once), with
+the weights of an uninterrupted run. Runs are real processes forked from a warm server (tests/prefork.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from helpers import S2_BANDS
 from prefork import Prefork, call_at, files
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from dataset import load_checkpoint, make_checkpoint, read_checkpoint
 from model import build_model
@@ -217,6 +219,16 @@ def scalar_steps(run: Path) -> dict[str, list[int]]:
     return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def raw_steps(run: Path, tag: str) -> list[int]:
+    """The steps of a scalar in the event files as written (before TensorBoard drops what a restart
+    purges), file after file."""
+    steps = []
+    for path in sorted(run.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            steps += [event.step for v in event.summary.value if v.tag == tag]
+    return steps
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(chain, runner, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("train") / "run"
@@ -225,19 +237,20 @@ def uninterrupted(chain, runner, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("target", "n", "when"),
+    ("target", "n", "when", "logged"),
     [
-        ("torch.optim.Adam.step", STEPS_PER_EPOCH + 2, "before"),  # the middle of epoch 2
-        ("os.replace", 4, "before"),  # epoch 2 logged, its checkpoint (best or last) not yet in place
+        ("torch.optim.Adam.step", STEPS_PER_EPOCH + 2, "before", [1]),  # the middle of epoch 2
+        ("os.replace", 4, "before", [1, 2]),  # epoch 2 logged, its checkpoint (best or last) not in place
     ],
 )
 def test_train_killed_then_resumed_ends_valid_with_one_value_per_epoch(
-    runner, chain, uninterrupted, tmp_path, target, n, when
+    runner, chain, uninterrupted, tmp_path, target, n, when, logged
 ):
     run = tmp_path / "run"
     args = ["--data", chain / "ref" / "create", "--out", run, *TRAIN]
     killed(runner, "train.py", args, target, n, when)
     assert read_checkpoint(run / "last.pt")["epoch"] == 1  # what the kill left: epoch 1 finished
+    assert raw_steps(run, "Loss/train") == logged
 
     run_ok(runner, "train.py", *args, "--resume")
 
@@ -249,6 +262,7 @@ def test_train_killed_then_resumed_ends_valid_with_one_value_per_epoch(
     steps = scalar_steps(run)
     assert {"Loss/train", "Loss/val", "LR", "mIoU/val"} <= steps.keys()
     assert all(s == [1, 2, 3] for s in steps.values()), steps  # none missing, none twice
+    assert raw_steps(run, "Loss/train") == [*logged, 2, 3]  # epoch 2 logged again: the first one purged
     assert steps.keys() == scalar_steps(uninterrupted).keys()
     reference = read_checkpoint(uninterrupted / "last.pt")
     assert all(torch.equal(v, reference["model"][k]) for k, v in last["model"].items())  # the same run
