@@ -48,6 +48,7 @@ from common import (
     atomic_path,
     atomic_write_text,
     check_range,
+    check_written,
     fail,
     open_raster,
     progress,
@@ -468,6 +469,7 @@ def write_map(
                 dst.update_tags(ns="rio_overview", resampling="mode")
         finally:
             reader.close()
+        check_written(tmp)  # a full disk leaves a short file without an error from GDAL
         if preview:
             title = f"{out.name}: {' + '.join(p.name for p in scene_paths)}"
             write_preview(tmp, out.with_suffix(".png"), counts, title)

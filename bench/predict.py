@@ -6,8 +6,11 @@ coast): predict.py runs in a child process, then the bare model forward over the
 windows of the same size and batch in another child (same encoder, device and threads, inputs already
 on the device: nothing but ``net(x)``). Reported: windows/s of both, the ratio of predict.py's own time
 (reading, normalising, blending, writing, overviews, preview) to the bare forward (target <= 1.25),
-whole-process wall times, and the peak RSS of every child (os.wait4; target: the larger scene within
-1.1x of the smaller). The encoder is random-init (speed does not depend on the weights).
+the CPU seconds of both processes (imports included; steadier than wall time when other jobs share
+the cores), and the peak RSS of every child (os.wait4; target: the larger scene within
+1.1x of the smaller). The encoder is random-init (speed does not depend on the weights). With
+--repeat N both run N times, alternated, and the fastest of each counts (cores shared with other jobs).
+predict.py's time includes its one-time costs (first batch, CUDA start-up), the bare forward's not.
 
 Writes only under bench/out/predict/ (git-ignored): the scenes (cached), the checkpoint, the maps.
 Runs unchanged on CUDA (--device auto picks it). Usage:
@@ -128,8 +131,8 @@ def make_checkpoint_file(path: Path, encoder: str) -> None:
     torch.save(make_checkpoint(net, list(BANDS), stats), path)
 
 
-def spawn(cmd: list[str], env: dict) -> tuple[float, float, str]:
-    """Run a child and wait for it with os.wait4 (its own peak RSS, not the maximum over all children)."""
+def spawn(cmd: list[str], env: dict) -> tuple[float, float, str, float]:
+    """Run a child, wait for it with os.wait4: wall s, its own peak RSS (MB), its stdout, its CPU s."""
     t0 = time.perf_counter()
     with open(OUT / "child.out", "w") as fo, open(OUT / "child.err", "w") as fe:
         p = subprocess.Popen(cmd, stdout=fo, stderr=fe, cwd=ROOT, env=env)
@@ -138,7 +141,7 @@ def spawn(cmd: list[str], env: dict) -> tuple[float, float, str]:
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         sys.exit(f"child failed ({p.returncode}): {' '.join(cmd)}\n{(OUT / 'child.err').read_text()[-3000:]}")
-    return wall, usage.ru_maxrss / 1024, (OUT / "child.out").read_text()
+    return wall, usage.ru_maxrss / 1024, (OUT / "child.out").read_text(), usage.ru_utime + usage.ru_stime
 
 
 def bare_forward(args: argparse.Namespace) -> None:
@@ -152,8 +155,9 @@ def bare_forward(args: argparse.Namespace) -> None:
     x = torch.randn(args.batch_size, 10, args.window, args.window, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
-        net(x)  # warm-up (cudnn autotuning), as predict.py's first batch
-        sync()
+        if device.type == "cuda":
+            net(x)  # warm-up (CUDA start-up, cudnn autotuning), excluded from the time
+            sync()
         t0 = time.perf_counter()
         done = 0
         while done < args.bare:
@@ -174,6 +178,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None, help="predict.py reader threads (its default)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-preview", action="store_true", help="predict.py without its PNG preview")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each (alternated); the fastest counts")
     p.add_argument("--bare", type=int, default=0, help=argparse.SUPPRESS)  # child mode
     args = p.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -202,14 +207,23 @@ def main() -> None:
         cmd += ["--window", args.window, "--overlap", args.overlap, "--batch-size", args.batch_size]
         cmd += ["--device", args.device, "--no-preview"] if args.no_preview else ["--device", args.device]
         cmd += ["--workers", args.workers] if args.workers is not None else []
-        wall_p, rss_p, text = spawn([str(c) for c in cmd], env)
-        work_p = float(re.search(r"px, ([\d.]+) s\)", text).group(1))
         bare = [sys.executable, "bench/predict.py", "--bare", n, "--encoder", args.encoder, "--window", w]
         bare += ["--batch-size", args.batch_size, "--device", args.device]
-        _, rss_b, text = spawn([str(c) for c in bare], env)
-        work_b = float(re.search(r"forward ([\d.]+)", text).group(1))
-        rows.append((size, n, work_p, work_b, wall_p, rss_p, rss_b))
-        print(f"{size}: {n} windows, predict.py {work_p:.1f} s, bare forward {work_b:.1f} s", flush=True)
+        runs = []
+        for k in range(args.repeat):  # alternated, so that both see the same load on shared cores
+            wall_p, rss_p, text, cpu_p = spawn([str(c) for c in cmd], env)
+            work_p = float(re.search(r"px, ([\d.]+) s\)", text).group(1))
+            _, rss_b, text, cpu_b = spawn([str(c) for c in bare], env)
+            work_b = float(re.search(r"forward ([\d.]+)", text).group(1))
+            runs.append((work_p, work_b, wall_p, cpu_p, cpu_b, rss_p, rss_b))
+            print(
+                f"{size} run {k + 1}: {n} windows, predict.py {work_p:.1f} s ({cpu_p:.0f} CPU s), "
+                f"bare forward {work_b:.1f} s ({cpu_b:.0f} CPU s)",
+                flush=True,
+            )
+        work_p, work_b, wall_p, cpu_p, cpu_b = (min(r[i] for r in runs) for i in range(5))  # least disturbed
+        rss_p, rss_b = (max(r[i] for r in runs) for i in (5, 6))
+        rows.append((size, n, work_p, work_b, wall_p, cpu_p, cpu_b, rss_p, rss_b))
 
     import torch
 
@@ -221,16 +235,17 @@ def main() -> None:
     )
     print(
         f"{'scene':>11} {'windows':>7} {'predict s':>9} {'bare s':>7} {'win/s':>6} {'bare win/s':>10} "
-        f"{'ratio':>6} {'process s':>9} {'RSS predict MB':>14} {'RSS bare MB':>11}"
+        f"{'ratio':>6} {'CPU s':>6} {'bare CPU s':>10} {'CPU ratio':>9} "
+        f"{'RSS predict MB':>14} {'RSS bare MB':>11}"
     )
-    for size, n, wp, wb, allp, rp, rb in rows:
+    for size, n, wp, wb, _, cp, cb, rp, rb in rows:
         print(
             f"{size:>5}x{size:<5} {n:>7} {wp:>9.1f} {wb:>7.1f} {n / wp:>6.2f} {n / wb:>10.2f} "
-            f"{wp / wb:>6.2f} {allp:>9.1f} {rp:>14.0f} {rb:>11.0f}"
+            f"{wp / wb:>6.2f} {cp:>6.0f} {cb:>10.0f} {cp / cb:>9.2f} {rp:>14.0f} {rb:>11.0f}"
         )
     if len(rows) > 1:
         print(
-            f"peak RSS of predict.py, largest / smallest scene: {rows[-1][5] / rows[0][5]:.3f} "
+            f"peak RSS of predict.py, largest / smallest scene: {rows[-1][7] / rows[0][7]:.3f} "
             f"(target <= 1.1); worst time ratio {max(r[2] / r[3] for r in rows):.2f} (target <= 1.25)"
         )
 
