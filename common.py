@@ -60,7 +60,7 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
         main(argv)
     except InputError as e:
         clear_progress_bars()
-        sys.stderr.write(f"{prog}: error: {e}\n")
+        sys.stderr.write(f"{prog}: error: {input_error_message(e)}\n")
         return 2
     except OSError as e:
         if e.errno in WRITE_ERRORS:
@@ -75,6 +75,16 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
         sys.stderr.write(f"{prog}: interrupted\n")
         return 130
     return 0
+
+
+def input_error_message(e: InputError) -> str:
+    """The one line of an InputError. One raised in a torch DataLoader worker comes back with the worker's
+    traceback in its message ("Caught InputError in DataLoader worker process 0. Original Traceback ...
+    common.InputError: <message>"): its own message is the last line."""
+    text = str(e).strip()
+    if "\n" in text and "Traceback" in text:
+        return text.splitlines()[-1].split("InputError: ", 1)[-1]
+    return text
 
 
 def clear_progress_bars() -> None:
@@ -188,6 +198,18 @@ def open_raster(path: str | os.PathLike, what: str = "raster"):
             f"in part?): {p}"
         )
     return ds
+
+
+def read_pixels(ds, what: str, *args, **kwargs):
+    """``ds.read(*args, **kwargs)`` of a dataset from ``open_raster``; a block GDAL cannot decode (a file
+    damaged inside, which opens fine) is one line naming the file."""
+    import rasterio
+
+    try:
+        return ds.read(*args, **kwargs)
+    except rasterio.errors.RasterioError as e:
+        cause = str(e.__cause__ or e).strip()  # rasterio chains GDAL's own message
+        fail(f"cannot read {what} {ds.name}: {cause.splitlines()[0][:160] if cause else type(e).__name__}")
 
 
 def blocks_past_end(ds) -> int:
