@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
 import torch
 from torch.utils.data import Dataset
 
 from colormap import CLASSES, NODATA, NUM_CLASSES
-from common import atomic_write_text, fail, open_raster, progress, require_dir, require_file
+from common import atomic_write_text, fail, open_raster, progress, read_pixels, require_dir, require_file
 from model import UNet, model_from_config
 
 STATS_FILE = "band_stats.json"
@@ -96,13 +95,16 @@ def scan_tiles(pairs: list[tuple[Path, Path]]) -> TileInfo:
 
 
 def read_tile(img_path: Path, mask_path: Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """An image tile (C, H, W) as stored and its mask (H, W) uint8, or None without a mask."""
-    with rasterio.open(img_path) as src:
-        img = src.read()
+    """An image tile (C, H, W) as stored and its mask (H, W) uint8, or None without a mask.
+
+    A tile that cannot be opened or decoded (damaged blocks) is an error naming it.
+    """
+    with open_raster(img_path, "image tile") as src:
+        img = read_pixels(src, "image tile")
     mask = None
     if mask_path is not None:
-        with rasterio.open(mask_path) as m:
-            mask = m.read(1)
+        with open_raster(mask_path, "mask tile") as m:
+            mask = read_pixels(m, "mask tile", 1)
     return img, mask
 
 
