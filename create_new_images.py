@@ -38,6 +38,7 @@ from common import (
     fail,
     open_raster,
     progress,
+    read_pixels,
     remove_partials,
     run_main,
     whole_raster,
@@ -94,14 +95,14 @@ def mask_info(path: Path) -> tuple[np.ndarray, bool]:
     with open_raster(path, "mask tile") as src:
         if np.dtype(src.dtypes[0]).kind not in "ui":
             fail(f"mask tile holds {src.dtypes[0]} values, expected integer class codes: {path}")
-        m = src.read(1)
+        m = read_pixels(src, "mask tile", 1)
         tagged = TAG_OP in src.tags()
     return np.bincount(m.ravel(), minlength=256)[:NUM_CLASSES].astype(np.int64), tagged
 
 
 def check_pair(train: Path, name: str) -> None:
-    """Fail unless a pair's image opens (whole: not cut short) and has its mask's size: checked for every
-    pair to augment before the first copy is written."""
+    """Fail unless a pair's image reads whole (not cut short, no damaged block) and has its mask's size:
+    checked for every pair to augment before the first copy is written (the masks are read already)."""
     mask_path = train / "mask" / f"{name}.tif"
     with (
         open_raster(train / "img" / f"{name}.tif", "image tile") as img,
@@ -112,6 +113,7 @@ def check_pair(train: Path, name: str) -> None:
                 f"mask tile does not fit its image ({m.height} x {m.width}, image {img.height} x "
                 f"{img.width}): {mask_path}"
             )
+        read_pixels(img, "image tile")
 
 
 def is_rare(counts: np.ndarray, classes: Sequence[int], threshold: float) -> bool:
@@ -146,7 +148,7 @@ def read_raster(path: Path) -> Raster:
             colormap = None
         return Raster(
             path,
-            src.read(),
+            read_pixels(src, "tile"),
             dict(src.profile),
             src.descriptions,
             src.tags(),

@@ -52,6 +52,7 @@ from common import (
     fail,
     open_raster,
     progress,
+    read_pixels,
     remove_partials,
     run_main,
 )
@@ -160,7 +161,7 @@ def counts_from_csv(csv_path: Path, size: int) -> dict[str, np.ndarray]:
 def mask_counts(mask_path: Path) -> np.ndarray:
     """Pixel counts of codes 1..12 in a mask tile."""
     with open_raster(mask_path, "mask tile") as src:
-        m = src.read(1)
+        m = read_pixels(src, "mask tile", 1)
     return np.bincount(m.ravel(), minlength=256)[1 : len(CODES) + 1].astype(np.int64)
 
 
