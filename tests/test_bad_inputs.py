@@ -4,7 +4,7 @@ wrong, no traceback, and not one file created or changed anywhere.
 Each row is (script, case, how to build the bad input, arguments, words the message must hold). The
 cases already covered the same way in a script's own tests are not repeated here (see the README's
 Reliability section); these are the ones that cut across the chain: files cut short, files that are not
-rasters, masks of floats, checkpoints that are cut short, of another architecture or holding a pickled
+rasters, files with a damaged pixel block, masks of floats, checkpoints that are cut short, of another architecture or holding a pickled
 object (refused without running it: the object would write a marker file), options out of range,
 outputs that cannot be created. Shared valid inputs are built once (tiny scenes, tiles and resnet18
 checkpoints); the scripts run as real processes, forked from one warm server (tests/prefork.py) so that
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from helpers import S2_BANDS, tree_snapshot, write_raster, write_tile_split
 from prefork import Prefork
@@ -114,6 +115,17 @@ def cut_in_half(src: Path, dst: Path) -> Path:
     return dst
 
 
+def damage(path: Path) -> Path:
+    """Garbage over the first pixel block of a GeoTIFF: it opens, and fails to decode."""
+    with rasterio.open(path) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_0_0", "TIFF", bidx=1))
+    data = bytearray(path.read_bytes())
+    data[offset : offset + size] = b"\x55" * size
+    path.write_bytes(bytes(data))
+    return path
+
+
 def text_file(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("not a raster, a note someone saved with the wrong name\n")
@@ -174,6 +186,10 @@ def b_tiles_cut_mask(tmp, base):
     return b_tiles_no_csv(tmp, base, lambda p: cut_in_half(Path(shutil.copy(p, tmp / "whole.tif")), p))
 
 
+def b_tiles_damaged_mask(tmp, base):
+    return b_tiles_no_csv(tmp, base, damage)
+
+
 def b_tiles_damaged_csv(tmp, base):
     tiles = copy_tree(base, "tiles", tmp)
     lines = (tiles / "tiles.csv").read_text().splitlines()
@@ -208,6 +224,14 @@ def b_data_cut_image(tmp, base):
 
 def b_data_text_mask(tmp, base):
     return b_data(tmp, base, lambda d: text_file(d / "val" / "mask" / "t001.tif"))
+
+
+def b_data_damaged_image(tmp, base, split="train"):
+    return b_data(tmp, base, lambda d: damage(d / split / "img" / "t001.tif"))
+
+
+def b_data_damaged_mask(tmp, base):
+    return b_data(tmp, base, lambda d: damage(d / "train" / "mask" / "t001.tif"))
 
 
 def b_train_text_mask(tmp, base):
@@ -357,6 +381,8 @@ CASES = [
      [*MOVE, "{tiles}"], ["mask16", NOT_RASTER]),
     ("move_images.py", "truncated mask tile (no tiles.csv)", b_tiles_cut_mask,
      [*MOVE, "{tiles}"], ["mask16", CUT]),
+    ("move_images.py", "mask tile with damaged blocks (no tiles.csv)", b_tiles_damaged_mask,
+     [*MOVE, "{tiles}"], ["mask16", "cannot read"]),
     ("move_images.py", "damaged tiles.csv", b_tiles_damaged_csv, [*MOVE, "{tiles}"], ["tiles.csv", "line 4"]),
     ("move_images.py", "damaged plan", b_tiles_damaged_plan, [*MOVE, "{tiles}"], ["split.csv"]),
     ("move_images.py", "--out is a file", b_tiles_out_file,
@@ -365,6 +391,10 @@ CASES = [
     # create_new_images.py
     ("create_new_images.py", "truncated image tile", b_data_cut_image,
      [*CREATE, "{data}/train"], ["t001.tif", CUT]),
+    ("create_new_images.py", "image tile with damaged blocks", b_data_damaged_image,
+     [*CREATE, "{data}/train"], ["t001.tif", "cannot read"]),
+    ("create_new_images.py", "mask tile with damaged blocks", b_data_damaged_mask,
+     [*CREATE, "{data}/train"], ["t001.tif", "cannot read"]),
     ("create_new_images.py", "mask tile not a raster", b_train_text_mask,
      [*CREATE, "{data}/train"], ["t001.tif", NOT_RASTER]),
     ("create_new_images.py", "float mask tile", b_data_float_mask,
@@ -375,6 +405,8 @@ CASES = [
      [*CREATE, "{base}/data/train", "--workers", "0"], ["--workers"]),
     # train.py
     ("train.py", "truncated image tile", b_data_cut_image, [*TRAIN, "{data}"], ["t001.tif", CUT]),
+    ("train.py", "image tile with damaged blocks", b_data_damaged_image,
+     [*TRAIN, "{data}"], ["t001.tif", "cannot read"]),
     ("train.py", "mask tile not a raster", b_data_text_mask, [*TRAIN, "{data}"], ["t001.tif", NOT_RASTER]),
     ("train.py", "float mask tile", b_data_float_mask, [*TRAIN, "{data}"], ["t002.tif", "float32"]),
     ("train.py", "--batch-size 0", None, [*TRAIN, "{base}/data", "--batch-size", "0"], ["--batch-size"]),
@@ -401,6 +433,8 @@ CASES = [
      [*TEST, S2, "--data", "{base}/data/test"], ["4 bands", "10"]),
     ("test_model.py", "truncated image tile", b_test_cut_image,
      [*TEST, B4, "--data", "{data}/test"], ["t002.tif", CUT]),
+    ("test_model.py", "image tile with damaged blocks", lambda t, b: b_data_damaged_image(t, b, "test"),
+     [*TEST, B4, "--data", "{data}/test"], ["t001.tif", "cannot read"]),
     ("test_model.py", "tiles of mixed sizes", b_test_mixed_sizes,
      [*TEST, B4, "--data", "{data}/test"], ["t001.tif", "16 x 16"]),
     ("test_model.py", "split with no tiles", b_test_empty,
