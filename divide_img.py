@@ -238,7 +238,8 @@ def tile_counts(img: np.ndarray, mask: np.ndarray, nodata: float | None) -> tupl
 
     Code 0 counts nodata: mask 0, an unknown code, or no image data (every band == nodata).
     """
-    valid = np.any(img != (0 if nodata is None else nodata), axis=0) & (mask != 0)
+    nodata = img.dtype.type(0 if nodata is None else nodata)  # a float would make numpy compare floats
+    valid = np.any(img != nodata, axis=0) & (mask != 0)
     known = valid & (mask > 0) & (mask < NUM_CLASSES)
     counts = np.bincount(mask[known].astype(np.intp), minlength=NUM_CLASSES)
     n_known = int(counts[1:].sum())
