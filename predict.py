@@ -24,6 +24,7 @@ scene, and only on its width.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -504,6 +505,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--image",
+        default=argparse.SUPPRESS,
         nargs="+",
         type=Path,
         help="the scene(s) to map; for a stacked model every scene it was trained on, in that order "
@@ -511,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--out",
+        default=argparse.SUPPRESS,
         type=Path,
         help="the map to write (.tif); the preview goes beside it as .png "
         "(default: results/<run folder of the checkpoint>/landcover_<scene(s)>.tif)",
@@ -542,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     device = inference.pick_device(args.device)
     net, ckpt = inference.load_model(args.checkpoint, device)  # a broken checkpoint fails first
-    images = args.image or default_images(ckpt["bands"])
+    images = getattr(args, "image", None) or default_images(ckpt["bands"])
     scenes = [open_raster(p, "scene") for p in images]
     try:
         check_scenes(ckpt["bands"], [(Path(s.name), s.descriptions) for s in scenes])
@@ -553,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for s in scenes:
             s.close()
     stem = "+".join(p.stem for p in images)
-    out = args.out or inference.results_folder(args.checkpoint) / f"landcover_{stem}.tif"
+    out = getattr(args, "out", None) or inference.results_folder(args.checkpoint) / f"landcover_{stem}.tif"
     if out.suffix.lower() not in (".tif", ".tiff"):
         fail(f"--out must end with .tif or .tiff (the preview goes beside it as .png): {out}")
     if any(out.resolve() == Path(p).resolve() for p in images):

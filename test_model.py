@@ -18,6 +18,7 @@ valid pixel of the split (nodata never counts); a tile's mIoU from that tile's o
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -170,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path("data/test"), help="split folder (img/ and mask/)")
     parser.add_argument(
         "--out",
+        default=argparse.SUPPRESS,
         type=Path,
         help="results folder (default: results/<run folder of the checkpoint>, e.g. results/resnet50)",
     )
@@ -209,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rgb = rgb_band_indices(info.descriptions, args.rgb)
     except ValueError as e:
         fail(f"{e}: {args.data}")
-    out = args.out or inference.results_folder(args.checkpoint)
+    out = getattr(args, "out", None) or inference.results_folder(args.checkpoint)
 
     cm, scores = evaluate(
         net, pairs, ckpt["stats"], device, batch_size=args.batch_size, workers=args.workers, tta=args.tta
