@@ -53,6 +53,7 @@ from common import (
     fail,
     open_raster,
     progress,
+    read_pixels,
     run_main,
 )
 from dataset import normalize, valid_pixels
@@ -243,15 +244,9 @@ class SceneReader:
                 self.handles = [rasterio.open(p) for p in self.paths]
             width = self.handles[0].width
             c0, c1 = c, max(c + w, min(width, c + self.chunk))
-            try:
-                self.buf = np.concatenate(
-                    [src.read(window=Window(c0, r, c1 - c0, h)) for src in self.handles]
-                )
-            except rasterio.errors.RasterioError as e:  # a damaged block: one line, not a traceback
-                cause = str(e.__cause__ or e).strip()  # rasterio chains GDAL's own message
-                first = cause.splitlines()[0][:160] if cause else type(e).__name__
-                where = " + ".join(str(p) for p in self.paths)
-                fail(f"cannot read rows {r}..{r + h - 1}, columns {c0}..{c1 - 1} of {where}: {first}")
+            what = f"rows {r}..{r + h - 1}, columns {c0}..{c1 - 1} of scene"  # a damaged block: one line
+            window = Window(c0, r, c1 - c0, h)
+            self.buf = np.concatenate([read_pixels(src, what, window=window) for src in self.handles])
             self.at = (r, r + h, c0, c1)
         return self.buf[:, :, c - c0 : c - c0 + w]
 
