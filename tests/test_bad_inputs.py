@@ -4,8 +4,9 @@ wrong, no traceback, and not one file created or changed anywhere.
 Each row is (script, case, how to build the bad input, arguments, words the message must hold). The
 cases already covered the same way in a script's own tests are not repeated here (see the README's
 Reliability section); these are the ones that cut across the chain: files cut short, files that are not
-rasters, files with a damaged pixel block, masks of floats, checkpoints that are cut short, of another architecture or holding a pickled
-object (refused without running it: the object would write a marker file), options out of range,
+rasters, files with a damaged pixel block, masks of floats, checkpoints that are cut short, of another
+architecture or holding a pickled object (refused without running it: the object would write a
+marker file), options out of range,
 outputs that cannot be created. Shared valid inputs are built once (tiny scenes, tiles and resnet18
 checkpoints); the scripts run as real processes, forked from one warm server (tests/prefork.py) so that
 torch is imported once. Before and after each run the whole tree of inputs and outputs is compared:
