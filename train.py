@@ -30,12 +30,14 @@ statistics cache.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -517,13 +519,34 @@ def save_checkpoint(ckpt: dict, path: Path) -> None:
     previous file stays as it was. torch.save(ckpt, path) would raise a RuntimeError of its zip writer
     ("unexpected pos"); through a Python file the OSError is raised, then hidden by the RuntimeError
     the writer raises again while closing."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with signals_held(), atomic_path(path) as tmp, open(tmp, "wb") as f:
         try:
             torch.save(ckpt, f)
         except RuntimeError as e:
             if isinstance(e.__context__, OSError):
                 raise e.__context__ from None
             raise
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold Ctrl-C and SIGTERM while a checkpoint is written, then act on them: torch.save turns an
+    interrupt inside its zip writer into a RuntimeError traceback instead of a clean stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {
+        s: signal.signal(s, lambda signum, frame: caught.append(signum))
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def plain_options(args) -> dict:
@@ -770,8 +793,8 @@ def train(args, proc, device, amp, net, ckpt, train_pairs, val_pairs, bands, rgb
                 state.update(
                     optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state()
                 )
+                done = epoch  # an interrupt during the save is held until last.pt is whole
                 save_checkpoint(state, last)  # last: so that a kill before it repeats this epoch
-                done = epoch
                 print(
                     f"epoch {epoch}/{args.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
                     f"mIoU {miou:.4f}  lr {lr:.3g}" + ("  (best)" if improved else ""),
