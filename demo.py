@@ -2,13 +2,14 @@
 
 Reads nothing; writes ``data/`` (demo scenes, mask, tiles, splits), ``runs/demo-*`` (checkpoints and
 TensorBoard logs) and ``results/demo-*`` (metrics.json, confusion matrix, comparison pictures, the
-land-cover map and its preview). Each step is one of the pipeline's scripts, run exactly as a user
-would run it from the shell; every step is idempotent, so re-running the demo after an interruption
-completes it.
+land-cover map and its preview), all under ``--root`` (default: the repository). Each step is one
+of the pipeline's scripts, run exactly as a user would run it from the shell; every step is
+idempotent, so re-running the demo after an interruption completes it.
 
-Two modes are trained with the same model, epochs and seed: ``april`` (one date per input, the
-10 bands of the April scene) and ``stacked`` (both dates of a place in one 20-band input); each has
-one tile per place, so both cost the same per epoch.
+By default two modes are trained with the same model, epochs and seed: ``april`` (one date per
+input, the 10 bands of the April scene) and ``stacked`` (both dates of a place in one 20-band
+input); each has one tile per place, so both cost the same per epoch. ``--modes april august
+stacked`` adds the August-only mode (bench/seasons.py runs all three).
 The mode with the better validation mIoU is kept (choosing on the test split would leak it into the
 choice); both test scores are printed, and the map is made with the chosen model.
 """
@@ -16,6 +17,7 @@ choice); both test scores are printed, and the map is made with the chosen model
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from pathlib import Path
 from common import ArgumentParser, run_main
 
 ROOT = Path(__file__).resolve().parent
+MODES = {"april": [0], "august": [1], "stacked": [0, 1]}  # mode -> scenes (0 April, 1 August)
 
 
 def step(args: Sequence[str]) -> None:
@@ -55,12 +58,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--modes",
         nargs="+",
         default=["april", "stacked"],
-        choices=["april", "stacked"],
+        choices=list(MODES),
         help="input modes to train and compare",
+    )
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=ROOT,
+        help="folder that receives data/, runs/ and results/",
     )
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    raw, data = Path("data/raw"), Path("data")
+    base = Path(os.path.relpath(args.root.resolve(), ROOT))  # the steps run in ROOT
+    data = base / "data"
+    raw = data / "raw"
     scenes = [raw / "s2_april.tif", raw / "s2_august.tif"]
 
     step(["make_demo_data.py", "--out", raw, "--size", args.size, "--seed", args.seed])
@@ -78,10 +89,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         ]
     )
 
-    roots = {"april": data, "stacked": data / "stacked"}
+    roots = {"april": data, "august": data / "august", "stacked": data / "stacked"}
     for mode in args.modes:
-        root = roots[mode]
-        stack, images = (["--stack"], scenes) if mode == "stacked" else ([], scenes[:1])
+        root, images = roots[mode], [scenes[i] for i in MODES[mode]]
+        stack = ["--stack"] if len(images) > 1 else []
         step(
             [
                 "divide_img.py",
@@ -102,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     scores = {}
     for mode in args.modes:
-        root, run, res = roots[mode], Path(f"runs/demo-{mode}"), Path(f"results/demo-{mode}")
+        root, run, res = roots[mode], base / f"runs/demo-{mode}", base / f"results/demo-{mode}"
         resume = ["--resume"] if (run / "last.pt").is_file() else []
         step(
             [
@@ -131,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     chosen = max(scores, key=lambda m: scores[m]["val"] if scores[m]["val"] is not None else -1)
     res = scores[chosen]["results"]
-    images = scenes if chosen == "stacked" else scenes[:1]
+    images = [scenes[i] for i in MODES[chosen]]
     step(
         [
             "predict.py",
@@ -153,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"  confusion matrix:  {res / 'confusion_matrix.png'}")
     print(f"  comparison images: {res / 'comparisons'}/")
     print(f"  land-cover map:    {res / 'landcover_demo.tif'} (preview {res / 'landcover_demo.png'})")
-    print("  TensorBoard:       .venv/bin/tensorboard --logdir runs")
+    print(f"  TensorBoard:       .venv/bin/tensorboard --logdir {base / 'runs'}")
 
 
 if __name__ == "__main__":
