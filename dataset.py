@@ -5,7 +5,8 @@ Middle floor: shared by train.py, test_model.py and predict.py. A split folder h
 sort order). Each band is normalised with the mean and std of the valid pixels of the train split,
 computed once, cached beside the data (``band_stats.json``) and carried inside every checkpoint, so
 evaluation and prediction reuse them and never recompute them on other data. Nodata (0) pixels are
-0 in the input and ignored in the loss and the metrics.
+0 in the input and ignored in the loss and the metrics. Tiles travel as stored (uint16) from the
+loader to the device, where ``Normalize`` standardises them.
 """
 
 from __future__ import annotations
@@ -178,35 +179,61 @@ def band_stats(train: str | Path, pairs: list[tuple[Path, Path]] | None = None) 
     return stats
 
 
-def normalize(img: np.ndarray, mean, std) -> np.ndarray:
-    """(C, H, W) raw bands -> float32 standardised bands; nodata pixels are 0 in every band."""
-    mean = np.asarray(mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(std, dtype=np.float32)[:, None, None]
-    x = (img.astype(np.float32) - mean) / std
-    x[:, ~valid_pixels(img)] = 0.0
-    return x
+class Normalize:
+    """Tiles as stored -> the model's input: each band standardised with the train split's mean and std
+    (float32), and 0 in every band where the tile has no data (0 in every band).
+
+    Called where the batch is used, on its device: the loader ships tiles as stored (uint16 is half the
+    bytes of float32) and the GPU standardises a batch in microseconds. Takes (C, H, W) or (N, C, H, W)
+    tensors of any dtype; the result is float32 on the input's device. The same float32 arithmetic
+    runs through numpy on the CPU, where it is 3-4x faster than torch's kernels (measured on a batch
+    of 12 300 x 300 x 10 tiles), so the CPU and the GPU give the same values.
+    """
+
+    def __init__(self, stats: dict, device: str | torch.device = "cpu"):
+        self.mean = torch.tensor(stats["mean"], dtype=torch.float32, device=device)[:, None, None]
+        self.std = torch.tensor(stats["std"], dtype=torch.float32, device=device)[:, None, None]
+
+    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.with_numpy(raw) if raw.device.type == "cpu" else self.with_torch(raw)
+
+    def with_numpy(self, raw: torch.Tensor) -> torch.Tensor:
+        img = raw.numpy()
+        x = img.astype(np.float32)
+        x -= self.mean.cpu().numpy()
+        x /= self.std.cpu().numpy()
+        x *= np.any(img != NODATA, axis=-3, keepdims=True)
+        return torch.from_numpy(x)
+
+    def with_torch(self, raw: torch.Tensor) -> torch.Tensor:
+        x = raw.float()  # a cast only: every dtype casts on CUDA, uint16 has few other kernels there
+        valid = (x != NODATA).any(dim=-3, keepdim=True)
+        return ((x - self.mean.to(x.device)) / self.std.to(x.device)).masked_fill_(~valid, 0.0)
 
 
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """One of the 8 dihedral transforms of the last two dims: k in 0..7 (rotate k%4, flip if k>=4)."""
+def dihedral(x: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 dihedral transforms of the last two dims: k in 0..7 (rotate k%4, flip if k>=4).
+
+    A view; ``np.ascontiguousarray`` copies it (numpy: 2-4x faster than torch on uint16 tiles)."""
     if k >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, k % 4, dims=(-2, -1))
+        x = x[..., ::-1]
+    return np.rot90(x, k % 4, axes=(-2, -1))
 
 
 class TileDataset(Dataset):
-    """Normalised image tiles and their masks; random dihedral transforms when ``augment``.
+    """Image tiles as stored and their targets; random dihedral transforms when ``augment``.
 
-    Returns ``(x, y)``: x float32 (C, H, W), y int64 (H, W) with 0 (nodata) where either the mask is
-    nodata (or a code outside 0..12) or the image has no data there. Randomness comes from torch's
+    Returns ``(raw, y)``: raw (C, H, W) in the tiles' own dtype (uint16 for Sentinel-2), to be
+    standardised by ``Normalize`` on the device; y uint8 (H, W) with 0 (nodata) where either the mask
+    is nodata (or a code outside 0..12) or the image has no data there. Randomness comes from torch's
     RNG, so a seeded DataLoader gives the same transforms every run. An index may also be a pair
     ``(i, k)``: tile i with dihedral transform k (0..7) chosen by the caller (train.py draws k in its
     sampler, so the transforms do not depend on the number of workers); no randomness is used then.
     """
 
-    def __init__(self, pairs: list[tuple[Path, Path]], stats: dict, augment: bool = False):
+    def __init__(self, pairs: list[tuple[Path, Path]], bands: int, augment: bool = False):
         self.pairs = pairs
-        self.mean, self.std = stats["mean"], stats["std"]
+        self.bands = bands
         self.augment = augment
 
     def __len__(self) -> int:
@@ -215,17 +242,15 @@ class TileDataset(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         i, k = (int(item[0]), int(item[1])) if isinstance(item, tuple | list) else (int(item), None)
         img, mask = read_tile(*self.pairs[i])
-        if img.shape[0] != len(self.mean):
-            fail(f"image tile has {img.shape[0]} bands, expected {len(self.mean)}: {self.pairs[i][0]}")
+        if img.shape[0] != self.bands:
+            fail(f"image tile has {img.shape[0]} bands, expected {self.bands}: {self.pairs[i][0]}")
         # codes outside 0..12 would index past the model's outputs (a crash on CUDA): nodata
-        y = np.where(valid_pixels(img) & (mask < NUM_CLASSES), mask, NODATA).astype(np.int64)
-        x = torch.from_numpy(normalize(img, self.mean, self.std))
-        y = torch.from_numpy(y)
+        y = np.where(valid_pixels(img) & (mask < NUM_CLASSES), mask, NODATA).astype(np.uint8)
         if k is None and self.augment:
             k = int(torch.randint(8, ()).item())
         if k:
-            x, y = dihedral(x, k).contiguous(), dihedral(y, k).contiguous()
-        return x, y
+            img, y = np.ascontiguousarray(dihedral(img, k)), np.ascontiguousarray(dihedral(y, k))
+        return torch.from_numpy(img), torch.from_numpy(y)
 
 
 def seed_worker(worker_id: int) -> None:

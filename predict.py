@@ -10,16 +10,16 @@ as labels), internal overviews made with mode resampling; and ``MAP.png``, a pre
 the classes present (unless --no-preview). Everything is written under a ``.partial`` name first: a
 MAP.tif that exists is complete, overviews and preview included.
 
-The scene is never read whole. It is read in chunks of one row of windows by 4096 columns (one
-thread, in order; GDAL decodes a chunk's blocks in parallel), cut into windows of --window pixels at
-least --overlap pixels apart, normalised like the training tiles (--workers threads) and predicted in
-batches. The class probabilities of the windows are blended with a weight that ramps linearly to zero
-over the --overlap pixels at each window edge, so no seam shows, and each finished row of windows is
-written as it comes, in whole rows of output blocks. Memory: a chunk per scene (42 MB for 10 bands),
-a few batches of windows, the model, the blended sums of the overlap rows across the scene's width
-(13 float16 values per pixel of those rows: 50 MB for 30000 px and --overlap 64), a row of output
-blocks (uint8) and a fixed 256 MB GDAL cache. Only the overlap sums and the output row depend on the
-scene, and only on its width.
+The scene is never read whole. It is read in chunks of one row of windows by 4096 columns (one thread,
+in order; GDAL decodes a chunk's blocks in parallel), cut into windows of --window pixels at least
+--overlap pixels apart (--workers threads find their valid pixels), normalised like the training tiles
+on the model's device and predicted in batches. The class probabilities of the windows are blended with
+a weight that ramps linearly to zero over the --overlap pixels at each window edge, so no seam shows,
+and each finished row of windows is written as it comes, in whole rows of output blocks. Memory: a chunk
+per scene (42 MB for 10 bands), a few batches of windows, the model, the blended sums of the overlap
+rows across the scene's width (13 float16 values per pixel of those rows: 50 MB for 30000 px and
+--overlap 64), a row of output blocks (uint8) and a fixed 256 MB GDAL cache. Only the overlap sums and
+the output row depend on the scene, and only on its width.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from common import (
     read_pixels,
     run_main,
 )
-from dataset import normalize, valid_pixels
+from dataset import Normalize, valid_pixels
 
 DEFAULT_RAW = Path("data/raw")
 BLOCK = 512  # output block size (pixels)
@@ -294,8 +294,9 @@ def predict_scene(
     """Predict a ``height`` x ``width`` scene window by window; ``write(row0, codes)`` gets finished rows.
 
     ``read(r, c, h, w)`` returns a window's bands as stored, called in raster order from one thread;
-    they are normalised with the checkpoint's ``stats`` (mean, std) like the training tiles by
-    ``workers`` threads. Returns the pixel count of every code 0..12 in the map.
+    ``workers`` threads find each window's valid pixels, and each batch crosses to ``device`` as stored
+    and is normalised there with the checkpoint's ``stats`` (mean, std), as in training. Returns the
+    pixel count of every code 0..12 in the map.
     """
     device = torch.device(device)
     win = (min(window, height), min(window, width))
@@ -304,7 +305,9 @@ def predict_scene(
     blender = Blender(height, width, rows, cols, win, overlap)
 
     def prepare(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return normalize(raw, stats["mean"], stats["std"]), valid_pixels(raw)
+        return raw, valid_pixels(raw)
+
+    norm = Normalize(stats, device)
 
     items = [(rows[i], cols[j], *win) for i, j in windows]
     loads = _prefetch(items, read, prepare, workers, 2 * batch_size + workers)
@@ -312,8 +315,8 @@ def predict_scene(
     with bar, contextlib.closing(loads):  # on an error: the bar ends, then the reader threads stop
         for b in range(0, len(windows), batch_size):
             batch = windows[b : b + batch_size]
-            xs, valids = zip(*(next(loads) for _ in batch), strict=True)
-            x = torch.from_numpy(np.stack(xs)).to(device, non_blocking=True)
+            raws, valids = zip(*(next(loads) for _ in batch), strict=True)
+            x = norm(torch.from_numpy(np.stack(raws)).to(device, non_blocking=True))
             probs = inference.class_probabilities(net, x, tta)
             for (i, j), p, valid in zip(batch, probs, valids, strict=True):
                 done = blender.add(i, j, p, valid)
@@ -526,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--workers",
         type=int,
         default=min(8, os.cpu_count() or 1),
-        help="threads decoding and normalising windows (0: all in the main thread)",
+        help="threads preparing windows (their valid pixels; 0: all in the main thread)",
     )
     parser.add_argument("--no-preview", action="store_true", help="do not write the PNG preview")
     args = parser.parse_args(argv)

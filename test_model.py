@@ -50,7 +50,7 @@ from common import (
     progress,
     run_main,
 )
-from dataset import TileDataset, read_tile, scan_tiles, tile_pairs, valid_pixels
+from dataset import Normalize, TileDataset, scan_tiles, tile_pairs, valid_pixels
 from metrics import ConfusionMatrix, format_table
 
 GROUPS = ("best", "worst", "random")
@@ -68,8 +68,9 @@ def evaluate(
     tta: bool = False,
 ) -> tuple[ConfusionMatrix, list[dict]]:
     """The split's confusion matrix over every valid pixel, and each tile's pixels, accuracy and mIoU."""
+    norm = Normalize(stats, device)
     loader = DataLoader(
-        TileDataset(pairs, stats),
+        TileDataset(pairs, len(stats["mean"])),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -78,8 +79,8 @@ def evaluate(
     cm = ConfusionMatrix(NUM_CLASSES)
     scores: list[dict] = []
     with progress(total=len(pairs), desc="evaluating", unit="tile") as bar:
-        for x, y in loader:
-            pred = inference.predict_codes(net, x.to(device, non_blocking=True), tta).cpu()
+        for raw, y in loader:
+            pred = inference.predict_codes(net, norm(raw.to(device, non_blocking=True)), tta).cpu()
             cm.update(y, pred)
             for b in range(len(y)):
                 tile = ConfusionMatrix(NUM_CLASSES)
@@ -122,6 +123,7 @@ def select_tiles(scores: list[dict], n: int, seed: int) -> list[tuple[str, int, 
 def tile_comparison(
     net: torch.nn.Module,
     dataset: TileDataset,
+    norm: Normalize,
     index: int,
     device: torch.device,
     rgb: Sequence[int],
@@ -133,10 +135,10 @@ def tile_comparison(
     The truth and prediction are nodata where the image has no data; the legend names only the classes
     shown (``colormap.comparison_figure``).
     """
-    x, y = dataset[index]
-    img, _ = read_tile(*dataset.pairs[index])
+    raw, y = dataset[index]
+    img = raw.numpy()
     valid = valid_pixels(img)
-    pred = inference.predict_codes(net, x[None].to(device), tta)[0].cpu().numpy()
+    pred = inference.predict_codes(net, norm(raw[None].to(device)), tta)[0].cpu().numpy()
     pred[~valid] = NODATA
     picture = stretch_rgb(img[list(rgb)], valid)
     return comparison_figure(picture, y.numpy(), pred, title)
@@ -245,13 +247,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     folder = out / COMPARISONS
     folder.mkdir(exist_ok=True)
-    dataset = TileDataset(pairs, ckpt["stats"])
+    dataset, norm = TileDataset(pairs, len(ckpt["bands"])), Normalize(ckpt["stats"], device)
     written = set()
     for group, rank, i in progress(select_tiles(scores, args.n, args.seed), desc="pictures", unit="tile"):
         s = scores[i]
         name = f"{group}_{rank}_{s['tile']}.png"
         t = f"{group} {rank}: {s['tile']}, tile mIoU {s['miou']:.3f}, accuracy {s['accuracy']:.3f}"
-        save_figure(tile_comparison(net, dataset, i, device, rgb, t, args.tta), folder / name)
+        save_figure(tile_comparison(net, dataset, norm, i, device, rgb, t, args.tta), folder / name)
         written.add(name)
     for old in folder.glob("*.png"):  # pictures of an earlier evaluation into the same folder
         if old.name not in written:

@@ -63,11 +63,11 @@ from common import (
     run_main,
 )
 from dataset import (
+    Normalize,
     TileDataset,
     band_stats,
     make_checkpoint,
     read_checkpoint,
-    read_tile,
     scan_tiles,
     seed_worker,
     tile_pairs,
@@ -398,9 +398,19 @@ def make_criterion(kind: str, weight: torch.Tensor) -> Callable[[torch.Tensor, t
 # One epoch of training, one pass of validation
 
 
+def to_device(
+    raw: torch.Tensor, y: torch.Tensor, norm: Normalize, device: torch.device, fmt: torch.memory_format
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loader batch (tiles as stored, uint8 targets) -> normalised float32 input and int64 targets on
+    ``device``: the bytes cross to the GPU as uint16 and uint8, and the GPU does the arithmetic."""
+    x = norm(raw.to(device, non_blocking=True)).contiguous(memory_format=fmt)
+    return x, y.to(device, non_blocking=True).long()
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
+    norm: Normalize,
     criterion: Callable,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
@@ -414,9 +424,8 @@ def train_one_epoch(
     loss_sum, tiles = 0.0, 0
     start = time.perf_counter()
     bar = progress(total=len(loader), desc=desc, unit="batch", leave=False, disable=not proc.main)
-    for x, y in loader:
-        x = x.to(device, non_blocking=True, memory_format=fmt)
-        y = y.to(device, non_blocking=True)
+    for raw, y in loader:
+        x, y = to_device(raw, y, norm, device, fmt)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
         loss = criterion(logits.float(), y)
@@ -435,16 +444,21 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    net: nn.Module, loader: DataLoader, criterion: Callable, device: torch.device, amp: bool, proc: Proc
+    net: nn.Module,
+    loader: DataLoader,
+    norm: Normalize,
+    criterion: Callable,
+    device: torch.device,
+    amp: bool,
+    proc: Proc,
 ) -> tuple[float, ConfusionMatrix]:
     """Loss per tile and one confusion matrix over the whole split, summed over all processes."""
     net.eval()
     fmt = torch.channels_last if amp else torch.contiguous_format
     cm = ConfusionMatrix(colormap.NUM_CLASSES, ignore_index=colormap.NODATA)
     loss_sum, tiles = 0.0, 0
-    for x, y in progress(loader, desc="validation", unit="batch", leave=False, disable=not proc.main):
-        x = x.to(device, non_blocking=True, memory_format=fmt)
-        y = y.to(device, non_blocking=True)
+    for raw, y in progress(loader, desc="validation", unit="batch", leave=False, disable=not proc.main):
+        x, y = to_device(raw, y, norm, device, fmt)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = net(x)
         loss_sum += criterion(logits.float(), y).item() * len(x)
@@ -486,6 +500,7 @@ def log_pictures(
     net: nn.Module,
     cm: ConfusionMatrix,
     val: TileDataset,
+    norm: Normalize,
     picks: Sequence[int],
     rgb: Sequence[int],
     device: torch.device,
@@ -498,11 +513,12 @@ def log_pictures(
     net.eval()
     fmt = torch.channels_last if amp else torch.contiguous_format
     for i in picks:
-        img_path, mask_path = val.pairs[i]
-        raw, _ = read_tile(img_path, mask_path)
-        x, y = val[i]
+        img_path = val.pairs[i][0]
+        raw, y = val[i]
+        x, _ = to_device(raw[None], y, norm, device, fmt)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            pred = predict_classes(net(x[None].to(device, memory_format=fmt)))[0].cpu().numpy()
+            pred = predict_classes(net(x))[0].cpu().numpy()
+        raw = raw.numpy()
         valid = valid_pixels(raw)
         pred[~valid] = colormap.NODATA
         picture = colormap.stretch_rgb(raw[list(rgb)], valid)
@@ -696,8 +712,9 @@ def train(args, proc, device, amp, net, ckpt, train_pairs, val_pairs, bands, rgb
         set_rng_state(ckpt["rng"])
         start, best_miou, best_epoch = int(ckpt["epoch"]), float(ckpt["best_miou"]), int(ckpt["best_epoch"])
 
-    train_ds = TileDataset(train_pairs, stats, augment=True)
-    val_ds = TileDataset(val_pairs, stats)
+    train_ds = TileDataset(train_pairs, len(bands), augment=True)
+    val_ds = TileDataset(val_pairs, len(bands))
+    norm = Normalize(stats, device)
     sampler = EpochSampler(len(train_ds), args.seed, proc)
     train_loader = make_loader(
         train_ds, sampler, args.batch_size, args.workers, device, args.seed + proc.rank
@@ -769,10 +786,18 @@ def train(args, proc, device, amp, net, ckpt, train_pairs, val_pairs, bands, rgb
             seed_everything(derive_seed(args.seed, epoch, proc.rank))
             sampler.set_epoch(epoch)
             train_loss = train_one_epoch(
-                model, train_loader, criterion, optimizer, device, amp, f"epoch {epoch}/{args.epochs}", proc
+                model,
+                train_loader,
+                norm,
+                criterion,
+                optimizer,
+                device,
+                amp,
+                f"epoch {epoch}/{args.epochs}",
+                proc,
             )
             sync_buffers(net)
-            val_loss, cm = evaluate(net, val_loader, criterion, device, amp, proc)
+            val_loss, cm = evaluate(net, val_loader, norm, criterion, device, amp, proc)
             lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
             scheduler.step(val_loss)
             metrics = cm.compute({c: colormap.name(c) for c in colormap.CODES})
@@ -785,7 +810,7 @@ def train(args, proc, device, amp, net, ckpt, train_pairs, val_pairs, bands, rgb
                 if args.log_images_every and (
                     epoch == 1 or epoch % args.log_images_every == 0 or epoch == args.epochs
                 ):
-                    log_pictures(writer, epoch, net, cm, val_ds, picks, rgb, device, amp)
+                    log_pictures(writer, epoch, net, cm, val_ds, norm, picks, rgb, device, amp)
                 writer.flush()
                 state = checkpoint(epoch, metrics, train_loss, val_loss)
                 if improved:

@@ -7,9 +7,10 @@ that is removed at the end; prints a table.
 The step is train.py's: U-Net forward, loss, backward and Adam step on a random batch (resnet50,
 batch 12, 300 x 300, 10 bands, 13 outputs by default), fp32 on the CPU and, when CUDA is present,
 fp32 and bf16 autocast + channels_last (``--amp``) on the GPU. The loader is train.py's too: TileDataset
-(read, normalise, dihedral transform) through its DataLoader with 0 and --workers workers, timed over
-a second pass (workers already started), batches copied to the GPU when there is one. The target: the
-loader delivers at least 5x the tiles per second that the step consumes.
+(read, dihedral transform; tiles as stored, uint16) through its DataLoader with 0 and --workers
+workers, timed from the second batch on (workers already started), each batch copied to the device
+and normalised there (``train.to_device``). The target: the loader delivers at least 5x the tiles per
+second that the step consumes.
 
     .venv/bin/python bench/train_speed.py [--encoder resnet50] [--batch-size 12] [--steps 3]
 """
@@ -31,7 +32,7 @@ from rasterio.transform import from_origin
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train
-from dataset import TileDataset, band_stats, tile_pairs
+from dataset import Normalize, TileDataset, band_stats, tile_pairs
 from model import build_model
 
 S2_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
@@ -129,15 +130,15 @@ class Passes(torch.utils.data.Sampler):
 
 
 def loader_speed(split: Path, batch: int, workers: int, device: torch.device, passes: int) -> float:
-    """Tiles per second of train.py's DataLoader (read, normalise, transform, collate, pin, copy to the
-    device), counted from the second batch on, once the workers are running."""
+    """Tiles per second of train.py's DataLoader (read, transform, collate, pin, copy to the device and
+    normalise there), counted from the second batch on, once the workers are running."""
     pairs = tile_pairs(split)
-    ds = TileDataset(pairs, band_stats(split, pairs), augment=True)
+    norm = Normalize(band_stats(split, pairs), device)
+    ds = TileDataset(pairs, len(norm.mean), augment=True)
     loader = train.make_loader(ds, Passes(len(ds), passes), batch, workers, device, 0)
     start, n = 0.0, 0
-    for i, (x, y) in enumerate(loader):
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
+    for i, (raw, y) in enumerate(loader):
+        x, y = train.to_device(raw, y, norm, device, torch.contiguous_format)
         if i == 0:
             sync(device)
             start = time.perf_counter()

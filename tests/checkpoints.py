@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from helpers import S2_BANDS
 
-from dataset import make_checkpoint, normalize
+from dataset import Normalize, make_checkpoint
 from model import build_model
 
 # code -> 10 band values (B2 B3 B4 B5 B6 B7 B8 B8A B11 B12)
@@ -67,11 +67,12 @@ def trained_checkpoint(
     net = build_model("resnet18", len(bands), 13)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     net.train()
+    norm = Normalize(stats)
     try:
         for _ in range(steps):
             labels = np.stack([label_map(size, size, rng, block=size // 3) for _ in range(4)])
             imgs = [np.concatenate([image_of(lab, rng)] * repeat) for lab in labels]
-            x = torch.from_numpy(np.stack([normalize(i, stats["mean"], stats["std"]) for i in imgs]))
+            x = norm(torch.from_numpy(np.stack(imgs)))
             y = torch.from_numpy(labels.astype(np.int64))
             loss = torch.nn.functional.cross_entropy(net(x), y, ignore_index=0)
             opt.zero_grad()

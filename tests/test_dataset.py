@@ -15,12 +15,12 @@ from helpers import write_raster, write_tile_split
 import dataset
 from common import InputError
 from dataset import (
+    Normalize,
     TileDataset,
     band_stats,
     dihedral,
     load_checkpoint,
     make_checkpoint,
-    normalize,
     read_checkpoint,
     scan_tiles,
     tile_pairs,
@@ -155,11 +155,37 @@ def test_band_stats_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
 
 def test_normalize_standardises_and_zeroes_nodata():
     img = np.array([[[0, 10], [30, 50]], [[0, 20], [40, 0]]], dtype=np.uint16)  # pixel (0, 0) nodata
-    x = normalize(img, mean=[30, 20], std=[10, 5])
-    assert x.dtype == np.float32
-    assert np.all(x[:, 0, 0] == 0)
+    norm = Normalize({"mean": [30, 20], "std": [10, 5]})
+    x = norm(torch.from_numpy(img))
+    assert x.dtype == torch.float32
+    assert torch.all(x[:, 0, 0] == 0)
     assert x[0, 0, 1] == -2 and x[0, 1, 0] == 0 and x[0, 1, 1] == 2
     assert x[1, 0, 1] == 0 and x[1, 1, 0] == 4 and x[1, 1, 1] == -4  # a single zero band is a value
+    # a batch (N, C, H, W) of any stored dtype gives the same values, tile by tile
+    batch = torch.from_numpy(np.stack([img, img[:, ::-1].copy()]))
+    assert torch.equal(norm(batch)[0], x) and torch.equal(norm(batch.to(torch.int32))[1], x.flip(1))
+
+
+def test_normalize_matches_float64_arithmetic_on_sentinel2_values():
+    """Every uint16 value (saturated 65535 included) standardised as in float64, to float32 rounding."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(1, 65536, (3, 64, 64)).astype(np.uint16)
+    img[:, 0, 0] = 65535
+    mean, std = [1200.5, 900.0, 3000.25], [400.0, 350.5, 1500.0]
+    x = Normalize({"mean": mean, "std": std})(torch.from_numpy(img)).numpy()
+    want = (img.astype(np.float64) - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    assert np.allclose(x, want, rtol=1e-6, atol=1e-5)
+
+
+def test_normalize_gives_the_same_values_on_the_gpu_path():
+    """The torch arithmetic (what CUDA runs) equals the numpy one (what the CPU runs), bit for bit."""
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 12000, (4, 5, 32, 32)).astype(np.uint16)
+    img[:, :, :3, :3] = 0  # nodata pixels
+    norm = Normalize({"mean": [1200.5, 900.0, 3000.25, 77.0, 5.5], "std": [400.0, 350.5, 1500.0, 3.0, 1.0]})
+    raw = torch.from_numpy(img)
+    a, b = norm.with_numpy(raw), norm.with_torch(raw)
+    assert torch.equal(a, b) and torch.all(b[:, :, :3, :3] == 0)
 
 
 def test_dataset_targets_ignore_nodata_and_unknown_codes(tmp_path):
@@ -169,9 +195,10 @@ def test_dataset_targets_ignore_nodata_and_unknown_codes(tmp_path):
     mask = np.full((4, 4), 3, np.uint8)
     mask[1, 1], mask[2, 2] = 0, 41  # mask nodata, an unknown code
     write_pair(split, "a.tif", img, mask)
-    ds = TileDataset(tile_pairs(split), {"mean": [500, 500], "std": [1, 1]})
-    x, y = ds[0]
-    assert x.dtype == torch.float32 and x.shape == (2, 4, 4) and y.dtype == torch.int64
+    ds = TileDataset(tile_pairs(split), 2)
+    x, y = ds[0]  # as stored: uint16 bands (half the bytes of float32 to move), uint8 targets
+    assert x.dtype == torch.uint16 and x.shape == (2, 4, 4) and y.dtype == torch.uint8
+    assert torch.equal(x, torch.from_numpy(img))
     assert y[0, 0] == 0 and y[1, 1] == 0 and y[2, 2] == 0 and (y == 3).sum() == 13
 
 
@@ -179,13 +206,12 @@ def test_dataset_refuses_a_tile_with_other_bands(tmp_path):
     split = tmp_path / "train"
     write_pair(split, "a.tif", np.ones((3, 4, 4), np.uint16), np.ones((4, 4), np.uint8))
     with pytest.raises(InputError, match="3 bands, expected 2"):
-        TileDataset(tile_pairs(split), {"mean": [0, 0], "std": [1, 1]})[0]
+        TileDataset(tile_pairs(split), 2)[0]
 
 
-def aligned(x: torch.Tensor, y: torch.Tensor, mean: float, std: float) -> bool:
+def aligned(x: torch.Tensor, y: torch.Tensor) -> bool:
     """Band 0 of the image holds 100 x the class code: recover it and compare with the target."""
-    code = torch.round((x[0] * std + mean) / 100).long()
-    return torch.equal(code, y)
+    return torch.equal(x[0].long() // 100, y.long())
 
 
 def test_dihedral_transforms_keep_image_and_mask_aligned(tmp_path):
@@ -194,22 +220,21 @@ def test_dihedral_transforms_keep_image_and_mask_aligned(tmp_path):
     mask = rng.integers(1, 13, (6, 5)).astype(np.uint8)  # not square: rotations change the shape
     img = np.stack([mask.astype(np.uint16) * 100, rng.integers(1, 9, (6, 5)).astype(np.uint16)])
     write_pair(split, "a.tif", img, mask)
-    stats = {"mean": [600.0, 5.0], "std": [300.0, 2.0]}
-    ds = TileDataset(tile_pairs(split), stats, augment=True)
+    ds = TileDataset(tile_pairs(split), 2, augment=True)
     seen = set()
     for k in range(8):
         x, y = ds[(0, k)]  # the transform chosen by the caller (train.py's sampler)
         assert x.is_contiguous() and y.is_contiguous()
-        assert aligned(x, y, 600.0, 300.0), k
-        assert torch.equal(y, dihedral(torch.from_numpy(mask.astype(np.int64)), k))
+        assert aligned(x, y), k
+        assert np.array_equal(y.numpy(), dihedral(mask, k))
         seen.add(y.numpy().tobytes())
     assert len(seen) == 8  # eight different transforms
     torch.manual_seed(0)
     for _ in range(10):  # random transforms (augment=True, plain index)
         x, y = ds[0]
-        assert aligned(x, y, 600.0, 300.0)
-    x, y = TileDataset(tile_pairs(split), stats)[0]  # no augmentation: as stored
-    assert torch.equal(y, torch.from_numpy(mask.astype(np.int64)))
+        assert aligned(x, y)
+    x, y = TileDataset(tile_pairs(split), 2)[0]  # no augmentation: as stored
+    assert torch.equal(y, torch.from_numpy(mask)) and torch.equal(x, torch.from_numpy(img))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import inference
 import predict
 from colormap import CODES, gdal_colour_table
 from common import run_main
-from dataset import normalize
+from dataset import Normalize
 
 H, W = 300, 370  # not a multiple of the window
 WINDOW, OVERLAP = 128, 32
@@ -202,7 +202,7 @@ def test_every_pixel_is_predicted_once_in_place(h, w, window, overlap, batch, wo
     img[:, : h // 4, : w // 3] = 0
     stats = {"mean": [1500.0] * 10, "std": [800.0] * 10}
     got = predict_array(net, stats, img, window=window, overlap=overlap, batch_size=batch, workers=workers)
-    x = torch.from_numpy(normalize(img, stats["mean"], stats["std"]))[None]
+    x = Normalize(stats)(torch.from_numpy(img)[None])
     want = inference.predict_codes(net, x)[0].numpy()
     want[~np.any(img != 0, axis=0)] = 0
     assert np.array_equal(got, want)

@@ -21,7 +21,7 @@ import inference
 import test_model
 from colormap import CLASSES, CODES
 from common import run_main
-from dataset import TileDataset, tile_pairs
+from dataset import Normalize, TileDataset, tile_pairs
 
 TILES = 7
 FIELDS = ("overall_accuracy", "miou", "mean_dice", "kappa", "per_class", "classes_left_out")
@@ -118,11 +118,11 @@ def test_metrics_come_from_one_matrix_over_every_valid_pixel(run, ckpt, split):
     out, _ = run
     m = json.loads((out / "metrics.json").read_text())
     net, c = inference.load_model(ckpt, torch.device("cpu"))
-    ds = TileDataset(tile_pairs(split), c["stats"])
+    ds, norm = TileDataset(tile_pairs(split), len(c["bands"])), Normalize(c["stats"])
     truth, pred = [], []
     for i in range(len(ds)):
-        x, y = ds[i]
-        p = inference.predict_codes(net, x[None])[0]
+        raw, y = ds[i]
+        p = inference.predict_codes(net, norm(raw[None]))[0]
         valid = y != 0
         truth.append(y[valid].numpy())
         pred.append(p[valid].numpy())
@@ -148,12 +148,12 @@ def test_best_and_worst_pictures_follow_the_tile_scores(run):
 
 def test_legend_names_only_the_classes_shown(ckpt, split):
     net, c = inference.load_model(ckpt, torch.device("cpu"))
-    ds = TileDataset(tile_pairs(split), c["stats"])
+    ds, norm = TileDataset(tile_pairs(split), len(c["bands"])), Normalize(c["stats"])
     for i in (0, 3):
-        fig = test_model.tile_comparison(net, ds, i, torch.device("cpu"), [2, 1, 0], "t")
-        x, y = ds[i]
-        pred = inference.predict_codes(net, x[None])[0].numpy()
-        img_valid = x.abs().sum(0).numpy() > 0
+        fig = test_model.tile_comparison(net, ds, norm, i, torch.device("cpu"), [2, 1, 0], "t")
+        raw, y = ds[i]
+        pred = inference.predict_codes(net, norm(raw[None]))[0].numpy()
+        img_valid = (raw != 0).any(0).numpy()
         shown = (set(np.unique(y.numpy())) | set(np.unique(pred[img_valid]))) - {0}
         texts = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
         assert texts == [f"{c} {CLASSES[c][0]}" for c in sorted(shown)]
