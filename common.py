@@ -175,14 +175,19 @@ def check_range(
         fail(f"{name} must be <= {high}, got {value}")
 
 
-def open_raster(path: str | os.PathLike, what: str = "raster"):
-    """Open a raster for reading with rasterio; a missing, non-raster or broken file is one line."""
+def open_raster(path: str | os.PathLike, what: str = "raster", *, sidecars: bool = True):
+    """Open a raster for reading with rasterio; a missing, non-raster or broken file is one line.
+
+    ``sidecars=False`` (tiles, which never have any) skips GDAL's listing of the file's folder in
+    search of .aux.xml, .ovr or .msk files: in a folder of 8000 tiles it cost 0.5-1.3 ms per open.
+    """
     import rasterio  # imported here so that scripts without rasters start fast
 
     p = require_file(path, what)
+    env = {} if sidecars else {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
     try:
-        with warnings.catch_warnings():  # scripts that need georeferencing check it themselves
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with warnings.catch_warnings(), rasterio.Env(**env):
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # checked by callers
             ds = rasterio.open(p)
     except rasterio.errors.RasterioError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

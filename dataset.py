@@ -67,10 +67,10 @@ def scan_tiles(pairs: list[tuple[Path, Path]]) -> TileInfo:
     """Check that every tile opens and all share size, band count and dtype; masks have one band."""
     first: TileInfo | None = None
     for img_path, mask_path in progress(pairs, desc="checking tiles", unit="tile", leave=False):
-        with open_raster(img_path, "image tile") as src:
+        with open_raster(img_path, "image tile", sidecars=False) as src:
             descriptions = tuple(d or f"band{i + 1}" for i, d in enumerate(src.descriptions))
             info = TileInfo(src.count, src.height, src.width, src.dtypes[0], descriptions)
-        with open_raster(mask_path, "mask tile") as m:
+        with open_raster(mask_path, "mask tile", sidecars=False) as m:
             if np.dtype(m.dtypes[0]).kind not in "ui":
                 fail(f"mask tile holds {m.dtypes[0]} values, expected integer class codes: {mask_path}")
             if m.count != 1 or (m.height, m.width) != (info.height, info.width):
@@ -100,11 +100,11 @@ def read_tile(img_path: Path, mask_path: Path | None = None) -> tuple[np.ndarray
 
     A tile that cannot be opened or decoded (damaged blocks) is an error naming it.
     """
-    with open_raster(img_path, "image tile") as src:
+    with open_raster(img_path, "image tile", sidecars=False) as src:
         img = read_pixels(src, "image tile")
     mask = None
     if mask_path is not None:
-        with open_raster(mask_path, "mask tile") as m:
+        with open_raster(mask_path, "mask tile", sidecars=False) as m:
             mask = read_pixels(m, "mask tile", 1)
     return img, mask
 

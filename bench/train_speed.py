@@ -10,7 +10,9 @@ fp32 and bf16 autocast + channels_last (``--amp``) on the GPU. The loader is tra
 (read, dihedral transform; tiles as stored, uint16) through its DataLoader with 0 and --workers
 workers, timed from the second batch on (workers already started), each batch copied to the device
 and normalised there (``train.to_device``). The target: the loader delivers at least 5x the tiles per
-second that the step consumes.
+second that the step consumes. The tile folders hold --folder-size entries (hard links to the written
+tiles, which the loader does not read): GDAL's open lists a file's folder, and a real split's folders
+hold thousands of tiles.
 
     .venv/bin/python bench/train_speed.py [--encoder resnet50] [--batch-size 12] [--steps 3]
 """
@@ -129,10 +131,18 @@ class Passes(torch.utils.data.Sampler):
             yield from s
 
 
+def fill_folders(split: Path, size: int) -> None:
+    """Hard links to the tiles until ``img/`` and ``mask/`` hold ``size`` entries each (no data copied)."""
+    for d in ("img", "mask"):
+        tiles = sorted((split / d).glob("t*.tif"))
+        for j in range(size - len(tiles)):
+            os.link(tiles[j % len(tiles)], split / d / f"link{j:05d}.tif")
+
+
 def loader_speed(split: Path, batch: int, workers: int, device: torch.device, passes: int) -> float:
     """Tiles per second of train.py's DataLoader (read, transform, collate, pin, copy to the device and
     normalise there), counted from the second batch on, once the workers are running."""
-    pairs = tile_pairs(split)
+    pairs = [p for p in tile_pairs(split) if p[0].name.startswith("t")]  # the tiles, not the links
     norm = Normalize(band_stats(split, pairs), device)
     ds = TileDataset(pairs, len(norm.mean), augment=True)
     loader = train.make_loader(ds, Passes(len(ds), passes), batch, workers, device, 0)
@@ -158,6 +168,7 @@ def main() -> None:
     p.add_argument("--tiles", type=int, default=96, help="tiles written for the loader")
     p.add_argument("--workers", type=int, default=train.default_workers(), help="loader workers")
     p.add_argument("--passes", type=int, default=5, help="times the loader reads every tile")
+    p.add_argument("--folder-size", type=int, default=4000, help="entries in each tile folder (links)")
     p.add_argument("--compress", nargs="+", default=["deflate", "zstd"], choices=list(COMPRESSION))
     p.add_argument("--no-cpu-step", action="store_true", help="skip the (slow) CPU step when CUDA is present")
     args = p.parse_args()
@@ -201,6 +212,7 @@ def main() -> None:
         for compress in args.compress:
             split = Path(tmp) / compress / "train"
             write_tiles(split, args.tiles, args.size, args.bands, compress)
+            fill_folders(split, args.folder_size)
             for workers in sorted({0, args.workers}):
                 s = loader_speed(split, args.batch_size, workers, loader_device, args.passes)
                 what = f"loader, {compress}, {workers} workers" + (" (to GPU)" if cuda else "")

@@ -73,3 +73,20 @@ def test_check_range():
         common.check_range("--size", 0, 1)
     with pytest.raises(common.InputError, match="--overlap must be > 0"):
         common.check_range("--overlap", 0, 0, low_open=True)
+
+
+def test_open_raster_without_sidecars_ignores_the_folder(tmp_path):
+    """Tiles are opened without GDAL listing their folder: an .aux.xml beside one is not read."""
+    import numpy as np
+    from helpers import write_raster
+
+    path = tmp_path / "t.tif"
+    write_raster(path, np.ones((1, 4, 4), np.uint8))
+    (tmp_path / "t.tif.aux.xml").write_text(
+        '<PAMDataset><PAMRasterBand band="1"><Description>from the sidecar</Description>'
+        "</PAMRasterBand></PAMDataset>"
+    )
+    with common.open_raster(path) as ds:
+        assert ds.descriptions == ("from the sidecar",)
+    with common.open_raster(path, sidecars=False) as ds:
+        assert ds.descriptions == (None,)
