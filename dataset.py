@@ -11,11 +11,14 @@ loader to the device, where ``Normalize`` standardises them.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import pickle
+import shutil
 import warnings
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +27,16 @@ import torch
 from torch.utils.data import Dataset
 
 from colormap import CLASSES, NODATA, NUM_CLASSES
-from common import atomic_write_text, fail, open_raster, progress, read_pixels, require_dir, require_file
+from common import (
+    atomic_path,
+    atomic_write_text,
+    fail,
+    open_raster,
+    progress,
+    read_pixels,
+    require_dir,
+    require_file,
+)
 from model import UNet, model_from_config
 
 STATS_FILE = "band_stats.json"
@@ -112,6 +124,12 @@ def read_tile(img_path: Path, mask_path: Path | None = None) -> tuple[np.ndarray
 def valid_pixels(img: np.ndarray) -> np.ndarray:
     """(H, W) bool: pixels where the image has data (nodata is 0 in every band)."""
     return np.any(img != NODATA, axis=0)
+
+
+def target(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 training target: the mask's code, 0 (nodata) where the mask is nodata or holds a code
+    outside 0..12 (it would index past the model's outputs: a crash on CUDA) or the image has no data."""
+    return np.where(valid_pixels(img) & (mask < NUM_CLASSES), mask, NODATA).astype(np.uint8)
 
 
 def _fingerprint(pairs: list[tuple[Path, Path]]) -> str:
@@ -224,33 +242,123 @@ class TileDataset(Dataset):
     """Image tiles as stored and their targets; random dihedral transforms when ``augment``.
 
     Returns ``(raw, y)``: raw (C, H, W) in the tiles' own dtype (uint16 for Sentinel-2), to be
-    standardised by ``Normalize`` on the device; y uint8 (H, W) with 0 (nodata) where either the mask
-    is nodata (or a code outside 0..12) or the image has no data there. Randomness comes from torch's
-    RNG, so a seeded DataLoader gives the same transforms every run. An index may also be a pair
-    ``(i, k)``: tile i with dihedral transform k (0..7) chosen by the caller (train.py draws k in its
-    sampler, so the transforms do not depend on the number of workers); no randomness is used then.
+    standardised by ``Normalize`` on the device; y uint8 (H, W), ``target``. Randomness comes from
+    torch's RNG, so a seeded DataLoader gives the same transforms every run. An index may also be a
+    pair ``(i, k)``: tile i with dihedral transform k (0..7) chosen by the caller (train.py draws k in
+    its sampler, so the transforms do not depend on the number of workers); no randomness is used then.
+    With ``cache`` (from ``build_tile_cache``) the tiles come from its memory-mapped arrays instead of
+    being decoded: the same values, a copy instead of GDAL decoding.
     """
 
-    def __init__(self, pairs: list[tuple[Path, Path]], bands: int, augment: bool = False):
+    def __init__(
+        self, pairs: list[tuple[Path, Path]], bands: int, augment: bool = False, cache: Path | None = None
+    ):
         self.pairs = pairs
         self.bands = bands
         self.augment = augment
+        self.cache = cache
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None  # memory maps, opened in each process
+
+    def __getstate__(self) -> dict:  # worker processes open their own memory maps
+        return {**self.__dict__, "_arrays": None}
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tile i as stored and its target, from the cache or the files."""
+        if self.cache is None:
+            img, mask = read_tile(*self.pairs[i])
+            if img.shape[0] != self.bands:
+                fail(f"image tile has {img.shape[0]} bands, expected {self.bands}: {self.pairs[i][0]}")
+            return img, target(img, mask)
+        if self._arrays is None:
+            self._arrays = open_tile_cache(self.cache)
+        return self._arrays[0][i], self._arrays[1][i]
+
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         i, k = (int(item[0]), int(item[1])) if isinstance(item, tuple | list) else (int(item), None)
-        img, mask = read_tile(*self.pairs[i])
-        if img.shape[0] != self.bands:
-            fail(f"image tile has {img.shape[0]} bands, expected {self.bands}: {self.pairs[i][0]}")
-        # codes outside 0..12 would index past the model's outputs (a crash on CUDA): nodata
-        y = np.where(valid_pixels(img) & (mask < NUM_CLASSES), mask, NODATA).astype(np.uint8)
+        img, y = self.read(i)
         if k is None and self.augment:
             k = int(torch.randint(8, ()).item())
         if k:
-            img, y = np.ascontiguousarray(dihedral(img, k)), np.ascontiguousarray(dihedral(y, k))
+            img, y = dihedral(img, k), dihedral(y, k)
+        # C-contiguous and writable: copies a transformed view or a read-only memory map, not a fresh read
+        img, y = (np.require(a, requirements=("C", "W")) for a in (img, y))
         return torch.from_numpy(img), torch.from_numpy(y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoded-tile cache (train.py --cache-tiles): for a GPU whose step outruns the decoding of tiles
+
+
+def cache_stem(folder: Path, split: str, pairs: list[tuple[Path, Path]]) -> Path:
+    """``<folder>/<split>-<fingerprint>``: a new name whenever a tile of the split is rewritten."""
+    return Path(folder) / f"{split}-{_fingerprint(pairs)}"
+
+
+def open_tile_cache(stem: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The cache's (N, C, H, W) images and (N, H, W) uint8 targets, memory-mapped read-only."""
+    return (
+        np.load(f"{stem}.img.npy", mmap_mode="r"),
+        np.load(f"{stem}.target.npy", mmap_mode="r"),
+    )
+
+
+def build_tile_cache(
+    pairs: list[tuple[Path, Path]], folder: str | Path, split: str, threads: int = 4
+) -> Path:
+    """Decode a split's tiles once into two uncompressed ``.npy`` arrays under ``folder``; return their stem.
+
+    Images keep their dtype ((N, C, H, W): 1.8 MB per 300 x 300 x 10 uint16 tile), targets are
+    ``target``'s ((N, H, W) uint8). A cache whose name matches the tiles' fingerprint (names, sizes and
+    modification times, as for band_stats) is reused; older caches of the split are deleted. Written
+    under ``.partial`` names and renamed, images last, so a crash leaves no cache that looks whole.
+    Every tile must have the first one's shape and dtype (train.py checks it before).
+    """
+    folder = Path(folder)
+    stem = cache_stem(folder, split, pairs)
+    img_path, y_path = Path(f"{stem}.img.npy"), Path(f"{stem}.target.npy")
+    folder.mkdir(parents=True, exist_ok=True)
+    # one builder at a time: a second training started on the same data waits, then reuses the cache
+    with open(folder / f".{split}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if img_path.is_file() and y_path.is_file():
+            return stem
+        for old in folder.glob(f"{split}-*"):  # caches of earlier versions of the split, crash leftovers
+            old.unlink()
+        first, _ = read_tile(*pairs[0])
+        need = len(pairs) * (first.nbytes + first[0].size)
+        free = shutil.disk_usage(folder).free
+        if free < need * 1.05:
+            fail(
+                f"the tile cache of {split} needs {need / 1e9:.1f} GB, {folder} has {free / 1e9:.1f} GB free"
+            )
+        with atomic_path(img_path) as img_tmp, atomic_path(y_path) as y_tmp:  # renamed: targets, images
+            _decode_into(pairs, first, img_tmp, y_tmp, threads, f"caching {split} tiles")
+    return stem
+
+
+def _decode_into(
+    pairs: list[tuple[Path, Path]], first: np.ndarray, img_file: Path, y_file: Path, threads: int, desc: str
+) -> None:
+    """Decode every pair into new ``.npy`` files of images and targets (``threads`` GDAL readers)."""
+    imgs = np.lib.format.open_memmap(img_file, mode="w+", dtype=first.dtype, shape=(len(pairs), *first.shape))
+    ys = np.lib.format.open_memmap(y_file, mode="w+", dtype=np.uint8, shape=(len(pairs), *first.shape[1:]))
+
+    def decode(i: int) -> None:
+        img, mask = read_tile(*pairs[i])
+        if img.shape != first.shape or img.dtype != first.dtype:
+            fail(
+                f"image tile is {img.shape} {img.dtype}, expected {first.shape} {first.dtype}: {pairs[i][0]}"
+            )
+        imgs[i], ys[i] = img, target(img, mask)
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:  # GDAL decodes without holding the GIL
+        for _ in progress(pool.map(decode, range(len(pairs))), total=len(pairs), desc=desc, unit="tile"):
+            pass
+    imgs.flush()
+    ys.flush()
 
 
 def seed_worker(worker_id: int) -> None:

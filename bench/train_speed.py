@@ -12,7 +12,7 @@ workers, timed from the second batch on (workers already started), each batch co
 and normalised there (``train.to_device``). The target: the loader delivers at least 5x the tiles per
 second that the step consumes. The tile folders hold --folder-size entries (hard links to the written
 tiles, which the loader does not read): GDAL's open lists a file's folder, and a real split's folders
-hold thousands of tiles.
+hold thousands of tiles. The loader is also timed on train.py --cache-tiles's decoded arrays.
 
     .venv/bin/python bench/train_speed.py [--encoder resnet50] [--batch-size 12] [--steps 3]
 """
@@ -34,7 +34,7 @@ from rasterio.transform import from_origin
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train
-from dataset import Normalize, TileDataset, band_stats, tile_pairs
+from dataset import Normalize, TileDataset, band_stats, build_tile_cache, tile_pairs
 from model import build_model
 
 S2_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
@@ -139,12 +139,16 @@ def fill_folders(split: Path, size: int) -> None:
             os.link(tiles[j % len(tiles)], split / d / f"link{j:05d}.tif")
 
 
-def loader_speed(split: Path, batch: int, workers: int, device: torch.device, passes: int) -> float:
+def loader_speed(
+    split: Path, batch: int, workers: int, device: torch.device, passes: int, cache: bool = False
+) -> float:
     """Tiles per second of train.py's DataLoader (read, transform, collate, pin, copy to the device and
-    normalise there), counted from the second batch on, once the workers are running."""
+    normalise there), counted from the second batch on, once the workers are running. ``cache``: the
+    tiles come from train.py --cache-tiles's arrays (built before the timing)."""
     pairs = [p for p in tile_pairs(split) if p[0].name.startswith("t")]  # the tiles, not the links
     norm = Normalize(band_stats(split, pairs), device)
-    ds = TileDataset(pairs, len(norm.mean), augment=True)
+    stem = build_tile_cache(pairs, split.parent / train.CACHE_DIR, "train") if cache else None
+    ds = TileDataset(pairs, len(norm.mean), augment=True, cache=stem)
     loader = train.make_loader(ds, Passes(len(ds), passes), batch, workers, device, 0)
     start, n = 0.0, 0
     for i, (raw, y) in enumerate(loader):
@@ -213,12 +217,15 @@ def main() -> None:
             split = Path(tmp) / compress / "train"
             write_tiles(split, args.tiles, args.size, args.bands, compress)
             fill_folders(split, args.folder_size)
-            for workers in sorted({0, args.workers}):
-                s = loader_speed(split, args.batch_size, workers, loader_device, args.passes)
-                what = f"loader, {compress}, {workers} workers" + (" (to GPU)" if cuda else "")
-                rows.append((what, f"{args.tiles} x {args.passes} tiles", s))
-                loaders[what] = s
-                print(f"  {what}: {s:.1f} tiles/s", flush=True)
+            # the cache is the same whatever the compression: measured once, on the first
+            for cache in (False, True) if compress == args.compress[0] else (False,):
+                for workers in sorted({0, args.workers}):
+                    s = loader_speed(split, args.batch_size, workers, loader_device, args.passes, cache)
+                    source = "--cache-tiles" if cache else compress
+                    what = f"loader, {source}, {workers} workers" + (" (to GPU)" if cuda else "")
+                    rows.append((what, f"{args.tiles} x {args.passes} tiles", s))
+                    loaders[what] = s
+                    print(f"  {what}: {s:.1f} tiles/s", flush=True)
 
     print()
     print(f"| {'what':<48} | {'measured over':<13} | {'tiles/s':>8} |")

@@ -18,6 +18,7 @@ from dataset import (
     Normalize,
     TileDataset,
     band_stats,
+    build_tile_cache,
     dihedral,
     load_checkpoint,
     make_checkpoint,
@@ -275,3 +276,48 @@ def test_unsafe_or_broken_checkpoints_are_refused(tmp_path, kind, needle):
         torch.save({"state_dict": {"w": torch.zeros(3)}}, path)
     with pytest.raises(InputError, match=needle):
         read_checkpoint(path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The decoded-tile cache (train.py --cache-tiles)
+
+
+def cache_split(tmp_path: Path, n: int = 5) -> Path:
+    split = tmp_path / "train"
+    rng = np.random.default_rng(7)
+    for i in range(n):
+        img = rng.integers(0, 4000, (3, 6, 5)).astype(np.uint16)
+        img[:, 0, :2] = 0  # nodata pixels
+        mask = rng.integers(0, 15, (6, 5)).astype(np.uint8)  # nodata and unknown codes too
+        write_pair(split, f"t{i}.tif", img, mask)
+    return split
+
+
+def test_cached_tiles_equal_the_files_under_every_transform(tmp_path):
+    pairs = tile_pairs(cache_split(tmp_path))
+    stem = build_tile_cache(pairs, tmp_path / "cache", "train", threads=2)
+    files, cached = TileDataset(pairs, 3), TileDataset(pairs, 3, cache=stem)
+    for i in range(len(pairs)):
+        for k in range(8):
+            (xa, ya), (xb, yb) = files[(i, k)], cached[(i, k)]
+            assert torch.equal(xa, xb) and torch.equal(ya, yb) and xb.is_contiguous(), (i, k)
+    x, _ = cached[0]
+    x.numpy()[...] = 0  # a writable copy: the cache itself is never changed
+    assert torch.equal(cached[0][0], files[0][0])
+
+
+def test_a_damaged_tile_leaves_no_cache(tmp_path):
+    split = cache_split(tmp_path)
+    tile = split / "img/t3.tif"
+    tile.write_bytes(tile.read_bytes()[:-200])  # cut short
+    with pytest.raises(InputError, match=r"t3\.tif"):
+        build_tile_cache(tile_pairs(split), tmp_path / "cache", "train")
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [".train.lock"]
+
+
+def test_the_cache_refuses_to_fill_the_disk(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 100, 100))
+    with pytest.raises(InputError, match=r"tile cache of train needs .* GB free"):
+        build_tile_cache(tile_pairs(cache_split(tmp_path)), tmp_path / "cache", "train")

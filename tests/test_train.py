@@ -417,3 +417,31 @@ def test_argmax_never_predicts_nodata(tmp_path):
 def test_input_error_is_input_error():
     with pytest.raises(InputError, match="--lr must be >"):
         train.main(["--lr", "0"])
+
+
+def test_cache_tiles_trains_exactly_as_from_the_files(tmp_path):
+    """--cache-tiles reads the same tiles (decoded once into DATA/tile_cache): the same weights, bitwise;
+    a second run reuses the cache, and rewriting a tile rebuilds it."""
+    data = make_data(tmp_path / "data")
+    common = ["--data", data, *FAST, "--seed", 3, "--epochs", 2]
+    assert run([*common, "--out", tmp_path / "files"]) == 0
+    assert run([*common, "--out", tmp_path / "cached", "--cache-tiles", "--workers", 2]) == 0
+    a, b = read_checkpoint(tmp_path / "files/last.pt"), read_checkpoint(tmp_path / "cached/last.pt")
+    assert same_state(a["model"], b["model"]) and a["metrics"] == b["metrics"]
+
+    cache = data / train.CACHE_DIR
+    built = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")}
+    assert sorted(n.split("-")[0] for n in built) == ["train", "train", "val", "val"]
+    assert run([*common, "--out", tmp_path / "again", "--cache-tiles"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")} == built  # reused as is
+
+    tile = sorted((data / "train/img").glob("*.tif"))[0]
+    time.sleep(0.01)
+    tile.write_bytes(tile.read_bytes())  # rewritten: a new modification time
+    assert run([*common, "--out", tmp_path / "rebuilt", "--cache-tiles"]) == 0
+    now = {p.name for p in cache.glob("*.npy")}
+    assert (
+        len(now) == 4
+        and now != set(built)
+        and {n for n in now if n.startswith("val")} == {n for n in built if n.startswith("val")}
+    )
