@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    base = Path(os.path.relpath(args.root.resolve(), ROOT))  # the steps run in ROOT
+    root = args.root.resolve()  # the steps run in ROOT: paths relative to it when inside it
+    base = Path(os.path.relpath(root, ROOT)) if root.is_relative_to(ROOT) else root
     data = base / "data"
     raw = data / "raw"
     scenes = [raw / "s2_april.tif", raw / "s2_august.tif"]
