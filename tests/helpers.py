@@ -119,23 +119,12 @@ def write_tile_split(
     return names
 
 
-# Runs a script and SIGKILLs it at the n-th call of os.<fn> (before or after the call): a crash at an
-# exact moment, e.g. between the two renames of a pair, or right after a plan file was written.
-_KILLER = """
-import os, runpy, signal, sys
-fn, n, when, script = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-orig, calls = getattr(os, fn), [0]
-def wrapped(*a, **k):
-    calls[0] += 1
-    if calls[0] == n and when == "before":
-        os.kill(os.getpid(), signal.SIGKILL)
-    r = orig(*a, **k)
-    if calls[0] == n and when == "after":
-        os.kill(os.getpid(), signal.SIGKILL)
-    return r
-setattr(os, fn, wrapped)
-sys.argv = [script, *sys.argv[5:]]
-runpy.run_path(script, run_name="__main__")
+# Runs a script under prefork.call_at's wrapper: a crash at an exact moment, e.g. between the two renames
+# of a pair, or right after a plan file was written.
+_RUN_SCRIPT = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
@@ -145,7 +134,10 @@ def run_script_killed(script: str, fn: str, n: int, when: str, *args, timeout: f
     ``fn`` is e.g. "replace" (what ``common.atomic_path`` renames with) or "rename"; ``when`` is
     "before" or "after" that call. Returns the CompletedProcess (returncode -9 when it was killed).
     """
-    cmd = [sys.executable, "-c", _KILLER, fn, str(n), when, str(ROOT / script), *map(str, args)]
+    from prefork import call_at
+
+    code = call_at(f"os.{fn}", n, when) + _RUN_SCRIPT
+    cmd = [sys.executable, "-c", code, str(ROOT / script), *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
 
 

@@ -22,23 +22,9 @@ from colormap import CODES, gdal_colour_table
 from common import run_main
 from dataset import Normalize
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 H, W = 300, 370  # not a multiple of the window
 WINDOW, OVERLAP = 128, 32
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One torch thread in this process and in the scripts it runs: 2 threads crawl on shared cores."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return trained_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", steps=40)
 
 
 def scene_data(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:

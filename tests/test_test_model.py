@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from checkpoints import image_of, label_map, trained_checkpoint
+from checkpoints import image_of, label_map
 from helpers import S2_BANDS, assert_one_line_error, run_script, write_raster
 from sklearn.metrics import accuracy_score, jaccard_score
 
@@ -23,23 +23,9 @@ from colormap import CLASSES, CODES
 from common import run_main
 from dataset import Normalize, TileDataset, tile_pairs
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 TILES = 7
 FIELDS = ("overall_accuracy", "miou", "mean_dice", "kappa", "per_class", "classes_left_out")
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One torch thread in this process and in the scripts it runs: 2 threads crawl on shared cores."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return trained_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", steps=40)
 
 
 def write_split(split, bands=10, descriptions=S2_BANDS, seed=3):
