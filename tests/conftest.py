@@ -1,10 +1,11 @@
-"""Fixtures shared by the test modules that evaluate or predict with a trained checkpoint."""
+"""Fixtures shared by several test modules: a trained checkpoint, one torch thread, the prefork runner."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from checkpoints import trained_checkpoint
+from prefork import Prefork
 
 
 @pytest.fixture
@@ -22,3 +23,11 @@ def one_thread(monkeypatch):
 def ckpt(tmp_path_factory):
     """A checkpoint trained for a few seconds on the easy spectra (tests/checkpoints.py), per module."""
     return trained_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", steps=40)
+
+
+@pytest.fixture(scope="module")
+def runner():
+    """A warm server that forks the scripts as real processes (tests/prefork.py), one per module."""
+    r = Prefork()
+    yield r
+    r.close()

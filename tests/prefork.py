@@ -21,6 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+ONE_THREAD = (
+    "import torch; torch.set_num_threads(1)\n"  # setup code: the cores are shared, one thread is faster
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SERVER = r"""
@@ -102,6 +106,11 @@ class Prefork:
         return subprocess.CompletedProcess(
             cmd, rc, out.read_text(errors="replace"), err.read_text(errors="replace")
         )
+
+    def run_ok(self, script: str, *args) -> None:
+        """Run a script with one torch thread; it must succeed."""
+        res = self.run(script, *args, setup=ONE_THREAD)
+        assert res.returncode == 0, (script, res.stderr[-3000:])
 
     def close(self) -> None:
         self.proc.stdin.close()

@@ -25,7 +25,6 @@ import pytest
 import rasterio
 import torch
 from helpers import S2_BANDS, tree_snapshot, write_raster, write_tile_split
-from prefork import Prefork
 
 from dataset import make_checkpoint
 from model import build_model
@@ -70,13 +69,6 @@ def checkpoint(path: Path, bands, encoder: str = "resnet18", config: dict | None
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, path)
     return path
-
-
-@pytest.fixture(scope="module")
-def runner():
-    r = Prefork()
-    yield r
-    r.close()
 
 
 @pytest.fixture(scope="module")

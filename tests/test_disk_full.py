@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import S2_BANDS, tree_snapshot
-from prefork import Prefork, call_at, files
+from prefork import ONE_THREAD, call_at, files
 
 from dataset import load_checkpoint, make_checkpoint, read_checkpoint
 from model import build_model
@@ -33,18 +33,12 @@ from model import build_model
 SIZE = 192  # demo scene side
 TILE = 32
 PAGE = 4096  # tmpfs counts whole pages per file
-ONE_THREAD = "import torch; torch.set_num_threads(1)\n"
 TRAIN = ["--encoder", "resnet18", "--epochs", "3", "--batch-size", "4", "--max-tiles", "8"]
 TRAIN += ["--workers", "0", "--log-images-every", "0", "--device", "cpu"]
 PREDICT = ["--window", "128", "--overlap", "32", "--workers", "1", "--device", "cpu"]
 NOSPACE = "No space left on device"
 BAR = re.compile(r"\d+%\|.*\|")  # a tqdm progress bar
 C_LIBRARY = re.compile(r"^(_tiff\w+|TIFF\w+|ERROR \d+|Warning \d+): ")  # GDAL's and libtiff's own lines
-
-
-def run_ok(runner: Prefork, script: str, *args) -> None:
-    res = runner.run(script, *args, setup=ONE_THREAD)
-    assert res.returncode == 0, (script, res.stderr[-3000:])
 
 
 def assert_stopped_by_full_disk(res, script: str, *names: str) -> None:
@@ -82,31 +76,24 @@ def only_whole_outputs(folder: Path, reference: Path, records: tuple[str, ...] =
 
 
 @pytest.fixture(scope="module")
-def runner():
-    r = Prefork()
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
 def chain(tmp_path_factory, runner) -> Path:
     """A small demo and every stage's uninterrupted output under ref/ (each the next one's input)."""
     root = tmp_path_factory.mktemp("chain")
     raw, ref = root / "raw", root / "ref"
-    run_ok(runner, "make_demo_data.py", "--out", raw, "--size", SIZE)
-    run_ok(runner, "rescale_mask.py", "--mask", raw / "landcover_1m.tif", "--like", raw / "s2_april.tif",
+    runner.run_ok("make_demo_data.py", "--out", raw, "--size", SIZE)
+    runner.run_ok("rescale_mask.py", "--mask", raw / "landcover_1m.tif", "--like", raw / "s2_april.tif",
            "--out", ref / "rescale" / "mask_10m.tif", "--method", "mode")  # fmt: skip
-    run_ok(runner, "divide_img.py", "--images", raw / "s2_april.tif", raw / "s2_august.tif",
+    runner.run_ok("divide_img.py", "--images", raw / "s2_april.tif", raw / "s2_august.tif",
            "--mask", ref / "rescale" / "mask_10m.tif", "--out", ref / "divide", "--size", TILE)  # fmt: skip
     shutil.copytree(ref / "divide", root / "tiles_for_move")
-    run_ok(runner, "move_images.py", "--tiles", root / "tiles_for_move", "--out", ref / "move")
+    runner.run_ok("move_images.py", "--tiles", root / "tiles_for_move", "--out", ref / "move")
     shutil.copytree(ref / "move", ref / "create")
-    run_ok(runner, "create_new_images.py", "--train", ref / "create" / "train")
+    runner.run_ok("create_new_images.py", "--train", ref / "create" / "train")
     torch.manual_seed(0)
     net = build_model("resnet18", 10, 13)
     stats = {"mean": [1500.0] * 10, "std": [800.0] * 10}
     torch.save(make_checkpoint(net, list(S2_BANDS), stats), root / "model.pt")
-    run_ok(runner, "predict.py", "--checkpoint", root / "model.pt", "--image", raw / "s2_april.tif",
+    runner.run_ok("predict.py", "--checkpoint", root / "model.pt", "--image", raw / "s2_april.tif",
            "--out", ref / "predict" / "map.tif", *PREDICT)  # fmt: skip
     return root
 
@@ -177,7 +164,7 @@ def test_rescale_mask(runner, chain, disk):
     assert tree_snapshot(chain / "raw") == raw
     assert only_whole_outputs(out, chain / "ref" / "rescale") == {}
     disk.grow()
-    run_ok(runner, "rescale_mask.py", *args)
+    runner.run_ok("rescale_mask.py", *args)
     assert files(out) == files(chain / "ref" / "rescale")
 
 
@@ -188,8 +175,7 @@ def test_divide_img(runner, chain, disk, stack, tmp_path):
         reference = tmp_path / "ref_stack"
         scenes = [chain / "raw/s2_april.tif", chain / "raw/s2_august.tif"]
         mask = chain / "ref/rescale/mask_10m.tif"
-        run_ok(
-            runner,
+        runner.run_ok(
             "divide_img.py",
             "--images",
             *scenes,
@@ -212,7 +198,7 @@ def test_divide_img(runner, chain, disk, stack, tmp_path):
     left = only_whole_outputs(out, reference, records=("divide_img.json",))
     assert any(name.startswith(("img", "mask")) for name in left)  # stopped part-way
     disk.grow()
-    run_ok(runner, "divide_img.py", *args)
+    runner.run_ok("divide_img.py", *args)
     assert files(out) == files(reference)
 
 
@@ -250,7 +236,7 @@ def test_move_images_never_loses_a_pair(runner, chain, disk, tmp_path):
     assert tile_places(tiles, out) == originals  # every tile whole, in exactly one place
     assert files(tiles) != files(chain / "ref" / "divide")  # stopped part-way
     disk.grow()
-    run_ok(runner, "move_images.py", *args)
+    runner.run_ok("move_images.py", *args)
     assert files(out) == files(reference)
     assert not list(tiles.rglob("*.tif"))
 
@@ -266,7 +252,7 @@ def test_create_new_images(runner, chain, disk):
     left = only_whole_outputs(data, reference)
     assert files(before).items() < left.items()  # every original pair untouched, some copies made
     disk.grow()
-    run_ok(runner, "create_new_images.py", *args)
+    runner.run_ok("create_new_images.py", *args)
     assert files(data) == files(reference)
 
 
@@ -284,7 +270,7 @@ def test_predict(runner, chain, disk):
     assert_stopped_by_full_disk(res, "predict.py", "map")
     assert only_whole_outputs(out, chain / "ref" / "predict") == {}
     disk.grow()
-    run_ok(runner, "predict.py", *args, *PREDICT)
+    runner.run_ok("predict.py", *args, *PREDICT)
     assert files(out) == files(chain / "ref" / "predict")
 
 
@@ -321,7 +307,7 @@ def test_train_keeps_the_previous_last_pt(runner, chain, disk):
     assert not list(run.glob("*.partial"))
     assert read_checkpoint(run / "last.pt")["epoch"] == 1  # whole, loads with weights_only
     disk.grow()
-    run_ok(runner, "train.py", *args, "--resume")
+    runner.run_ok("train.py", *args, "--resume")
     last = read_checkpoint(run / "last.pt")
     assert last["epoch"] == 3 and read_checkpoint(run / "best.pt")["epoch"] == last["best_epoch"]
     load_checkpoint(run / "best.pt")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import S2_BANDS
-from prefork import Prefork, call_at, files
+from prefork import ONE_THREAD, Prefork, call_at, files
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
@@ -33,18 +33,12 @@ TILE = 32
 TRAIN = ["--encoder", "resnet18", "--epochs", "3", "--batch-size", "4", "--max-tiles", "8"]
 TRAIN += ["--workers", "0", "--log-images-every", "0", "--device", "cpu"]
 STEPS_PER_EPOCH = 2  # 8 tiles, batches of 4
-ONE_THREAD = "import torch; torch.set_num_threads(1)\n"  # the cores are shared: one thread is faster
 PREDICT = ["--window", "128", "--overlap", "32", "--batch-size", "2", "--workers", "1", "--device", "cpu"]
 
 
 def kill_at(target: str, n: int, when: str) -> str:
     """Code run before the script: SIGKILL the process at the n-th call of ``target``."""
     return call_at(target, n, when, "kill")
-
-
-def run_ok(runner: Prefork, script: str, *args) -> None:
-    res = runner.run(script, *args, setup=ONE_THREAD)
-    assert res.returncode == 0, (script, res.stderr[-3000:])
 
 
 def killed(runner: Prefork, script: str, args: list, target: str, n: int, when: str) -> None:
@@ -58,28 +52,21 @@ def killed(runner: Prefork, script: str, args: list, target: str, n: int, when: 
 
 
 @pytest.fixture(scope="module")
-def runner():
-    r = Prefork()
-    yield r
-    r.close()
-
-
-@pytest.fixture(scope="module")
 def chain(tmp_path_factory, runner) -> Path:
     root = tmp_path_factory.mktemp("chain")
     raw = root / "raw"
-    run_ok(runner, "make_demo_data.py", "--out", raw, "--size", SIZE)
+    runner.run_ok("make_demo_data.py", "--out", raw, "--size", SIZE)
     mask = root / "ref" / "rescale" / "mask_10m.tif"
-    run_ok(runner, "rescale_mask.py", "--mask", raw / "landcover_1m.tif", "--like", raw / "s2_april.tif",
+    runner.run_ok("rescale_mask.py", "--mask", raw / "landcover_1m.tif", "--like", raw / "s2_april.tif",
            "--out", mask, "--method", "mode")  # fmt: skip
     scenes = [raw / "s2_april.tif", raw / "s2_august.tif"]
     for name, extra in (("divide", []), ("stack", ["--stack"])):
-        run_ok(runner, "divide_img.py", "--images", *scenes, "--mask", mask, "--out", root / "ref" / name,
+        runner.run_ok("divide_img.py", "--images", *scenes, "--mask", mask, "--out", root / "ref" / name,
                "--size", TILE, *extra)  # fmt: skip
     shutil.copytree(root / "ref" / "divide", root / "move_in" / "tiles")
-    run_ok(runner, "move_images.py", "--tiles", root / "move_in" / "tiles", "--out", root / "ref" / "move")
+    runner.run_ok("move_images.py", "--tiles", root / "move_in" / "tiles", "--out", root / "ref" / "move")
     shutil.copytree(root / "ref" / "move", root / "ref" / "create")
-    run_ok(runner, "create_new_images.py", "--train", root / "ref" / "create" / "train")
+    runner.run_ok("create_new_images.py", "--train", root / "ref" / "create" / "train")
     return root
 
 
@@ -146,9 +133,9 @@ def test_killed_stage_then_rerun_equals_an_uninterrupted_run(runner, chain, tmp_
 
     killed(runner, script, args, target, n, when)
     assert compared.exists() and files(compared) != reference  # interrupted part-way
-    run_ok(runner, script, *args)
+    runner.run_ok(script, *args)
     assert files(compared) == reference
-    run_ok(runner, script, *args)  # and a run after the finished one changes nothing
+    runner.run_ok(script, *args)  # and a run after the finished one changes nothing
     assert files(compared) == reference
 
 
@@ -185,7 +172,7 @@ def maps(chain, checkpoints, runner, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for mode in ("single", "stack"):
         out[mode] = tmp_path_factory.mktemp(f"map_{mode}")
-        run_ok(runner, "predict.py", *predict_args(chain, checkpoints, mode, out[mode]))
+        runner.run_ok("predict.py", *predict_args(chain, checkpoints, mode, out[mode]))
         assert set(files(out[mode])) == {"map.tif", "map.png", "map.tif.aux.xml"}
     return out
 
@@ -204,7 +191,7 @@ def test_killed_predict_then_rerun_equals_an_uninterrupted_run(
     args = predict_args(chain, checkpoints, mode, tmp_path)
     killed(runner, "predict.py", args, target, n, when)
     assert "map.tif" not in files(tmp_path) and files(tmp_path)  # some output, no map that looks finished
-    run_ok(runner, "predict.py", *args)
+    runner.run_ok("predict.py", *args)
     assert files(tmp_path) == files(maps[mode])
 
 
@@ -232,7 +219,7 @@ def raw_steps(run: Path, tag: str) -> list[int]:
 @pytest.fixture(scope="module")
 def uninterrupted(chain, runner, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("train") / "run"
-    run_ok(runner, "train.py", "--data", chain / "ref" / "create", "--out", run, *TRAIN)
+    runner.run_ok("train.py", "--data", chain / "ref" / "create", "--out", run, *TRAIN)
     return run
 
 
@@ -252,7 +239,7 @@ def test_train_killed_then_resumed_ends_valid_with_one_value_per_epoch(
     assert read_checkpoint(run / "last.pt")["epoch"] == 1  # what the kill left: epoch 1 finished
     assert raw_steps(run, "Loss/train") == logged
 
-    run_ok(runner, "train.py", *args, "--resume")
+    runner.run_ok("train.py", *args, "--resume")
 
     last, best = read_checkpoint(run / "last.pt"), read_checkpoint(run / "best.pt")  # weights_only
     assert last["epoch"] == 3 and not list(run.glob("*.partial"))
