@@ -121,6 +121,20 @@ def read_tile(img_path: Path, mask_path: Path | None = None) -> tuple[np.ndarray
     return img, mask
 
 
+def check_tiles(pairs: list[tuple[Path, Path]], threads: int = 4, desc: str = "checking tiles") -> None:
+    """Decode every tile pair once (``threads`` GDAL readers): a tile damaged inside opens fine and fails
+    only when its pixels are read; found now, it is a one-line error instead of a stop hours later."""
+    with ThreadPoolExecutor(max(1, threads)) as pool:  # GDAL decodes without holding the GIL
+        for _ in progress(
+            pool.map(lambda p: read_tile(*p) and None, pairs),
+            total=len(pairs),
+            desc=desc,
+            unit="tile",
+            leave=False,
+        ):
+            pass
+
+
 def valid_pixels(img: np.ndarray) -> np.ndarray:
     """(H, W) bool: pixels where the image has data (nodata is 0 in every band)."""
     return np.any(img != NODATA, axis=0)

@@ -69,6 +69,7 @@ from dataset import (
     TileDataset,
     band_stats,
     build_tile_cache,
+    check_tiles,
     make_checkpoint,
     read_checkpoint,
     scan_tiles,
@@ -647,6 +648,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # --- every check before anything is written ---
     train_pairs, val_pairs, info = load_splits(args.data, args.max_tiles, args.seed)
+    if proc.main:  # the train tiles are all read for their statistics; the val tiles not before epoch 1
+        check_tiles(val_pairs, max(args.workers, 1), "checking val tiles")
     bands = list(info.descriptions)
     try:
         rgb = colormap.rgb_band_indices(bands, args.rgb)

@@ -223,6 +223,10 @@ def b_data_damaged_image(tmp, base, split="train"):
     return b_data(tmp, base, lambda d: damage(d / split / "img" / "t001.tif"))
 
 
+def b_data_damaged_val_image(tmp, base):
+    return b_data_damaged_image(tmp, base, split="val")
+
+
 def b_data_damaged_mask(tmp, base):
     return b_data(tmp, base, lambda d: damage(d / "train" / "mask" / "t001.tif"))
 
@@ -400,6 +404,8 @@ CASES = [
     ("train.py", "truncated image tile", b_data_cut_image, [*TRAIN, "{data}"], ["t001.tif", CUT]),
     ("train.py", "image tile with damaged blocks", b_data_damaged_image,
      [*TRAIN, "{data}"], ["t001.tif", "cannot read"]),
+    ("train.py", "val image tile with damaged blocks", b_data_damaged_val_image,
+     [*TRAIN, "{data}"], ["val", "t001.tif", "cannot read"]),
     ("train.py", "mask tile not a raster", b_data_text_mask, [*TRAIN, "{data}"], ["t001.tif", NOT_RASTER]),
     ("train.py", "float mask tile", b_data_float_mask, [*TRAIN, "{data}"], ["t002.tif", "float32"]),
     ("train.py", "--batch-size 0", None, [*TRAIN, "{base}/data", "--batch-size", "0"], ["--batch-size"]),

@@ -47,7 +47,7 @@ def assert_stopped_by_full_disk(res, script: str, *names: str) -> None:
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
     shown = [s for ln in res.stderr.split("\n") if (s := ln.split("\r")[-1].strip())]
     ours = [ln for ln in shown if not BAR.search(ln) and not C_LIBRARY.match(ln)]
-    assert len(ours) == 1, res.stderr[-3000:]
+    assert len(ours) == 1, f"{len(ours)} lines of the script's own in its stderr: {res.stderr[-3000:]!r}"
     assert ours[0].startswith(f"{script}: error: cannot write") and NOSPACE in ours[0], ours[0]
     assert all(name in ours[0] for name in names), (names, ours[0])
 
@@ -196,7 +196,7 @@ def test_divide_img(runner, chain, disk, stack, tmp_path):
     assert_stopped_by_full_disk(res, "divide_img.py")
     assert (tree_snapshot(chain / "raw"), tree_snapshot(chain / "ref" / "rescale")) == inputs
     left = only_whole_outputs(out, reference, records=("divide_img.json",))
-    assert any(name.startswith(("img", "mask")) for name in left)  # stopped part-way
+    assert any(name.startswith(("img", "mask")) for name in left), f"no whole tile left: {sorted(left)}"
     disk.grow()
     runner.run_ok("divide_img.py", *args)
     assert files(out) == files(reference)
