@@ -38,7 +38,10 @@ TRAIN += ["--workers", "0", "--log-images-every", "0", "--device", "cpu"]
 PREDICT = ["--window", "128", "--overlap", "32", "--workers", "1", "--device", "cpu"]
 NOSPACE = "No space left on device"
 BAR = re.compile(r"\d+%\|.*\|")  # a tqdm progress bar
-C_LIBRARY = re.compile(r"^(_tiff\w+|TIFF\w+|ERROR \d+|Warning \d+): ")  # GDAL's and libtiff's own lines
+# GDAL's and libtiff's own lines; libtiff writes from several threads at once, so a line may also be the
+# tail of one of its messages cut off by another ("_tiffSeekProc: _tiffSeekProc: No space ...\nNo space
+# left on device.")
+C_LIBRARY = re.compile(r"^(_tiff\w+|TIFF\w+|ERROR \d+|Warning \d+): |^No space left on device\.$")
 
 
 def assert_stopped_by_full_disk(res, script: str, *names: str) -> None:
