@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import pickle
 import shutil
 import warnings
@@ -143,16 +144,20 @@ def valid_pixels(img: np.ndarray) -> np.ndarray:
 def target(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(H, W) uint8 training target: the mask's code, 0 (nodata) where the mask is nodata or holds a code
     outside 0..12 (it would index past the model's outputs: a crash on CUDA) or the image has no data."""
-    return np.where(valid_pixels(img) & (mask < NUM_CLASSES), mask, NODATA).astype(np.uint8)
+    known = (mask >= 0) & (mask < NUM_CLASSES)  # signed masks may hold negative codes
+    return np.where(valid_pixels(img) & known, mask, NODATA).astype(np.uint8)
 
 
-def _fingerprint(pairs: list[tuple[Path, Path]]) -> str:
-    """Names, sizes and modification times of the tiles: changes when any tile is rewritten."""
+def _fingerprint(pairs: list[tuple[Path, Path]], ctime: bool = False) -> str:
+    """Names, sizes and modification times of the tiles (and inode change times with ``ctime``): changes
+    when any tile is rewritten."""
     h = hashlib.sha256()
     for img, mask in pairs:
         for p in (img, mask):
             st = p.stat()
-            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+            h.update(
+                f"{p.name}:{st.st_size}:{st.st_mtime_ns}{f':{st.st_ctime_ns}' if ctime else ''};".encode()
+            )
     return h.hexdigest()[:16]
 
 
@@ -306,9 +311,14 @@ class TileDataset(Dataset):
 # Decoded-tile cache (train.py --cache-tiles): for a GPU whose step outruns the decoding of tiles
 
 
+CACHE_VERSION = 1  # part of every cache's name: raise it when ``target`` or the layout changes
+_CACHES_IN_USE: list = []  # shared locks on the caches this process uses, released when it exits
+
+
 def cache_stem(folder: Path, split: str, pairs: list[tuple[Path, Path]]) -> Path:
-    """``<folder>/<split>-<fingerprint>``: a new name whenever a tile of the split is rewritten."""
-    return Path(folder) / f"{split}-{_fingerprint(pairs)}"
+    """``<folder>/<split>-v<version>-<fingerprint>``: a new name whenever a tile of the split changes
+    (also its inode change time, which ``cp -p`` or ``touch -r`` cannot set back)."""
+    return Path(folder) / f"{split}-v{CACHE_VERSION}-{_fingerprint(pairs, ctime=True)}"
 
 
 def open_tile_cache(stem: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -325,22 +335,29 @@ def build_tile_cache(
     """Decode a split's tiles once into two uncompressed ``.npy`` arrays under ``folder``; return their stem.
 
     Images keep their dtype ((N, C, H, W): 1.8 MB per 300 x 300 x 10 uint16 tile), targets are
-    ``target``'s ((N, H, W) uint8). A cache whose name matches the tiles' fingerprint (names, sizes and
-    modification times, as for band_stats) is reused; older caches of the split are deleted. Written
-    under ``.partial`` names and renamed, images last, so a crash leaves no cache that looks whole.
+    ``target``'s ((N, H, W) uint8). A cache whose name matches the tiles' fingerprint is reused. The
+    calling process holds a shared lock on the cache until it exits; caches of the split with another
+    fingerprint are deleted only when no process holds theirs (another run may be training on a
+    sample, --max-tiles, or an earlier version of the split). One builder at a time (an exclusive lock
+    per split; a second run waits, then reuses the cache). The files are allocated on disk before they
+    are filled (a full disk is an ENOSPC error, not a crash on a memory-mapped page) and written under
+    ``.partial`` names, renamed targets first, images last: a crash leaves no cache that looks whole.
     Every tile must have the first one's shape and dtype (train.py checks it before).
     """
     folder = Path(folder)
     stem = cache_stem(folder, split, pairs)
     img_path, y_path = Path(f"{stem}.img.npy"), Path(f"{stem}.target.npy")
     folder.mkdir(parents=True, exist_ok=True)
-    # one builder at a time: a second training started on the same data waits, then reuses the cache
-    with open(folder / f".{split}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(folder / f".{split}.lock", "w") as build_lock:
+        if not _try_lock(build_lock, fcntl.LOCK_EX):
+            print(f"waiting for another process building the {split} tile cache in {folder}", flush=True)
+            fcntl.flock(build_lock, fcntl.LOCK_EX)
+        use_lock = open(f"{stem}.lock", "w")  # noqa: SIM115 (held until the process exits)
+        fcntl.flock(use_lock, fcntl.LOCK_SH)
+        _CACHES_IN_USE.append(use_lock)
+        _prune_caches(folder, split, keep=stem)
         if img_path.is_file() and y_path.is_file():
             return stem
-        for old in folder.glob(f"{split}-*"):  # caches of earlier versions of the split, crash leftovers
-            old.unlink()
         first, _ = read_tile(*pairs[0])
         need = len(pairs) * (first.nbytes + first[0].size)
         free = shutil.disk_usage(folder).free
@@ -353,12 +370,51 @@ def build_tile_cache(
     return stem
 
 
+def release_tile_caches() -> None:
+    """Release this process's locks on the caches it used (train.py, when its run ends); until then no
+    other process deletes them."""
+    while _CACHES_IN_USE:
+        _CACHES_IN_USE.pop().close()
+
+
+def _try_lock(f, kind: int) -> bool:
+    """Take a flock without waiting; False when another process holds a conflicting one."""
+    try:
+        fcntl.flock(f, kind | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _prune_caches(folder: Path, split: str, keep: Path) -> None:
+    """Delete the split's other caches that no process uses, and leftovers of interrupted builds."""
+    for lock_path in folder.glob(f"{split}-*.lock"):
+        other = lock_path.with_suffix("")
+        if other == keep:
+            continue
+        with open(lock_path, "a") as lock:
+            if not _try_lock(lock, fcntl.LOCK_EX):
+                continue  # a running training uses it
+            for f in folder.glob(f"{other.name}.*"):
+                if f != lock_path:
+                    f.unlink()
+            lock_path.unlink()
+    for f in folder.glob(f"{keep.name}.*.partial"):  # an interrupted build of this very cache
+        f.unlink()
+
+
 def _decode_into(
     pairs: list[tuple[Path, Path]], first: np.ndarray, img_file: Path, y_file: Path, threads: int, desc: str
 ) -> None:
     """Decode every pair into new ``.npy`` files of images and targets (``threads`` GDAL readers)."""
-    imgs = np.lib.format.open_memmap(img_file, mode="w+", dtype=first.dtype, shape=(len(pairs), *first.shape))
-    ys = np.lib.format.open_memmap(y_file, mode="w+", dtype=np.uint8, shape=(len(pairs), *first.shape[1:]))
+    layout = {img_file: (first.shape, first.dtype), y_file: (first.shape[1:], np.uint8)}
+    for f, (shape, dtype) in layout.items():
+        # open_memmap makes a sparse file, and a page written into a full disk would be a SIGBUS:
+        # allocated now, before any mapping is kept, a full disk is an ENOSPC error here
+        np.lib.format.open_memmap(f, mode="w+", dtype=dtype, shape=(len(pairs), *shape))  # header only
+        with open(f, "r+b") as fd:
+            os.posix_fallocate(fd.fileno(), 0, os.path.getsize(f))
+    imgs, ys = np.load(img_file, mmap_mode="r+"), np.load(y_file, mmap_mode="r+")
 
     def decode(i: int) -> None:
         img, mask = read_tile(*pairs[i])

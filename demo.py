@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     scores = {}
     for mode in args.modes:
         root, run, res = roots[mode], base / f"runs/demo-{mode}", base / f"results/demo-{mode}"
-        resume = ["--resume"] if (run / "last.pt").is_file() else []
+        resume = ["--resume"] if (ROOT / run / "last.pt").is_file() else []  # the steps' paths are ROOT's
         step(
             [
                 "train.py",
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             ]
         )
         step(["test_model.py", "--checkpoint", run / "best.pt", "--data", root / "test", "--out", res])
-        test = json.loads((res / "metrics.json").read_text())
+        test = json.loads((ROOT / res / "metrics.json").read_text())
         val = test.get("checkpoint", {}).get("val_miou")
         scores[mode] = {"val": val, "test": test["miou"], "run": run, "results": res}
 

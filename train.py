@@ -10,7 +10,8 @@ Writes  in the run folder (--out, default runs/<encoder>):
         <data>/band_stats.json  the train split's band statistics, a cache (see dataset.band_stats);
         the statistics themselves travel inside every checkpoint.
         <data>/tile_cache/  with --cache-tiles only: the train and val tiles decoded once into
-        uncompressed arrays (see dataset.build_tile_cache), read by memory map; delete it at will.
+        uncompressed arrays (see dataset.build_tile_cache), read by memory map; it may be deleted
+        whenever no training runs.
 
 Each epoch trains on the whole train split (shuffled, random dihedral transforms), then validates on
 the whole val split, accumulating one confusion matrix. Adam; ReduceLROnPlateau (factor 0.5,
@@ -72,6 +73,7 @@ from dataset import (
     check_tiles,
     make_checkpoint,
     read_checkpoint,
+    release_tile_caches,
     scan_tiles,
     seed_worker,
     tile_pairs,
@@ -168,7 +170,8 @@ def build_parser() -> ArgumentParser:
         help=f"decode the train and val tiles once into uncompressed memory-mapped arrays in "
         f"DATA/{CACHE_DIR}/ (as much disk as the uncompressed tiles: 1.9 MB per 300 x 300 x 10 tile; "
         "rebuilt when a tile changes) and read them from there: a copy instead of decoding each tile "
-        "every epoch, for a GPU whose step outruns the loader workers",
+        "every epoch, for a GPU whose step outruns the loader workers (with torchrun on several nodes, "
+        "DATA must be on a filesystem they share)",
     )
     return p
 
@@ -695,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         train(args, proc, device, amp, net, ckpt, train_pairs, val_pairs, bands, rgb)
     finally:
+        release_tile_caches()  # --cache-tiles: other runs may prune them from now on
         if dist.is_initialized():
             dist.destroy_process_group()
 
