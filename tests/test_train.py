@@ -231,13 +231,15 @@ def test_sigterm_stops_at_once_and_keeps_last_pt(tmp_path):
     assert read_checkpoint(out / "last.pt")["epoch"] == done + 1
 
 
-def test_torchrun_two_processes_on_cpu(tmp_path):
-    """torchrun --nproc_per_node 2 (gloo): finishes, one set of checkpoints, every val pixel counted once."""
+@pytest.mark.parametrize("cache", [[], ["--cache-tiles"]], ids=["files", "cache"])
+def test_torchrun_two_processes_on_cpu(tmp_path, cache):
+    """torchrun --nproc_per_node 2 (gloo): finishes, one set of checkpoints, every val pixel counted once;
+    with --cache-tiles rank 0 builds the caches and both ranks read them."""
     data = make_data(tmp_path / "data", n_train=4, n_val=3)
     out = tmp_path / "run"
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [torchrun, "--standalone", "--nproc_per_node", 2, ROOT / "train.py", "--data", data, "--out", out]
-    cmd += [*FAST, "--epochs", 2]
+    cmd += [*FAST, "--epochs", 2, *cache]
     res = subprocess.run([str(c) for c in cmd], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     names = sorted(p.name for p in out.iterdir())
@@ -249,6 +251,9 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert ckpt["metrics"]["pixels"] == 3 * 28 * 32
     assert steps(events(out), "Loss/train") == [1, 2]
     assert res.stdout.count("epoch 2/2") == 1  # only rank 0 reports
+    if cache:
+        built = sorted(p.name.split("-")[0] for p in (data / train.CACHE_DIR).glob("*.npy"))
+        assert built == ["train", "train", "val", "val"]
 
 
 # ---------------------------------------------------------------------------------------------------
