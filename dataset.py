@@ -19,6 +19,7 @@ import pickle
 import shutil
 import warnings
 import zipfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,18 +123,18 @@ def read_tile(img_path: Path, mask_path: Path | None = None) -> tuple[np.ndarray
     return img, mask
 
 
+def _each_in_threads(fn, items: Sequence, threads: int, desc: str, leave: bool = True) -> None:
+    """``fn(item)`` for every item on ``threads`` threads (GDAL decodes without holding the GIL), with a
+    progress bar; the first error is raised. ``fn`` returns nothing, so no result piles up."""
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for _ in progress(pool.map(fn, items), total=len(items), desc=desc, unit="tile", leave=leave):
+            pass
+
+
 def check_tiles(pairs: list[tuple[Path, Path]], threads: int = 4, desc: str = "checking tiles") -> None:
     """Decode every tile pair once (``threads`` GDAL readers): a tile damaged inside opens fine and fails
     only when its pixels are read; found now, it is a one-line error instead of a stop hours later."""
-    with ThreadPoolExecutor(max(1, threads)) as pool:  # GDAL decodes without holding the GIL
-        for _ in progress(
-            pool.map(lambda p: read_tile(*p) and None, pairs),
-            total=len(pairs),
-            desc=desc,
-            unit="tile",
-            leave=False,
-        ):
-            pass
+    _each_in_threads(lambda p: read_tile(*p) and None, pairs, threads, desc, leave=False)
 
 
 def valid_pixels(img: np.ndarray) -> np.ndarray:
@@ -424,9 +425,7 @@ def _decode_into(
             )
         imgs[i], ys[i] = img, target(img, mask)
 
-    with ThreadPoolExecutor(max(1, threads)) as pool:  # GDAL decodes without holding the GIL
-        for _ in progress(pool.map(decode, range(len(pairs))), total=len(pairs), desc=desc, unit="tile"):
-            pass
+    _each_in_threads(decode, range(len(pairs)), threads, desc)
     imgs.flush()
     ys.flush()
 

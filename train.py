@@ -423,6 +423,24 @@ def to_device(
     return x, y.to(device, non_blocking=True).long()
 
 
+def train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    criterion: Callable,
+    optimizer: torch.optim.Optimizer,
+    amp: bool,
+) -> torch.Tensor:
+    """One optimiser step on a batch already on the device (bf16 autocast with ``amp``); the loss."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(x)
+    loss = criterion(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -442,12 +460,7 @@ def train_one_epoch(
     bar = progress(total=len(loader), desc=desc, unit="batch", leave=False, disable=not proc.main)
     for raw, y in loader:
         x, y = to_device(raw, y, norm, device, fmt)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        loss = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = train_step(model, x, y, criterion, optimizer, amp)
         loss_sum += loss.item() * len(x)
         tiles += len(x)
         speed = tiles * proc.world / (time.perf_counter() - start)

@@ -98,12 +98,7 @@ def step_speed(
     y = torch.randint(1, 13, (batch, size, size), device=device)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = net(x)
-        loss = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train.train_step(net, x, y, criterion, optimizer, amp)
 
     for _ in range(1 if device.type == "cpu" else 5):  # warm-up (cuDNN picks its kernels)
         step()
