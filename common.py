@@ -41,12 +41,24 @@ def fail(message: str) -> NoReturn:
     raise InputError(message)
 
 
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type's name: the
+    part of a library's multi-line error that fits in one line of ours."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors (argparse's default prints the usage block first)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
+
+    @classmethod
+    def for_script(cls, doc: str | None, **kwargs) -> ArgumentParser:
+        """The parser of a script: its description is the first paragraph of the script's docstring."""
+        return cls(description=(doc or "").split("\n\n")[0], **kwargs)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")

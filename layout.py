@@ -1,0 +1,77 @@
+"""The folder contract every script shares: where tiles live and how an image finds its mask.
+
+Bottom floor (rests on common.py's one-line failures only). divide_img.py writes a tile folder:
+``img<SIZE>/`` and ``mask<SIZE>/`` with one GeoTIFF per tile and ``tiles.csv``; move_images.py moves
+the pairs into split folders ``train/``, ``val/``, ``test/``, each holding ``img/`` and ``mask/``.
+An image and its mask always have the same file name: they are paired by name, never by sort order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common import fail, require_dir
+
+IMG, MASK = "img", "mask"  # the two kinds of tile, and the folder names of a split
+KINDS = (IMG, MASK)
+SPLITS = ("train", "val", "test")
+TILES_CSV = "tiles.csv"  # divide_img.py's table of tiles, in the tile folder
+SUFFIX = ".tif"
+
+
+def tile_folders(tiles: str | Path, size: int) -> tuple[Path, Path]:
+    """The image and mask folders of divide_img.py's tiles of one size: ``img<SIZE>``, ``mask<SIZE>``."""
+    return Path(tiles) / f"{IMG}{size}", Path(tiles) / f"{MASK}{size}"
+
+
+def split_folders(split: str | Path) -> tuple[Path, Path]:
+    """The image and mask folders of a split folder: ``<split>/img``, ``<split>/mask``."""
+    return Path(split) / IMG, Path(split) / MASK
+
+
+def tile_path(folder: str | Path, name: str) -> Path:
+    """The file of tile ``name`` (no suffix) in ``folder``."""
+    return Path(folder) / f"{name}{SUFFIX}"
+
+
+def tile_names(folder: str | Path | None) -> set[str]:
+    """Names (without .tif) of the GeoTIFFs in a folder; empty when there is no such folder."""
+    if folder is None or not Path(folder).is_dir():
+        return set()
+    return {p.stem for p in Path(folder).glob(f"*{SUFFIX}")}
+
+
+def unpaired(name: str, img_dir: Path, mask_dir: Path, image_present: bool, partner: str = "its mask") -> str:
+    """The one-line message for a tile whose partner is missing."""
+    if image_present:
+        return (
+            f"image tile without {partner}: {tile_path(img_dir, name)} (expected {tile_path(mask_dir, name)})"
+        )
+    partner = "its image" if partner == "its mask" else partner
+    return f"mask tile without {partner}: {tile_path(mask_dir, name)} (expected {tile_path(img_dir, name)})"
+
+
+def pair_names(img_dir: Path, mask_dir: Path) -> list[str]:
+    """Names of the tile pairs in two folders, sorted; a tile without its partner is an error naming it."""
+    imgs, masks = tile_names(img_dir), tile_names(mask_dir)
+    for n in sorted(imgs - masks):
+        fail(unpaired(n, img_dir, mask_dir, True))
+    for n in sorted(masks - imgs):
+        fail(unpaired(n, img_dir, mask_dir, False))
+    return sorted(imgs)
+
+
+def tile_pairs(split: str | Path) -> list[tuple[Path, Path]]:
+    """(image, mask) paths of a split folder, paired by file name, sorted by name.
+
+    An image without its mask (or a mask without its image) is an error naming it; so is a split
+    with no tiles.
+    """
+    split = require_dir(split, "split folder")
+    img_dir, mask_dir = split_folders(split)
+    for d in (img_dir, mask_dir):
+        require_dir(d, "tile folder")
+    names = pair_names(img_dir, mask_dir)
+    if not names:
+        fail(f"no tiles in {split} (expected GeoTIFFs in {img_dir} and {mask_dir})")
+    return [(tile_path(img_dir, n), tile_path(mask_dir, n)) for n in names]
