@@ -20,10 +20,20 @@ seasons differ as they do in reality: winter cereals are green in April and stub
 summer crops the reverse, vineyards leaf out, scrub and grassland dry up, forests and towns stay.
 A few clouds (and their shadows) cover part of the April scene only; the mask does not see them.
 
+The code reads in that order: the covers and their spectra; geometry helpers; the Terrain (hills,
+coastline, region boundary) and the Canvas the layers paint on; one paint_* function a layer, bottom
+to top, called in turn by build_landscape; the per-patch gains and the clouds; then the rendering of
+a strip and the writing. All layers draw from one random generator, one after the other: the order
+of the layers and of the draws inside each is what a seed means.
+
 The 1 m mask is never held whole: the work streams by strips of 640 mask rows (memory grows with the
 width, about 0.6 GB at the default size). The same --seed gives the same pixels, another seed another
 layout. A finished set of the same size, seed and generator version is left as it is (--force
 makes it again); an interrupted run leaves only *.partial files, replaced by the next run.
+
+Owns: what the demo data looks like (COVERS, ENDMEMBERS, the April and August mixtures, the layers),
+its file names (outputs), and VERSION, the tag that tells a finished set from one made by an older
+generator.
 """
 
 from __future__ import annotations
@@ -31,11 +41,12 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from numpy.typing import ArrayLike
 from rasterio import features
 from rasterio.transform import Affine
 from rasterio.windows import Window
@@ -53,8 +64,8 @@ CRS = "EPSG:32631"
 ORIGIN = (420000.0, 4610000.0)  # top-left corner (UTM 31N, inland of the Maresme coast)
 PIXEL = 10.0  # metres per scene pixel
 FINE = 10  # mask pixels per scene pixel along each axis (the mask is 1 m)
-SCALE = 10000  # reflectance scaling of the scenes
-STRIP = 64  # scene rows per strip (640 mask rows)
+REFLECTANCE_SCALE = 10000  # reflectance scaling of the scenes
+STRIP_ROWS = 64  # scene rows per strip (640 mask rows)
 MIN_SIZE, MAX_SIZE = 100, 10000
 VERSION = "2"  # bump when the generator changes, so that finished data is made again
 BEACH, SEA = 19, 41  # stray codes of the real 41-class map (colormap.DEFAULT_REMAP)
@@ -78,9 +89,9 @@ ENDMEMBERS: dict[str, tuple[int, ...]] = {
     "sea": (620, 560, 300, 230, 170, 150, 130, 120, 50, 40),
     "sand": (1500, 1900, 2300, 2600, 2800, 2950, 3050, 3150, 3700, 3200),
 }
-CLOUD = np.array((4300, 4350, 4400, 4500, 4600, 4650, 4700, 4750, 3700, 2700), dtype=np.float32)
+CLOUD_SPECTRUM = np.array((4300, 4350, 4400, 4500, 4600, 4650, 4700, 4750, 3700, 2700), dtype=np.float32)
 # How more vigour changes a spectrum (relative): less red and blue, more red edge and NIR.
-VIGOUR = np.array((-0.4, -0.25, -0.5, -0.15, 0.25, 0.35, 0.4, 0.4, -0.1, -0.3), dtype=np.float32)
+VIGOUR_RESPONSE = np.array((-0.4, -0.25, -0.5, -0.15, 0.25, 0.35, 0.4, 0.4, -0.1, -0.3), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -134,7 +145,7 @@ COVERS: tuple[Cover, ...] = (
 # ambiguous on purpose, as in reality: in April cereal looks like grassland, olive groves like scrub
 # and vineyards like bare soil; in August stubble looks like bare soil and summer crops like
 # orchards. The pair of dates tells them apart.
-APRIL = {
+APRIL_MIXTURES = {
     "winter cereal":      "leaf .88 soil .12",
     "summer crop":        "leaf .2 wet_soil .8",
     "fallow":             "leaf .35 straw .15 soil .5",
@@ -166,8 +177,8 @@ APRIL = {
     "beach":              "sand 1",
     "sea":                "sea 1",
 }
-AUGUST = {
-    **APRIL,
+AUGUST_MIXTURES = {
+    **APRIL_MIXTURES,
     "winter cereal":      "straw .5 soil .45 leaf .05",  # harvested: stubble
     "summer crop":        "leaf .85 wet_soil .15",  # irrigated maize, alfalfa: green
     "fallow":             "wet_soil .7 straw .3",  # ploughed
@@ -187,26 +198,26 @@ AUGUST = {
     "river":              "water .92 leaf .08",
 }
 # fmt: on
-MIXTURES = {"april": APRIL, "august": AUGUST}
+MIXTURES = {"april": APRIL_MIXTURES, "august": AUGUST_MIXTURES}
 BACKGROUND = "scrub"  # what shows where nothing else is painted: field margins, forest edges
-C = {cover.name: i for i, cover in enumerate(COVERS)}  # cover name -> burnt code
-K = len(COVERS)
+COVER_CODE = {cover.name: i for i, cover in enumerate(COVERS)}  # cover name -> burnt code (its index)
+N_COVERS = len(COVERS)
 
 
 def _spectra(season: str) -> np.ndarray:
-    """(K, 10) float32 reflectance x 10000 of every cover in ``season``."""
-    out = np.zeros((K, len(BANDS)), dtype=np.float32)
+    """(N_COVERS, 10) float32 reflectance x 10000 of every cover in ``season``."""
+    out = np.zeros((N_COVERS, len(BANDS)), dtype=np.float32)
     for name, mixture in MIXTURES[season].items():
         words = mixture.split()
         for endmember, fraction in zip(words[::2], words[1::2], strict=True):
-            out[C[name]] += float(fraction) * np.asarray(ENDMEMBERS[endmember], dtype=np.float32)
+            out[COVER_CODE[name]] += float(fraction) * np.asarray(ENDMEMBERS[endmember], dtype=np.float32)
     return out
 
 
 SPECTRA = {season: _spectra(season) for season in SEASONS}
 TEXTURE = np.array([c.texture for c in COVERS], dtype=np.float32)
 CLASS_OF = np.zeros(256, dtype=np.uint8)  # burnt code -> class code in the mask
-CLASS_OF[:K] = [c.code for c in COVERS]
+CLASS_OF[:N_COVERS] = [c.code for c in COVERS]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -289,15 +300,30 @@ def _clip_convex(poly: np.ndarray, rect: tuple[float, float, float, float]) -> n
     return poly
 
 
+def _inside_star(ring: np.ndarray, cx: float, cy: float, pts: np.ndarray) -> np.ndarray:
+    """Whether points lie inside a ring that is star-shaped around (cx, cy) (a ``_blob``)."""
+    ang = np.arctan2(ring[:-1, 1] - cy, ring[:-1, 0] - cx)
+    rad = np.hypot(ring[:-1, 1] - cy, ring[:-1, 0] - cx)
+    order = np.argsort(ang)
+    at = np.interp(np.arctan2(pts[:, 1] - cy, pts[:, 0] - cx), ang[order], rad[order], period=2 * np.pi)
+    return np.hypot(pts[:, 1] - cy, pts[:, 0] - cx) < at
+
+
+def _area(poly: np.ndarray) -> float:
+    """The area of a polygon (open or closed ring): the shoelace formula."""
+    x, y = poly[:, 0], poly[:, 1]
+    return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
 class Noise:
     """Smooth value noise in about [-1, 1]: random values on a grid of ``spacing`` metres, interpolated."""
 
-    def __init__(self, rng: np.random.Generator, extent: float, spacing: float):
+    def __init__(self, rng: np.random.Generator, extent: float, spacing: float) -> None:
         n = int(np.ceil(extent / spacing)) + 4
         self.grid = rng.uniform(-1, 1, (n, n)).astype(np.float32)
         self.spacing = spacing
 
-    def __call__(self, x, y) -> np.ndarray:
+    def __call__(self, x: ArrayLike, y: ArrayLike) -> np.ndarray:
         """Noise at points (x, y) in metres (arrays that broadcast together)."""
         n = self.grid.shape[0]
         gx = np.clip(np.asarray(x, dtype=np.float32) / self.spacing + 1, 0, n - 1.001)
@@ -312,7 +338,608 @@ class Noise:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The landscape: polygons in painter's order, each with a cover and a patch id (per-patch variation).
+# The terrain and the canvas. Every layer below draws from the canvas's one random generator in turn:
+# the order of the layers, and of the draws inside each, is the layout of a seed (never reorder them).
+
+
+def _region_boundary(rng: np.random.Generator, side: float) -> tuple[np.ndarray, np.ndarray]:
+    """Angles and radii (metres from the centre) of the region: a wobbly star that always cuts the
+    corners, so that every area has nodata around it as a real map does."""
+    angle = np.linspace(0, 2 * np.pi, 720, endpoint=False)
+    radius = np.full(angle.shape, 0.56)
+    for k in range(2, 9):
+        radius += rng.uniform(0.02, 0.1) / k**0.5 * np.cos(k * angle + rng.uniform(0, 2 * np.pi))
+    for k in range(12, 40, 3):
+        radius += rng.uniform(0, 0.008) * np.cos(k * angle + rng.uniform(0, 2 * np.pi))
+    return angle, np.clip(radius, 0.38, 0.69) * side
+
+
+@dataclass
+class Terrain:
+    """The lie of the land that the layers follow: hills inland and plains towards the coast, a coast
+    running NNE-SSW with the sea to the east, the region's boundary, and a warp that bends district edges.
+    """
+
+    side: float  # metres along each side of the area
+    relief: list[Noise]  # broad hills, then smaller ones
+    coast_waves: list[tuple[float, float, float]]  # amplitude, wavelength (m), phase: 3 bends, 3 wiggles
+    warp: list[Noise]  # x and y shifts of district edges: broad, then fine
+    region_angle: np.ndarray  # the region's boundary: radius (m) from the centre at each angle
+    region_radius: np.ndarray
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, side: float) -> Terrain:
+        """A new terrain; it takes the first draws of the generator."""
+        relief = [Noise(rng, side, 4000.0), Noise(rng, side, 1500.0)]
+        bends = [
+            (rng.uniform(0.004, 0.012) * side, side / rng.uniform(1.5, 6), rng.uniform(0, 2 * np.pi))
+            for _ in range(3)
+        ]
+        wiggles = [(rng.uniform(3, 12), rng.uniform(150, 500), rng.uniform(0, 2 * np.pi)) for _ in range(3)]
+        warp = [Noise(rng, side, spacing) for spacing in (300.0, 300.0, 70.0, 70.0)]
+        return cls(side, relief, bends + wiggles, warp, *_region_boundary(rng, side))
+
+    def coast_x(self, y: ArrayLike, smooth: bool = False) -> np.ndarray:
+        """The x of the coastline at rows y (metres); ``smooth`` leaves out the small wiggles."""
+        y = np.asarray(y, dtype=float)
+        x = self.side * (0.93 - 0.2 * y / self.side)
+        for amp, wavelength, phase in self.coast_waves[: 3 if smooth else None]:
+            x = x + amp * np.sin(2 * np.pi * y / wavelength + phase)
+        return x
+
+    def relief_at(self, x: ArrayLike, y: ArrayLike) -> np.ndarray:
+        """Hilliness, higher inland: about 0 on the coastal plain, 1 on the hills."""
+        inland = np.clip((self.coast_x(y, smooth=True) - x) / max(self.side, 1.0), 0, 1)
+        return 0.5 + 0.3 * self.relief[0](x, y) + 0.2 * self.relief[1](x, y) + 0.5 * (inland - 0.5)
+
+    def on_land(self, pts: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Whether points lie inside the region and at least ``margin`` metres from sea and boundary."""
+        c = self.side / 2
+        ang = np.arctan2(pts[:, 1] - c, pts[:, 0] - c) % (2 * np.pi)
+        rad = np.interp(ang, self.region_angle, self.region_radius, period=2 * np.pi)
+        inside = np.hypot(pts[:, 0] - c, pts[:, 1] - c) < rad - margin
+        return inside & (pts[:, 0] < self.coast_x(pts[:, 1]) - margin)
+
+    def wobble(self, poly: np.ndarray, amp: float = 90.0, step: float = 20.0) -> np.ndarray:
+        """A convex polygon with its edges subdivided and bent by the warp (a field, the same for
+        neighbours, so that wobbly districts still tile)."""
+        pts = []
+        for a, b in zip(poly, np.roll(poly, -1, axis=0), strict=True):
+            m = max(1, int(np.hypot(*(b - a)) / step))
+            pts.append(a + np.arange(m)[:, None] / m * (b - a))
+        pts = np.vstack(pts)
+        x, y = pts[:, 0], pts[:, 1]
+        shift = np.stack([self.warp[0](x, y), self.warp[1](x, y)], axis=1)
+        shift += 0.25 * np.stack([self.warp[2](x, y), self.warp[3](x, y)], axis=1)
+        return _close(pts + amp * shift)
+
+
+@dataclass
+class Canvas:
+    """What the layers paint on: polygons in painter's order, each with a cover and a patch id, the
+    terrain they follow and the random generator they all draw from."""
+
+    size: int  # scene pixels along each side
+    seed: int
+    rng: np.random.Generator
+    terrain: Terrain
+    geoms: list[list[np.ndarray]] = field(default_factory=list)  # rings of each polygon, exterior first
+    cover: list[int] = field(default_factory=list)  # burnt code of each polygon
+    ident: list[int] = field(default_factory=list)  # patch id of each polygon
+    patch_cover: list[int] = field(default_factory=lambda: [0])  # burnt code of each patch id (0: none)
+
+    @classmethod
+    def start(cls, size: int, seed: int) -> Canvas:
+        """An empty canvas for an area of ``size`` x ``size`` scene pixels, its terrain drawn."""
+        rng = np.random.default_rng([seed, 1])
+        return cls(size, seed, rng, Terrain.draw(rng, size * PIXEL))
+
+    @property
+    def side(self) -> float:
+        """Metres along each side of the area."""
+        return self.size * PIXEL
+
+    def new_id(self, cover: int) -> int:
+        """A new patch id: a patch has its own brightness and vigour, drawn at the end."""
+        self.patch_cover.append(cover)
+        return len(self.patch_cover) - 1
+
+    def add(self, rings: np.ndarray | list[np.ndarray], cover: str, ident: int | None = None) -> None:
+        """Paint a polygon (a ring, or exterior then holes) over what is there.
+
+        ``ident``: None gives the polygon its own patch variation, 0 takes what lies below, another
+        value shares a patch (e.g. every piece of one river).
+        """
+        rings = [rings] if isinstance(rings, np.ndarray) else rings
+        code = COVER_CODE[cover]
+        self.geoms.append(rings)
+        self.cover.append(code)
+        self.ident.append(self.new_id(code) if ident is None else ident)
+
+    def add_line(
+        self, line: np.ndarray, width: float | np.ndarray, cover: str, ident: int | None = 0
+    ) -> None:
+        """Paint a polyline ``width`` metres wide (constant or one value per vertex)."""
+        if ident is None:
+            ident = self.new_id(COVER_CODE[cover])
+        for ring in _buffer(line, width):
+            self.add(ring, cover, ident)
+
+    def scatter(self, spacing: float, margin: float = 0.0, at_least: int = 1) -> np.ndarray:
+        """Points on land, about one per ``spacing`` x ``spacing`` metres, spread evenly (jittered grid)."""
+        rng, side, on_land = self.rng, self.side, self.terrain.on_land
+        n = max(1, round(side / spacing))
+        cell = side / n
+        gy, gx = np.mgrid[0:n, 0:n]
+        pts = (np.stack([gx.ravel(), gy.ravel()], axis=1) + rng.uniform(0.1, 0.9, (n * n, 2))) * cell
+        pts = pts[on_land(pts, margin)]
+        tries = 0
+        while len(pts) < at_least and tries < 1000:  # small areas: make sure there is at least one
+            p = rng.uniform(0.2, 0.8, (1, 2)) * side
+            if on_land(p, margin).all():
+                pts = np.vstack([pts, p])
+            tries += 1
+        return pts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layers, bottom to top. Each paints one kind of thing onto the canvas.
+
+
+@dataclass
+class Districts:
+    """The Voronoi districts: the roads run along their edges, more often between farmland."""
+
+    vor: Voronoi
+    kind: np.ndarray  # (n,) "forest", "scrub", "woody" or "herbaceous" of each Voronoi point
+
+
+def paint_districts(canvas: Canvas) -> Districts:
+    """Voronoi districts: forest and scrub on the hills (wobbly edges), field parcels in the plains."""
+    rng, side, terrain = canvas.rng, canvas.side, canvas.terrain
+    d = 800.0  # district spacing, metres
+    n = int(np.ceil(side / d)) + 4
+    gy, gx = np.mgrid[0:n, 0:n]
+    seeds = (np.stack([gx.ravel(), gy.ravel()], axis=1) - 2 + rng.uniform(0.15, 0.85, (n * n, 2))) * d
+    vor = Voronoi(seeds)
+    near = np.all((seeds > -d) & (seeds < side + d), axis=1)
+    relief = terrain.relief_at(seeds[:, 0], seeds[:, 1])
+    q = np.zeros(len(seeds))
+    q[near] = (np.argsort(np.argsort(relief[near])) + 0.5) / near.sum()  # relief as a quantile
+    kinds = ("forest", "scrub", "woody", "herbaceous")
+    probs = {
+        "high": (0.65, 0.22, 0.08, 0.05),
+        "mid": (0.2, 0.2, 0.32, 0.28),
+        "low": (0.05, 0.08, 0.25, 0.62),
+    }
+    kind_of = np.array(["herbaceous"] * len(seeds), dtype=object)
+    for i in np.flatnonzero(near):
+        band = "high" if q[i] > 0.65 else "mid" if q[i] > 0.35 else "low"
+        kind = kinds[rng.choice(4, p=probs[band])]
+        kind_of[i] = kind
+        region = vor.regions[vor.point_region[i]]
+        if not region or -1 in region:
+            continue
+        poly = vor.vertices[region]
+        poly = poly[np.argsort(np.arctan2(*(poly - poly.mean(0)).T[::-1]))]  # convex: sort by angle
+        if kind == "forest":
+            pine = rng.random() < (0.75 if q[i] > 0.6 else 0.3)
+            canvas.add(terrain.wobble(poly), "pine forest" if pine else "holm oak forest")
+        elif kind == "scrub":
+            canvas.add(terrain.wobble(poly), "scrub" if rng.random() < 0.75 else "grassland")
+        else:
+            _paint_parcels(canvas, poly, kind)
+    return Districts(vor, kind_of)
+
+
+# What grows in the parcels of a farmland district, and how often.
+# fmt: off
+PARCEL_COVERS = {
+    "herbaceous": (("winter cereal", "summer crop", "fallow", "olive grove", "vineyard", "orchard",
+                    "grassland", "scrub", "bare soil", "holm oak forest"),
+                   (0.5, 0.16, 0.08, 0.05, 0.05, 0.05, 0.05, 0.03, 0.01, 0.02)),
+    "woody": (("olive grove", "vineyard", "orchard", "winter cereal", "summer crop", "fallow",
+               "grassland", "scrub", "holm oak forest"),
+              (0.22, 0.22, 0.14, 0.22, 0.06, 0.05, 0.04, 0.03, 0.02)),
+}
+# fmt: on
+
+
+def _field_rows(rng: np.random.Generator, u_lo: float, v_lo: float, u_hi: float, v_hi: float) -> np.ndarray:
+    """(n, 4) fields (u0, v0, u1, v1) covering a box: rows 70..220 m deep of fields 50..320 m long,
+    each shrunk by a random field margin."""
+    rects = []
+    v = v_lo
+    while v < v_hi:
+        depth = rng.uniform(70, 220)
+        lengths = rng.uniform(50, 320, int((u_hi - u_lo) / 50) + 2)
+        u0 = u_lo - rng.uniform(0, 50) + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        row = np.stack([u0, np.full_like(u0, v), u0 + lengths, np.full_like(u0, v + depth)], axis=1)
+        rects.append(row[u0 <= u_hi])
+        v += depth
+    rects = np.vstack(rects)
+    margin = rng.uniform(0.3, 1.5, (len(rects), 1))  # half the field margin
+    return rects + np.hstack([margin, margin, -margin, -margin])
+
+
+def _paint_parcels(canvas: Canvas, poly: np.ndarray, kind: str) -> None:
+    """Fill a convex district with field parcels: rows of rectangles along the longest edge."""
+    rng = canvas.rng
+    names, p = PARCEL_COVERS[kind]
+    edges = np.roll(poly, -1, axis=0) - poly
+    e = edges[np.argmax(np.hypot(edges[:, 0], edges[:, 1]))]
+    angle = np.arctan2(e[1], e[0]) + rng.normal(0, 0.05)
+    c, s = np.cos(angle), np.sin(angle)
+    rot = np.array([[c, -s], [s, c]])  # xy @ rot -> uv (u along the edge)
+    uv = poly @ rot
+    (u_lo, v_lo), (u_hi, v_hi) = uv.min(0), uv.max(0)
+    rects = _field_rows(rng, u_lo, v_lo, u_hi, v_hi)
+    covers = rng.choice(len(names), size=len(rects), p=p)
+    # Fields whose four corners lie inside the (convex) district need no clipping.
+    corners = rects[:, [[0, 1], [2, 1], [2, 3], [0, 3]]]  # (n, 4, 2)
+    edge = np.roll(uv, -1, axis=0) - uv
+    rel = corners[:, :, None, :] - uv  # (n, 4, edges, 2)
+    side = edge[:, 0] * rel[..., 1] - edge[:, 1] * rel[..., 0]
+    inside = np.all(side >= 0, axis=(1, 2))  # districts run anticlockwise (sorted by angle)
+    outside = np.any(np.all(side < 0, axis=1), axis=1)  # all four corners beyond one edge
+    for rect, quad, cover, whole, out in zip(rects, corners, covers, inside, outside, strict=True):
+        if out:
+            continue
+        piece = quad if whole else _clip_convex(uv, tuple(rect))
+        if len(piece) >= 3 and (whole or _area(piece) > 300):
+            canvas.add(_close(piece @ rot.T), names[cover])
+
+
+def paint_patches(canvas: Canvas) -> None:
+    """Small woods, clearings and bare patches everywhere (rock outcrops higher up)."""
+    rng = canvas.rng
+    for x, y in canvas.scatter(550.0):
+        if canvas.terrain.relief_at(x, y) > 0.55:  # clearings and outcrops in the hills
+            names, p = ("grassland", "scrub", "pine forest", "bare soil"), (0.3, 0.3, 0.2, 0.2)
+        else:  # small woods and rough patches in the plains
+            names, p = ("holm oak forest", "pine forest", "grassland", "scrub"), (0.35, 0.15, 0.25, 0.25)
+        ring = _blob(rng, x, y, rng.uniform(30, 160), 0.35, rng.uniform(1, 2), rng.uniform(0, np.pi))
+        canvas.add(ring, names[rng.choice(4, p=p)])
+    for x, y in canvas.scatter(800.0, at_least=2):  # bare ground: outcrops, eroded slopes, building sites
+        r = rng.uniform(20, 70)
+        canvas.add(_blob(rng, x, y, r, 0.4, rng.uniform(1, 2.5), rng.uniform(0, np.pi)), "bare soil")
+
+
+def _walk(
+    canvas: Canvas,
+    start: ArrayLike,
+    heading: float,
+    step: float,
+    length: float,
+    turn: float,
+    pull: float = 0.03,
+) -> np.ndarray:
+    """A meandering path from ``start``, pulled to the sea, until it reaches it or leaves the area."""
+    rng, side, start = canvas.rng, canvas.side, np.asarray(start, dtype=float)
+    target = np.arctan2(1.0, 5.0) + rng.uniform(-0.5, 0.5)  # ESE, across the coast
+    bend = lfilter([1.0], [1.0, -0.85], rng.normal(0, turn, int(length / step)))  # persistent turns
+    # heading[i] = heading[i-1] + bend[i] + pull * (target - heading[i-1])
+    heading = lfilter([1.0], [1.0, pull - 1], bend + pull * target, zi=[(1 - pull) * heading])[0]
+    steps = step * np.stack([np.cos(heading), np.sin(heading)], axis=1)
+    pts = np.vstack([start, start + np.cumsum(steps, axis=0)])
+    x, y = pts[:, 0], pts[:, 1]
+    gone = (
+        (x > canvas.terrain.coast_x(y) + 60) | (x < -400) | (x > side + 400) | (y < -400) | (y > side + 400)
+    )
+    end = np.argmax(gone) + 1 if gone.any() else len(pts)
+    return pts[:end]
+
+
+def paint_rivers(canvas: Canvas) -> None:
+    """A main river (wide, gravel bars, riparian forest; larger areas) and streams thinner than 10 m."""
+    rng, side = canvas.rng, canvas.side
+    if side >= 6000:
+        start = (-300.0, rng.uniform(0.15, 0.6) * side)
+        line = _walk(canvas, start, rng.uniform(-0.2, 0.5), 20.0, 3 * side, 0.02, pull=0.1)
+        t = np.arange(len(line)) * 20.0
+        width = rng.uniform(22, 35) * (1 + 0.3 * np.sin(t / rng.uniform(800, 2000) + rng.uniform(0, 6)))
+        # Gravel bars, now on this bank, now gone: the bed is wider than the water here and there.
+        bars = np.clip(np.sin(t / rng.uniform(150, 400) + rng.uniform(0, 6)), 0, None)
+        bed = width * (1.05 + 1.2 * bars)
+        canvas.add_line(line, bed + 2 * rng.uniform(15, 35), "riparian forest", None)
+        canvas.add_line(line, bed, "gravel bar", None)
+        canvas.add_line(line, width, "river", None)
+    n = max(2, round(side * side / 10e6))
+    starts = canvas.scatter(side / np.sqrt(n), margin=50.0, at_least=2)
+    for x, y in starts[rng.permutation(len(starts))[:n]]:
+        length = min(rng.uniform(2000, 10000), 1.5 * side)
+        line = _walk(canvas, (x, y), rng.uniform(-0.6, 0.9), 12.0, length, 0.05)
+        width = rng.uniform(2.5, 7.0)
+        if rng.random() < 0.5:
+            canvas.add_line(line, width + 2 * rng.uniform(4, 12), "riparian forest", None)
+        canvas.add_line(line, width, "river", None)
+
+
+@dataclass
+class Towns:
+    """Where the towns are: placed before the roads that join them, painted over the roads later."""
+
+    centres: np.ndarray  # (n, 2) metres
+    radius: np.ndarray  # (n,) metres
+
+
+def place_towns(canvas: Canvas) -> Towns:
+    """Town centres and sizes, and a coastal city on the largest areas."""
+    rng, side = canvas.rng, canvas.side
+    centres = canvas.scatter(2800.0, margin=150.0)
+    radius = np.minimum(np.clip(rng.lognormal(np.log(300), 0.45, len(centres)), 120, 900), 0.12 * side)
+    if side >= 15000:  # a coastal city
+        y = rng.uniform(0.35, 0.65) * side
+        r = rng.uniform(1200, 1700)
+        centres = np.vstack([centres, [canvas.terrain.coast_x(y, smooth=True) - 0.6 * r, y]])
+        radius = np.append(radius, r)
+    return Towns(centres, radius)
+
+
+def _curve(rng: np.random.Generator, p: ArrayLike, q: ArrayLike, bend: float) -> np.ndarray:
+    """A gently curved line from p to q (a sideways bow of up to ``bend`` x its length)."""
+    p, q = np.asarray(p, dtype=float), np.asarray(q, dtype=float)
+    length = max(np.hypot(*(q - p)), 1.0)
+    t = np.linspace(0, 1, max(2, int(length / 20)))[:, None]
+    normal = np.array([-(q - p)[1], (q - p)[0]]) / length
+    bow = rng.uniform(-bend, bend) * length * np.sin(np.pi * t)
+    wiggle = rng.uniform(2, 8) * np.sin(2 * np.pi * t * length / rng.uniform(200, 600))
+    return p + t * (q - p) + normal * (bow + wiggle * np.sin(np.pi * t))
+
+
+def paint_roads(canvas: Canvas, districts: Districts, towns: Towns) -> None:
+    """Local roads along district edges, main roads between towns, a coastal road and railway."""
+    rng, side = canvas.rng, canvas.side
+    vor = districts.vor
+    for (a, b), (i, j) in zip(vor.ridge_vertices, vor.ridge_points, strict=True):
+        if a < 0 or b < 0:
+            continue
+        p, q = vor.vertices[a], vor.vertices[b]
+        if not (np.all(np.minimum(p, q) < side + 100) and np.all(np.maximum(p, q) > -100)):
+            continue
+        farmland = sum(districts.kind[k] in ("herbaceous", "woody") for k in (i, j))
+        if rng.random() < (0.2, 0.35, 0.6)[farmland]:
+            n = max(2, int(np.hypot(*(q - p)) / 25))
+            t = np.linspace(0, 1, n)[:, None]
+            line = p + t * (q - p)
+            normal = np.array([-(q - p)[1], (q - p)[0]]) / max(np.hypot(*(q - p)), 1e-9)
+            line += normal * (rng.uniform(-5, 5) * np.sin(np.pi * t))  # a gentle bend
+            canvas.add_line(line, rng.uniform(4, 6.5), "road")
+    # Main roads: each town to its two nearest neighbours.
+    centres = towns.centres
+    pairs = set()
+    for k in range(len(centres)):
+        for m in np.argsort(np.hypot(*(centres - centres[k]).T))[1:3]:
+            pairs.add((min(k, int(m)), max(k, int(m))))
+    for k, m in sorted(pairs):
+        canvas.add_line(_curve(rng, centres[k], centres[m], 0.12), rng.uniform(7, 9.5), "road")
+    # Along the coast: the railway, then the old coastal road a little inland.
+    y = np.arange(-300.0, side + 300.0, 20.0)
+    shore = canvas.terrain.coast_x(y, smooth=True)
+    rail = rng.uniform(110, 250)
+    canvas.add_line(np.stack([shore - rail, y], 1), 9.0, "railway")
+    canvas.add_line(np.stack([shore - rail - rng.uniform(80, 250), y], 1), 9.5, "road")
+
+
+def paint_reservoirs(canvas: Canvas) -> None:
+    """Reservoirs in the highest hills (large areas only)."""
+    rng, side = canvas.rng, canvas.side
+    if side < 8000:
+        return
+    candidates = canvas.scatter(3000.0, margin=800.0)
+    relief = canvas.terrain.relief_at(candidates[:, 0], candidates[:, 1])
+    for x, y in candidates[np.argsort(-relief)[: max(1, round(side * side / 250e6))]]:
+        r = rng.uniform(250, 600)
+        canvas.add(_blob(rng, x, y, r, 0.45, rng.uniform(2, 3.5), rng.uniform(0, np.pi)), "lake")
+
+
+def paint_quarries(canvas: Canvas) -> None:
+    """Quarries (with a lower bench, sometimes flooded) away from the sea and the boundary."""
+    rng, side = canvas.rng, canvas.side
+    for x, y in canvas.scatter(3000.0, margin=100.0):
+        r = min(rng.uniform(90, 260), 0.06 * side)
+        aspect, angle = rng.uniform(1, 1.8), rng.uniform(0, np.pi)
+        canvas.add(_blob(rng, x, y, r, 0.3, aspect, angle), "quarry")
+        canvas.add(_blob(rng, x, y, 0.55 * r, 0.3, aspect, angle), "quarry")  # a lower bench
+        if rng.random() < 0.25:
+            canvas.add(_blob(rng, x, y, 0.2 * r, 0.2), "lake", 0)
+
+
+def paint_ponds(canvas: Canvas) -> None:
+    """Farm ponds: square irrigation tanks and small round ponds."""
+    rng = canvas.rng
+    for x, y in canvas.scatter(1100.0):
+        if rng.random() < 0.6:
+            side = rng.uniform(12, 45)
+            canvas.add(_rect(x, y, side, side * rng.uniform(0.6, 1), rng.uniform(0, np.pi)), "lake", 0)
+        else:
+            canvas.add(_blob(rng, x, y, rng.uniform(8, 25), 0.15), "lake", 0)
+
+
+def paint_estates(canvas: Canvas) -> None:
+    """Residential estates in the countryside."""
+    rng, side = canvas.rng, canvas.side
+    for x, y in canvas.scatter(3500.0, margin=200.0):
+        if rng.random() < 0.8:
+            r = min(rng.uniform(110, 320), 0.08 * side)
+            estate = _blob(rng, x, y, r, 0.35, rng.uniform(1, 1.8), rng.uniform(0, np.pi))
+            canvas.add(estate, "residential estate")
+
+
+def paint_farmhouses(canvas: Canvas) -> None:
+    """Farmhouses, alone or a few together (hamlets): buildings narrower than a scene pixel."""
+    rng = canvas.rng
+    for x, y in canvas.scatter(420.0, at_least=3):
+        for i in range(1 if rng.random() < 0.85 else rng.integers(3, 8)):
+            dx, dy = (0, 0) if i == 0 else rng.normal(0, 40, 2)
+            length = rng.uniform(10, 22)
+            ring = _rect(x + dx, y + dy, length, length * rng.uniform(0.5, 0.9), rng.uniform(0, np.pi))
+            canvas.add(ring, "farmhouse", 0)
+
+
+def _paint_city_blocks(
+    canvas: Canvas,
+    outline: np.ndarray,
+    x: float,
+    y: float,
+    block: tuple[float, float],
+    street: tuple[float, float],
+    cover: str,
+) -> None:
+    """Blocks of buildings (``block`` metres, min and max) on a rotated street grid (streets ``street``
+    metres wide), those whose centre lies inside ``outline`` (a star-shaped ring around (x, y)); the
+    streets are what was painted below."""
+    rng = canvas.rng
+    rad = np.hypot(outline[:, 0] - x, outline[:, 1] - y).max()
+    a = rng.uniform(0, np.pi / 2)
+    c, s = np.cos(a), np.sin(a)
+    edges = []
+    for _ in range(2):  # street lines along u, then along v
+        sizes = rng.uniform(*block, int(2 * rad / block[0]) + 2)
+        edges.append(-rad - rng.uniform(0, block[1]) + np.concatenate([[0], np.cumsum(sizes)]))
+    (u, v), gap = edges, rng.uniform(*street) / 2
+    u0, v0 = np.meshgrid(u[:-1], v[:-1])
+    u1, v1 = np.meshgrid(u[1:], v[1:])
+    mu, mv = (u0 + u1).ravel() / 2, (v0 + v1).ravel() / 2
+    centres = np.stack([x + c * mu - s * mv, y + s * mu + c * mv], axis=1)
+    sizes = np.stack([(u1 - u0).ravel(), (v1 - v0).ravel()], axis=1) - 2 * gap
+    inside = _inside_star(outline, x, y, centres)
+    for (px, py), (lu, lv) in zip(centres[inside], sizes[inside], strict=True):
+        canvas.add(_rect(px, py, lu, lv, a), cover)
+
+
+def _paint_parks(canvas: Canvas, x: float, y: float, r: float) -> None:
+    """A few parks inside a town of radius ``r``, more in larger towns."""
+    rng = canvas.rng
+    for _ in range(2 + int(r // 200)):
+        a, d = rng.uniform(0, 2 * np.pi), rng.uniform(0.1, 0.75) * r
+        px, py = x + d * np.cos(a), y + d * np.sin(a)
+        s = np.clip(rng.uniform(0.12, 0.3) * r, 30, 250)
+        if rng.random() < 0.6:
+            canvas.add(_rect(px, py, s * rng.uniform(1, 1.8), s, rng.uniform(0, np.pi)), "park")
+        else:
+            canvas.add(_blob(rng, px, py, s / 1.5, 0.25), "park")
+
+
+def _paint_industrial_estate(canvas: Canvas, x: float, y: float, r: float) -> None:
+    """A rectangle of yards and roads beside a town (on land), with rows of large roofs."""
+    rng = canvas.rng
+    length = min(rng.uniform(200, 600), 2 * r)
+    width = min(rng.uniform(100, 320), length)
+    for _ in range(10):
+        a = rng.uniform(0, 2 * np.pi)
+        cx, cy = x + (r + 0.35 * length) * np.cos(a), y + (r + 0.35 * length) * np.sin(a)
+        if canvas.terrain.on_land(np.array([[cx, cy]]), 0.3 * length).all():
+            break
+    canvas.add(_rect(cx, cy, length, width, a), "industrial yard")
+    c, s = np.cos(a), np.sin(a)
+    u = -length / 2 + 10
+    while u < length / 2 - 30:
+        bl = rng.uniform(25, 80)
+        v = -width / 2 + 10
+        while v < width / 2 - 25:
+            bw = rng.uniform(20, 60)
+            if rng.random() < 0.85 and u + bl < length / 2 - 8 and v + bw < width / 2 - 8:
+                mu, mv = u + bl / 2, v + bw / 2
+                canvas.add(_rect(cx + c * mu - s * mv, cy + s * mu + c * mv, bl, bw, a), "industrial roof")
+            v += bw + rng.uniform(10, 20)
+        u += bl + rng.uniform(10, 20)
+
+
+def paint_towns(canvas: Canvas, towns: Towns) -> None:
+    """Towns: an urban blob, a denser old core, parks, an industrial estate, sometimes a landfill."""
+    rng = canvas.rng
+    for k, ((x, y), r) in enumerate(zip(towns.centres, towns.radius, strict=True)):
+        town = _blob(rng, x, y, r, 0.3, rng.uniform(1, 1.4), rng.uniform(0, np.pi))
+        canvas.add(town, "street", 0)
+        _paint_city_blocks(canvas, town, x, y, (50, 120), (8, 14), "urban")
+        core = _blob(rng, x, y, r * rng.uniform(0.3, 0.45), 0.3)
+        canvas.add(core, "street", 0)
+        _paint_city_blocks(canvas, core, x, y, (25, 60), (4, 7), "old town")
+        _paint_parks(canvas, x, y, r)
+        for _ in range(1 if k == 0 or rng.random() < 0.5 else rng.choice([0, 2])):
+            _paint_industrial_estate(canvas, x, y, r)
+        if rng.random() < 0.6:  # a building site on the edge of town
+            a = rng.uniform(0, 2 * np.pi)
+            site = _blob(rng, x + r * np.cos(a), y + r * np.sin(a), rng.uniform(30, 90), 0.3)
+            canvas.add(site, "bare soil")
+        if rng.random() < 0.25:  # a landfill out of town
+            a, d = rng.uniform(0, 2 * np.pi), r + rng.uniform(300, 800)
+            dump = _blob(rng, x + d * np.cos(a), y + d * np.sin(a), rng.uniform(60, 150), 0.3)
+            canvas.add(dump, "landfill")
+
+
+def paint_highways(canvas: Canvas) -> None:
+    """A highway parallel to the coast and a trunk road crossing towards it (large areas)."""
+    rng, side, coast_x = canvas.rng, canvas.side, canvas.terrain.coast_x
+    if side >= 5000:
+        y = np.arange(-400.0, side + 400.0, 25.0)
+        x = coast_x(y, smooth=True) - rng.uniform(0.3, 0.45) * side
+        x = x + 0.03 * side * np.sin(2 * np.pi * y / rng.uniform(0.8, 1.6) / side + rng.uniform(0, 6))
+        canvas.add_line(np.stack([x, y], 1), rng.uniform(24, 30), "highway")
+    if side >= 15000:
+        y0, y1 = rng.uniform(0.3, 0.7, 2) * side
+        canvas.add_line(_curve(rng, (-400, y0), (coast_x(y1, smooth=True), y1), 0.05), 14.0, "highway")
+
+
+def paint_coast(canvas: Canvas) -> None:
+    """Beaches (some stretches rocky) and the sea east of the coastline."""
+    rng, side = canvas.rng, canvas.side
+    y = np.arange(-200.0, side + 200.0, 5.0)
+    shore = canvas.terrain.coast_x(y)
+    beach = np.clip(30 + 45 * Noise(rng, side + 400, 400.0)(np.zeros_like(y), y + 200), 0, 70)
+    left = np.stack([shore - beach, y], axis=1)
+    right = np.stack([shore + 5, y], axis=1)
+    for a in range(0, len(y) - 1, 199):  # in pieces, to keep each polygon short
+        b = min(a + 200, len(y))
+        canvas.add(_close(np.vstack([left[a:b], right[a:b][::-1]])), "beach")
+    sea = np.vstack([np.stack([shore, y], 1), [[side + 300, side + 200], [side + 300, -200]]])
+    canvas.add(_close(sea), "sea")
+
+
+def paint_outside(canvas: Canvas) -> None:
+    """Nodata outside the region: a frame with the region as its hole."""
+    side, terrain = canvas.side, canvas.terrain
+    frame = _close(np.array([[-500, -500], [side + 500, -500], [side + 500, side + 500], [-500, side + 500]]))
+    c, t, r = side / 2, terrain.region_angle, terrain.region_radius
+    hole = _close(np.stack([c + r * np.cos(t), c + r * np.sin(t)], axis=1))
+    canvas.add([frame, hole], "outside", 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the scenes add to the painted polygons: per-patch variation, and clouds over April.
+
+
+def patch_gains(canvas: Canvas) -> dict[str, np.ndarray]:
+    """Season -> (n_ids + 1, 10) multiplier of each patch's spectrum: a brightness, and a vigour that
+    August partly keeps from April (a vigorous parcel tends to stay so). Row 0 (no patch) is 1."""
+    rng = canvas.rng
+    ids = np.array(canvas.patch_cover)
+    gains = {}
+    bright = 1 + rng.normal(0, 1, len(ids)) * np.array([COVERS[c].brightness for c in ids])
+    vig_sd = np.array([COVERS[c].vigour for c in ids])
+    vig_april = rng.normal(0, 1, len(ids)) * vig_sd
+    vig_august = 0.6 * vig_april + 0.8 * rng.normal(0, 1, len(ids)) * vig_sd
+    for season, vig in zip(SEASONS, (vig_april, vig_august), strict=True):
+        response = 1 + np.clip(vig, -0.5, 0.5)[:, None] * VIGOUR_RESPONSE[None]
+        g = np.clip(bright, 0.7, 1.3)[:, None] * response
+        g[0] = 1.0
+        gains[season] = g.astype(np.float32)
+    return gains
+
+
+def draw_clouds(canvas: Canvas) -> tuple[np.ndarray, tuple[float, float]]:
+    """Cloud puffs (x, y, radius, opacity) in a few clusters, and the shadows' offset."""
+    rng, side = canvas.rng, canvas.side
+    puffs = []
+    for _ in range(max(1, round(side * side / 80e6))):
+        cx, cy = rng.uniform(0.2, 0.8, 2) * side
+        spread = min(rng.uniform(150, 800), 0.08 * side)
+        for _ in range(rng.integers(4, 12)):
+            x, y = rng.normal((cx, cy), spread)
+            puffs.append((x, y, min(rng.uniform(80, 350), 0.04 * side), rng.uniform(0.6, 0.95)))
+    shift = (-rng.uniform(150, 400), -rng.uniform(100, 300))  # sun in the south-east: shadows to the NW
+    return np.array(puffs, dtype=np.float64), shift
 
 
 @dataclass
@@ -341,519 +968,40 @@ class Landscape:
         return np.flatnonzero((self.ymax >= y0) & (self.ymin <= y1))
 
 
-class _Builder:
-    """Draws the landscape layer by layer (see ``build_landscape``); all randomness from one seed."""
-
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed = size, seed
-        self.W = size * PIXEL
-        self.rng = np.random.default_rng([seed, 1])
-        self.geoms: list[list[np.ndarray]] = []
-        self.cover: list[int] = []
-        self.ident: list[int] = []
-        self.id_cover: list[int] = [0]
-        W, rng = self.W, self.rng
-        # Hills inland, plains towards the coast; the coast runs NNE-SSW with the sea to the east.
-        self.relief = [Noise(rng, W, 4000.0), Noise(rng, W, 1500.0)]
-        self.coast_waves = [
-            (rng.uniform(0.004, 0.012) * W, W / rng.uniform(1.5, 6), rng.uniform(0, 2 * np.pi))
-            for _ in range(3)
-        ] + [(rng.uniform(3, 12), rng.uniform(150, 500), rng.uniform(0, 2 * np.pi)) for _ in range(3)]
-        self.warp = [Noise(rng, W, 300.0), Noise(rng, W, 300.0), Noise(rng, W, 70.0), Noise(rng, W, 70.0)]
-        # The region (nodata outside): a wobbly star around the centre, always cutting the corners.
-        t = np.linspace(0, 2 * np.pi, 720, endpoint=False)
-        r = np.full(t.shape, 0.56)
-        for k in range(2, 9):
-            r += rng.uniform(0.02, 0.1) / k**0.5 * np.cos(k * t + rng.uniform(0, 2 * np.pi))
-        for k in range(12, 40, 3):
-            r += rng.uniform(0, 0.008) * np.cos(k * t + rng.uniform(0, 2 * np.pi))
-        self.region_t, self.region_r = t, np.clip(r, 0.38, 0.69) * W
-
-    # -- fields ------------------------------------------------------------------------------------
-    def coast_x(self, y, smooth: bool = False) -> np.ndarray:
-        """The x of the coastline at rows y (metres); ``smooth`` leaves out the small wiggles."""
-        y = np.asarray(y, dtype=float)
-        x = self.W * (0.93 - 0.2 * y / self.W)
-        for amp, wavelength, phase in self.coast_waves[: 3 if smooth else None]:
-            x = x + amp * np.sin(2 * np.pi * y / wavelength + phase)
-        return x
-
-    def relief_at(self, x, y) -> np.ndarray:
-        """Hilliness, higher inland: about 0 on the coastal plain, 1 on the hills."""
-        inland = np.clip((self.coast_x(y, smooth=True) - x) / max(self.W, 1.0), 0, 1)
-        return 0.5 + 0.3 * self.relief[0](x, y) + 0.2 * self.relief[1](x, y) + 0.5 * (inland - 0.5)
-
-    def on_land(self, pts: np.ndarray, margin: float = 0.0) -> np.ndarray:
-        """Whether points lie inside the region and at least ``margin`` metres from sea and boundary."""
-        c = self.W / 2
-        ang = np.arctan2(pts[:, 1] - c, pts[:, 0] - c) % (2 * np.pi)
-        rad = np.interp(ang, self.region_t, self.region_r, period=2 * np.pi)
-        inside = np.hypot(pts[:, 0] - c, pts[:, 1] - c) < rad - margin
-        return inside & (pts[:, 0] < self.coast_x(pts[:, 1]) - margin)
-
-    def scatter(self, spacing: float, margin: float = 0.0, at_least: int = 1) -> np.ndarray:
-        """Points on land, about one per ``spacing`` x ``spacing`` metres, spread evenly (jittered grid)."""
-        n = max(1, round(self.W / spacing))
-        cell = self.W / n
-        gy, gx = np.mgrid[0:n, 0:n]
-        pts = (np.stack([gx.ravel(), gy.ravel()], axis=1) + self.rng.uniform(0.1, 0.9, (n * n, 2))) * cell
-        pts = pts[self.on_land(pts, margin)]
-        tries = 0
-        while len(pts) < at_least and tries < 1000:  # small areas: make sure there is at least one
-            p = self.rng.uniform(0.2, 0.8, (1, 2)) * self.W
-            if self.on_land(p, margin).all():
-                pts = np.vstack([pts, p])
-            tries += 1
-        return pts
-
-    # -- painting ----------------------------------------------------------------------------------
-    def new_id(self, cover: int) -> int:
-        self.id_cover.append(cover)
-        return len(self.id_cover) - 1
-
-    def add(self, rings: np.ndarray | list[np.ndarray], cover: str, ident: int | None = None) -> None:
-        """Paint a polygon (a ring, or exterior then holes) over what is there.
-
-        ``ident``: None gives the polygon its own patch variation, 0 takes what lies below, another
-        value shares a patch (e.g. every piece of one river).
-        """
-        rings = [rings] if isinstance(rings, np.ndarray) else rings
-        code = C[cover]
-        self.geoms.append(rings)
-        self.cover.append(code)
-        self.ident.append(self.new_id(code) if ident is None else ident)
-
-    def add_line(self, line: np.ndarray, width, cover: str, ident: int | None = 0) -> None:
-        """Paint a polyline ``width`` metres wide (constant or one value per vertex)."""
-        if ident is None:
-            ident = self.new_id(C[cover])
-        for ring in _buffer(line, width):
-            self.add(ring, cover, ident)
-
-    # -- layers, bottom to top ---------------------------------------------------------------------
-    def districts(self) -> None:
-        """Voronoi districts: forest and scrub on the hills (wobbly edges), field parcels in the plains."""
-        rng, W = self.rng, self.W
-        d = 800.0
-        n = int(np.ceil(W / d)) + 4
-        gy, gx = np.mgrid[0:n, 0:n]
-        seeds = (np.stack([gx.ravel(), gy.ravel()], axis=1) - 2 + rng.uniform(0.15, 0.85, (n * n, 2))) * d
-        vor = Voronoi(seeds)
-        near = np.all((seeds > -d) & (seeds < W + d), axis=1)
-        relief = self.relief_at(seeds[:, 0], seeds[:, 1])
-        q = np.zeros(len(seeds))
-        q[near] = (np.argsort(np.argsort(relief[near])) + 0.5) / near.sum()  # relief as a quantile
-        kinds = ("forest", "scrub", "woody", "herbaceous")
-        probs = {
-            "high": (0.65, 0.22, 0.08, 0.05),
-            "mid": (0.2, 0.2, 0.32, 0.28),
-            "low": (0.05, 0.08, 0.25, 0.62),
-        }
-        self.district_kind = np.array(["herbaceous"] * len(seeds), dtype=object)
-        self.vor = vor
-        for i in np.flatnonzero(near):
-            band = "high" if q[i] > 0.65 else "mid" if q[i] > 0.35 else "low"
-            kind = kinds[rng.choice(4, p=probs[band])]
-            self.district_kind[i] = kind
-            region = vor.regions[vor.point_region[i]]
-            if not region or -1 in region:
-                continue
-            poly = vor.vertices[region]
-            poly = poly[np.argsort(np.arctan2(*(poly - poly.mean(0)).T[::-1]))]  # convex: sort by angle
-            if kind == "forest":
-                pine = rng.random() < (0.75 if q[i] > 0.6 else 0.3)
-                self.add(self.wobble(poly), "pine forest" if pine else "holm oak forest")
-            elif kind == "scrub":
-                self.add(self.wobble(poly), "scrub" if rng.random() < 0.75 else "grassland")
-            else:
-                self.parcels(poly, kind)
-
-    def wobble(self, poly: np.ndarray, amp: float = 90.0, step: float = 20.0) -> np.ndarray:
-        """A convex polygon with its edges subdivided and bent by a smooth warp field (the same for
-        neighbours, so that wobbly districts still tile)."""
-        pts = []
-        for a, b in zip(poly, np.roll(poly, -1, axis=0), strict=True):
-            m = max(1, int(np.hypot(*(b - a)) / step))
-            pts.append(a + np.arange(m)[:, None] / m * (b - a))
-        pts = np.vstack(pts)
-        x, y = pts[:, 0], pts[:, 1]
-        shift = np.stack([self.warp[0](x, y), self.warp[1](x, y)], axis=1)
-        shift += 0.25 * np.stack([self.warp[2](x, y), self.warp[3](x, y)], axis=1)
-        return _close(pts + amp * shift)
-
-    def parcels(self, poly: np.ndarray, kind: str) -> None:
-        """Fill a convex district with field parcels: rows of rectangles along the longest edge."""
-        rng = self.rng
-        if kind == "herbaceous":
-            names = ("winter cereal", "summer crop", "fallow", "olive grove", "vineyard", "orchard")
-            names += ("grassland", "scrub", "bare soil", "holm oak forest")
-            p = (0.5, 0.16, 0.08, 0.05, 0.05, 0.05, 0.05, 0.03, 0.01, 0.02)
-        else:
-            names = ("olive grove", "vineyard", "orchard", "winter cereal", "summer crop", "fallow")
-            names += ("grassland", "scrub", "holm oak forest")
-            p = (0.22, 0.22, 0.14, 0.22, 0.06, 0.05, 0.04, 0.03, 0.02)
-        edges = np.roll(poly, -1, axis=0) - poly
-        e = edges[np.argmax(np.hypot(edges[:, 0], edges[:, 1]))]
-        angle = np.arctan2(e[1], e[0]) + rng.normal(0, 0.05)
-        c, s = np.cos(angle), np.sin(angle)
-        rot = np.array([[c, -s], [s, c]])  # xy @ rot -> uv (u along the edge)
-        uv = poly @ rot
-        (u_lo, v_lo), (u_hi, v_hi) = uv.min(0), uv.max(0)
-        rects = []  # (u0, v0, u1, v1): rows 70..220 m deep of fields 50..320 m long
-        v = v_lo
-        while v < v_hi:
-            depth = rng.uniform(70, 220)
-            lengths = rng.uniform(50, 320, int((u_hi - u_lo) / 50) + 2)
-            u0 = u_lo - rng.uniform(0, 50) + np.concatenate([[0], np.cumsum(lengths)[:-1]])
-            row = np.stack([u0, np.full_like(u0, v), u0 + lengths, np.full_like(u0, v + depth)], axis=1)
-            rects.append(row[u0 <= u_hi])
-            v += depth
-        rects = np.vstack(rects)
-        margin = rng.uniform(0.3, 1.5, (len(rects), 1))  # half the field margin
-        rects += np.hstack([margin, margin, -margin, -margin])
-        covers = rng.choice(len(names), size=len(rects), p=p)
-        # Fields whose four corners lie inside the (convex) district need no clipping.
-        corners = rects[:, [[0, 1], [2, 1], [2, 3], [0, 3]]]  # (n, 4, 2)
-        edge = np.roll(uv, -1, axis=0) - uv
-        rel = corners[:, :, None, :] - uv  # (n, 4, edges, 2)
-        side = edge[:, 0] * rel[..., 1] - edge[:, 1] * rel[..., 0]
-        inside = np.all(side >= 0, axis=(1, 2))  # districts run anticlockwise (sorted by angle)
-        outside = np.any(np.all(side < 0, axis=1), axis=1)  # all four corners beyond one edge
-        for rect, quad, cover, whole, out in zip(rects, corners, covers, inside, outside, strict=True):
-            if out:
-                continue
-            piece = quad if whole else _clip_convex(uv, tuple(rect))
-            if len(piece) >= 3 and (whole or _area(piece) > 300):
-                self.add(_close(piece @ rot.T), names[cover])
-
-    def patches(self) -> None:
-        """Small woods, clearings and bare patches everywhere (rock outcrops higher up)."""
-        rng = self.rng
-        for x, y in self.scatter(550.0):
-            if self.relief_at(x, y) > 0.55:  # clearings and outcrops in the hills
-                names, p = ("grassland", "scrub", "pine forest", "bare soil"), (0.3, 0.3, 0.2, 0.2)
-            else:  # small woods and rough patches in the plains
-                names, p = ("holm oak forest", "pine forest", "grassland", "scrub"), (0.35, 0.15, 0.25, 0.25)
-            ring = _blob(rng, x, y, rng.uniform(30, 160), 0.35, rng.uniform(1, 2), rng.uniform(0, np.pi))
-            self.add(ring, names[rng.choice(4, p=p)])
-        for x, y in self.scatter(800.0, at_least=2):  # bare ground: outcrops, eroded slopes, building sites
-            r = rng.uniform(20, 70)
-            self.add(_blob(rng, x, y, r, 0.4, rng.uniform(1, 2.5), rng.uniform(0, np.pi)), "bare soil")
-
-    def walk(
-        self, start, heading: float, step: float, length: float, turn: float, pull: float = 0.03
-    ) -> np.ndarray:
-        """A meandering path from ``start``, pulled to the sea, until it reaches it or leaves the area."""
-        rng, W, start = self.rng, self.W, np.asarray(start, dtype=float)
-        target = np.arctan2(1.0, 5.0) + rng.uniform(-0.5, 0.5)  # ESE, across the coast
-        bend = lfilter([1.0], [1.0, -0.85], rng.normal(0, turn, int(length / step)))  # persistent turns
-        # heading[i] = heading[i-1] + bend[i] + pull * (target - heading[i-1])
-        heading = lfilter([1.0], [1.0, pull - 1], bend + pull * target, zi=[(1 - pull) * heading])[0]
-        steps = step * np.stack([np.cos(heading), np.sin(heading)], axis=1)
-        pts = np.vstack([start, start + np.cumsum(steps, axis=0)])
-        x, y = pts[:, 0], pts[:, 1]
-        gone = (x > self.coast_x(y) + 60) | (x < -400) | (x > W + 400) | (y < -400) | (y > W + 400)
-        end = np.argmax(gone) + 1 if gone.any() else len(pts)
-        return pts[:end]
-
-    def rivers(self) -> None:
-        """A main river (wide, gravel bars, riparian forest) and streams thinner than 10 m."""
-        rng, W = self.rng, self.W
-        if W >= 6000:
-            start = (-300.0, rng.uniform(0.15, 0.6) * W)
-            line = self.walk(start, rng.uniform(-0.2, 0.5), 20.0, 3 * W, 0.02, pull=0.1)
-            t = np.arange(len(line)) * 20.0
-            width = rng.uniform(22, 35) * (1 + 0.3 * np.sin(t / rng.uniform(800, 2000) + rng.uniform(0, 6)))
-            # Gravel bars, now on this bank, now gone: the bed is wider than the water here and there.
-            bars = np.clip(np.sin(t / rng.uniform(150, 400) + rng.uniform(0, 6)), 0, None)
-            bed = width * (1.05 + 1.2 * bars)
-            self.add_line(line, bed + 2 * rng.uniform(15, 35), "riparian forest", None)
-            self.add_line(line, bed, "gravel bar", None)
-            self.add_line(line, width, "river", None)
-        n = max(2, round(W * W / 10e6))
-        starts = self.scatter(W / np.sqrt(n), margin=50.0, at_least=2)
-        for x, y in starts[rng.permutation(len(starts))[:n]]:
-            length = min(rng.uniform(2000, 10000), 1.5 * W)
-            line = self.walk((x, y), rng.uniform(-0.6, 0.9), 12.0, length, 0.05)
-            width = rng.uniform(2.5, 7.0)
-            if rng.random() < 0.5:
-                self.add_line(line, width + 2 * rng.uniform(4, 12), "riparian forest", None)
-            self.add_line(line, width, "river", None)
-
-    def roads(self) -> None:
-        """Local roads along district edges, main roads between towns, a coastal road and railway."""
-        rng, W, vor = self.rng, self.W, self.vor
-        for (a, b), (i, j) in zip(vor.ridge_vertices, vor.ridge_points, strict=True):
-            if a < 0 or b < 0:
-                continue
-            p, q = vor.vertices[a], vor.vertices[b]
-            if not (np.all(np.minimum(p, q) < W + 100) and np.all(np.maximum(p, q) > -100)):
-                continue
-            farmland = sum(self.district_kind[k] in ("herbaceous", "woody") for k in (i, j))
-            if rng.random() < (0.2, 0.35, 0.6)[farmland]:
-                n = max(2, int(np.hypot(*(q - p)) / 25))
-                t = np.linspace(0, 1, n)[:, None]
-                line = p + t * (q - p)
-                normal = np.array([-(q - p)[1], (q - p)[0]]) / max(np.hypot(*(q - p)), 1e-9)
-                line += normal * (rng.uniform(-5, 5) * np.sin(np.pi * t))  # a gentle bend
-                self.add_line(line, rng.uniform(4, 6.5), "road")
-        # Main roads: each town to its two nearest neighbours.
-        towns = self.town_centres
-        pairs = set()
-        for k in range(len(towns)):
-            for m in np.argsort(np.hypot(*(towns - towns[k]).T))[1:3]:
-                pairs.add((min(k, int(m)), max(k, int(m))))
-        for k, m in sorted(pairs):
-            self.add_line(self.curve(towns[k], towns[m], 0.12), rng.uniform(7, 9.5), "road")
-        # Along the coast: the railway, then the old coastal road a little inland.
-        y = np.arange(-300.0, W + 300.0, 20.0)
-        shore = self.coast_x(y, smooth=True)
-        rail = rng.uniform(110, 250)
-        self.add_line(np.stack([shore - rail, y], 1), 9.0, "railway")
-        self.add_line(np.stack([shore - rail - rng.uniform(80, 250), y], 1), 9.5, "road")
-
-    def curve(self, p, q, bend: float) -> np.ndarray:
-        """A gently curved line from p to q (a sideways bow of up to ``bend`` x its length)."""
-        p, q = np.asarray(p, dtype=float), np.asarray(q, dtype=float)
-        length = max(np.hypot(*(q - p)), 1.0)
-        t = np.linspace(0, 1, max(2, int(length / 20)))[:, None]
-        normal = np.array([-(q - p)[1], (q - p)[0]]) / length
-        bow = self.rng.uniform(-bend, bend) * length * np.sin(np.pi * t)
-        wiggle = self.rng.uniform(2, 8) * np.sin(2 * np.pi * t * length / self.rng.uniform(200, 600))
-        return p + t * (q - p) + normal * (bow + wiggle * np.sin(np.pi * t))
-
-    def reservoirs(self) -> None:
-        """Reservoirs in the hills (large areas only)."""
-        rng, W = self.rng, self.W
-        if W < 8000:
-            return
-        candidates = self.scatter(3000.0, margin=800.0)
-        relief = self.relief_at(candidates[:, 0], candidates[:, 1])
-        for x, y in candidates[np.argsort(-relief)[: max(1, round(W * W / 250e6))]]:
-            r = rng.uniform(250, 600)
-            self.add(_blob(rng, x, y, r, 0.45, rng.uniform(2, 3.5), rng.uniform(0, np.pi)), "lake")
-
-    def rural(self) -> None:
-        """Quarries and landfills, farm ponds, farmhouses and residential estates."""
-        rng, W = self.rng, self.W
-        for x, y in self.scatter(3000.0, margin=100.0):
-            r = min(rng.uniform(90, 260), 0.06 * W)
-            aspect, angle = rng.uniform(1, 1.8), rng.uniform(0, np.pi)
-            self.add(_blob(rng, x, y, r, 0.3, aspect, angle), "quarry")
-            self.add(_blob(rng, x, y, 0.55 * r, 0.3, aspect, angle), "quarry")  # a lower bench
-            if rng.random() < 0.25:
-                self.add(_blob(rng, x, y, 0.2 * r, 0.2), "lake", 0)
-        for x, y in self.scatter(1100.0):
-            if rng.random() < 0.6:
-                side = rng.uniform(12, 45)
-                self.add(_rect(x, y, side, side * rng.uniform(0.6, 1), rng.uniform(0, np.pi)), "lake", 0)
-            else:
-                self.add(_blob(rng, x, y, rng.uniform(8, 25), 0.15), "lake", 0)
-        for x, y in self.scatter(3500.0, margin=200.0):
-            if rng.random() < 0.8:
-                r = min(rng.uniform(110, 320), 0.08 * W)
-                estate = _blob(rng, x, y, r, 0.35, rng.uniform(1, 1.8), rng.uniform(0, np.pi))
-                self.add(estate, "residential estate")
-        for x, y in self.scatter(420.0, at_least=3):
-            for _ in range(1 if rng.random() < 0.85 else rng.integers(3, 8)):  # some hamlets
-                dx, dy = (0, 0) if _ == 0 else rng.normal(0, 40, 2)
-                length = rng.uniform(10, 22)
-                ring = _rect(x + dx, y + dy, length, length * rng.uniform(0.5, 0.9), rng.uniform(0, np.pi))
-                self.add(ring, "farmhouse", 0)
-
-    def place_towns(self) -> None:
-        """Where the towns are (the roads need them before the towns are painted over them)."""
-        rng, W = self.rng, self.W
-        centres = self.scatter(2800.0, margin=150.0)
-        radius = np.minimum(np.clip(rng.lognormal(np.log(300), 0.45, len(centres)), 120, 900), 0.12 * W)
-        if W >= 15000:  # a coastal city
-            y = rng.uniform(0.35, 0.65) * W
-            r = rng.uniform(1200, 1700)
-            centres = np.vstack([centres, [self.coast_x(y, smooth=True) - 0.6 * r, y]])
-            radius = np.append(radius, r)
-        self.town_centres, self.town_radius = centres, radius
-
-    def towns(self) -> None:
-        """Towns: an urban blob, a denser old core, parks, an industrial estate, sometimes a landfill."""
-        rng = self.rng
-        for k, ((x, y), r) in enumerate(zip(self.town_centres, self.town_radius, strict=True)):
-            town = _blob(rng, x, y, r, 0.3, rng.uniform(1, 1.4), rng.uniform(0, np.pi))
-            self.add(town, "street", 0)
-            self.city_blocks(town, x, y, (50, 120), (8, 14), "urban")
-            core = _blob(rng, x, y, r * rng.uniform(0.3, 0.45), 0.3)
-            self.add(core, "street", 0)
-            self.city_blocks(core, x, y, (25, 60), (4, 7), "old town")
-            for _ in range(2 + int(r // 200)):
-                a, d = rng.uniform(0, 2 * np.pi), rng.uniform(0.1, 0.75) * r
-                px, py = x + d * np.cos(a), y + d * np.sin(a)
-                s = np.clip(rng.uniform(0.12, 0.3) * r, 30, 250)
-                if rng.random() < 0.6:
-                    self.add(_rect(px, py, s * rng.uniform(1, 1.8), s, rng.uniform(0, np.pi)), "park")
-                else:
-                    self.add(_blob(rng, px, py, s / 1.5, 0.25), "park")
-            for _ in range(1 if k == 0 or rng.random() < 0.5 else rng.choice([0, 2])):
-                self.industrial_estate(x, y, r)
-            if rng.random() < 0.6:  # a building site on the edge of town
-                a = rng.uniform(0, 2 * np.pi)
-                site = _blob(rng, x + r * np.cos(a), y + r * np.sin(a), rng.uniform(30, 90), 0.3)
-                self.add(site, "bare soil")
-            if rng.random() < 0.25:  # a landfill out of town
-                a, d = rng.uniform(0, 2 * np.pi), r + rng.uniform(300, 800)
-                dump = _blob(rng, x + d * np.cos(a), y + d * np.sin(a), rng.uniform(60, 150), 0.3)
-                self.add(dump, "landfill")
-
-    def city_blocks(self, outline: np.ndarray, x: float, y: float, block, street, cover: str) -> None:
-        """Blocks of buildings on a rotated street grid, those whose centre lies inside ``outline``
-        (a star-shaped ring around (x, y)); the streets are what was painted below."""
-        rng = self.rng
-        rad = np.hypot(outline[:, 0] - x, outline[:, 1] - y).max()
-        a = rng.uniform(0, np.pi / 2)
-        c, s = np.cos(a), np.sin(a)
-        edges = []
-        for _ in range(2):  # street lines along u, then along v
-            sizes = rng.uniform(*block, int(2 * rad / block[0]) + 2)
-            edges.append(-rad - rng.uniform(0, block[1]) + np.concatenate([[0], np.cumsum(sizes)]))
-        (u, v), gap = edges, rng.uniform(*street) / 2
-        u0, v0 = np.meshgrid(u[:-1], v[:-1])
-        u1, v1 = np.meshgrid(u[1:], v[1:])
-        mu, mv = (u0 + u1).ravel() / 2, (v0 + v1).ravel() / 2
-        centres = np.stack([x + c * mu - s * mv, y + s * mu + c * mv], axis=1)
-        sizes = np.stack([(u1 - u0).ravel(), (v1 - v0).ravel()], axis=1) - 2 * gap
-        inside = _inside_star(outline, x, y, centres)
-        for (px, py), (lu, lv) in zip(centres[inside], sizes[inside], strict=True):
-            self.add(_rect(px, py, lu, lv, a), cover)
-
-    def industrial_estate(self, x: float, y: float, r: float) -> None:
-        """A rectangle of yards and roads beside a town (on land), with rows of large roofs."""
-        rng = self.rng
-        length = min(rng.uniform(200, 600), 2 * r)
-        width = min(rng.uniform(100, 320), length)
-        for _ in range(10):
-            a = rng.uniform(0, 2 * np.pi)
-            cx, cy = x + (r + 0.35 * length) * np.cos(a), y + (r + 0.35 * length) * np.sin(a)
-            if self.on_land(np.array([[cx, cy]]), 0.3 * length).all():
-                break
-        self.add(_rect(cx, cy, length, width, a), "industrial yard")
-        c, s = np.cos(a), np.sin(a)
-        u = -length / 2 + 10
-        while u < length / 2 - 30:
-            bl = rng.uniform(25, 80)
-            v = -width / 2 + 10
-            while v < width / 2 - 25:
-                bw = rng.uniform(20, 60)
-                if rng.random() < 0.85 and u + bl < length / 2 - 8 and v + bw < width / 2 - 8:
-                    mu, mv = u + bl / 2, v + bw / 2
-                    self.add(_rect(cx + c * mu - s * mv, cy + s * mu + c * mv, bl, bw, a), "industrial roof")
-                v += bw + rng.uniform(10, 20)
-            u += bl + rng.uniform(10, 20)
-
-    def highways(self) -> None:
-        """A highway parallel to the coast and a trunk road crossing towards it (large areas)."""
-        rng, W = self.rng, self.W
-        if W >= 5000:
-            y = np.arange(-400.0, W + 400.0, 25.0)
-            x = self.coast_x(y, smooth=True) - rng.uniform(0.3, 0.45) * W
-            x = x + 0.03 * W * np.sin(2 * np.pi * y / rng.uniform(0.8, 1.6) / W + rng.uniform(0, 6))
-            self.add_line(np.stack([x, y], 1), rng.uniform(24, 30), "highway")
-        if W >= 15000:
-            y0, y1 = rng.uniform(0.3, 0.7, 2) * W
-            self.add_line(self.curve((-400, y0), (self.coast_x(y1, smooth=True), y1), 0.05), 14.0, "highway")
-
-    def coast(self) -> None:
-        """Beaches (some stretches rocky) and the sea east of the coastline."""
-        rng, W = self.rng, self.W
-        y = np.arange(-200.0, W + 200.0, 5.0)
-        shore = self.coast_x(y)
-        beach = np.clip(30 + 45 * Noise(rng, W + 400, 400.0)(np.zeros_like(y), y + 200), 0, 70)
-        left = np.stack([shore - beach, y], axis=1)
-        right = np.stack([shore + 5, y], axis=1)
-        for a in range(0, len(y) - 1, 199):  # in pieces, to keep each polygon short
-            b = min(a + 200, len(y))
-            self.add(_close(np.vstack([left[a:b], right[a:b][::-1]])), "beach")
-        sea = np.vstack([np.stack([shore, y], 1), [[W + 300, W + 200], [W + 300, -200]]])
-        self.add(_close(sea), "sea")
-
-    def outside(self) -> None:
-        """Nodata outside the region: a frame with the region as its hole."""
-        W = self.W
-        frame = _close(np.array([[-500, -500], [W + 500, -500], [W + 500, W + 500], [-500, W + 500]]))
-        c, t, r = W / 2, self.region_t, self.region_r
-        hole = _close(np.stack([c + r * np.cos(t), c + r * np.sin(t)], axis=1))
-        self.add([frame, hole], "outside", 0)
-
-    def clouds(self) -> tuple[np.ndarray, tuple[float, float]]:
-        """Cloud puffs (x, y, radius, opacity) in a few clusters, and the shadows' offset."""
-        rng, W = self.rng, self.W
-        puffs = []
-        for _ in range(max(1, round(W * W / 80e6))):
-            cx, cy = rng.uniform(0.2, 0.8, 2) * W
-            spread = min(rng.uniform(150, 800), 0.08 * W)
-            for _ in range(rng.integers(4, 12)):
-                x, y = rng.normal((cx, cy), spread)
-                puffs.append((x, y, min(rng.uniform(80, 350), 0.04 * W), rng.uniform(0.6, 0.95)))
-        shift = (-rng.uniform(150, 400), -rng.uniform(100, 300))  # sun in the south-east: shadows to the NW
-        return np.array(puffs, dtype=np.float64), shift
-
-    def finish(self) -> Landscape:
-        rng = self.rng
-        ids = np.array(self.id_cover)
-        gains = {}
-        bright = 1 + rng.normal(0, 1, len(ids)) * np.array([COVERS[c].brightness for c in ids])
-        vig_sd = np.array([COVERS[c].vigour for c in ids])
-        vig_april = rng.normal(0, 1, len(ids)) * vig_sd
-        vig_august = 0.6 * vig_april + 0.8 * rng.normal(0, 1, len(ids)) * vig_sd
-        for season, vig in zip(SEASONS, (vig_april, vig_august), strict=True):
-            g = np.clip(bright, 0.7, 1.3)[:, None] * (1 + np.clip(vig, -0.5, 0.5)[:, None] * VIGOUR[None])
-            g[0] = 1.0
-            gains[season] = g.astype(np.float32)
-        clouds, shift = self.clouds()
-        ymin = np.array([g[0][:, 1].min() for g in self.geoms])
-        ymax = np.array([g[0][:, 1].max() for g in self.geoms])
-        return Landscape(
-            size=self.size,
-            seed=self.seed,
-            geoms=self.geoms,
-            cover=np.array(self.cover, dtype=np.uint8),
-            ident=np.array(self.ident, dtype=np.int32),
-            ymin=ymin,
-            ymax=ymax,
-            gains=gains,
-            clouds=clouds,
-            shadow_shift=shift,
-            texture=[Noise(rng, self.W, 60.0), Noise(rng, self.W, 25.0)],
-            cloud_edge=Noise(rng, self.W, 150.0),
-        )
-
-
-def _inside_star(ring: np.ndarray, cx: float, cy: float, pts: np.ndarray) -> np.ndarray:
-    """Whether points lie inside a ring that is star-shaped around (cx, cy) (a ``_blob``)."""
-    ang = np.arctan2(ring[:-1, 1] - cy, ring[:-1, 0] - cx)
-    rad = np.hypot(ring[:-1, 1] - cy, ring[:-1, 0] - cx)
-    order = np.argsort(ang)
-    at = np.interp(np.arctan2(pts[:, 1] - cy, pts[:, 0] - cx), ang[order], rad[order], period=2 * np.pi)
-    return np.hypot(pts[:, 1] - cy, pts[:, 0] - cx) < at
-
-
-def _area(poly: np.ndarray) -> float:
-    x, y = poly[:, 0], poly[:, 1]
-    return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
-
-
 def build_landscape(size: int, seed: int) -> Landscape:
     """The polygons of a demo area of ``size`` x ``size`` scene pixels, in painter's order."""
-    b = _Builder(size, seed)
-    b.districts()
-    b.patches()
-    b.rivers()
-    b.place_towns()
-    b.roads()
-    b.reservoirs()
-    b.rural()
-    b.towns()
-    b.highways()
-    b.coast()
-    b.outside()
-    return b.finish()
+    canvas = Canvas.start(size, seed)
+    districts = paint_districts(canvas)
+    paint_patches(canvas)
+    paint_rivers(canvas)
+    towns = place_towns(canvas)
+    paint_roads(canvas, districts, towns)
+    paint_reservoirs(canvas)
+    paint_quarries(canvas)
+    paint_ponds(canvas)
+    paint_estates(canvas)
+    paint_farmhouses(canvas)
+    paint_towns(canvas, towns)
+    paint_highways(canvas)
+    paint_coast(canvas)
+    paint_outside(canvas)
+    gains = patch_gains(canvas)
+    clouds, shadow_shift = draw_clouds(canvas)
+    rng, side = canvas.rng, canvas.side
+    return Landscape(
+        size=size,
+        seed=seed,
+        geoms=canvas.geoms,
+        cover=np.array(canvas.cover, dtype=np.uint8),
+        ident=np.array(canvas.ident, dtype=np.int32),
+        ymin=np.array([g[0][:, 1].min() for g in canvas.geoms]),
+        ymax=np.array([g[0][:, 1].max() for g in canvas.geoms]),
+        gains=gains,
+        clouds=clouds,
+        shadow_shift=shadow_shift,
+        texture=[Noise(rng, side, 60.0), Noise(rng, side, 25.0)],
+        cloud_edge=Noise(rng, side, 150.0),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -871,7 +1019,7 @@ def burn(land: Landscape, y0: float, y1: float, res: float, values: str = "cover
         sel = sel[land.ident[sel] > 0]
         vals, dtype, fill = land.ident, "int32", 0
     else:
-        vals, dtype, fill = land.cover, "uint8", C[BACKGROUND]
+        vals, dtype, fill = land.cover, "uint8", COVER_CODE[BACKGROUND]
     if len(sel) == 0:
         return np.full(shape, fill, dtype=dtype)
     shapes = (({"type": "Polygon", "coordinates": land.geoms[i]}, int(vals[i])) for i in sel)
@@ -880,7 +1028,7 @@ def burn(land: Landscape, y0: float, y1: float, res: float, values: str = "cover
     )
 
 
-def cell_counts(codes: np.ndarray, k: int = K, fine: int = FINE) -> np.ndarray:
+def cell_counts(codes: np.ndarray, k: int = N_COVERS, fine: int = FINE) -> np.ndarray:
     """(h * fine, w * fine) codes -> (h, w, k) int32: how many pixels of each code in each block."""
     h, w = codes.shape[0] // fine, codes.shape[1] // fine
     blocks = codes.reshape(h, fine, w, fine).transpose(0, 2, 1, 3).reshape(h * w, fine * fine)
@@ -920,7 +1068,8 @@ def cloud_cover(land: Landscape, r0: int, r1: int, shift: tuple[float, float] = 
 
 
 def mean_over_blocks(counts: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """(n, K) block counts, (K, m) values per cover -> (n, m) mean over the valid 1 m pixels of each block.
+    """(n, N_COVERS) block counts, (N_COVERS, m) values per cover -> (n, m) mean over the valid 1 m
+    pixels of each block.
 
     Pure blocks (most of them) just take their cover's row; mixed ones are counts @ table / count.
     """
@@ -940,7 +1089,7 @@ MIX_TABLE = np.hstack([SPECTRA["april"], SPECTRA["august"], TEXTURE[:, None]])
 def render_scenes(land: Landscape, counts: np.ndarray, ids: np.ndarray, r0: int) -> dict[str, np.ndarray]:
     """(10, rows, size) uint16 reflectance of each season from the block counts of a strip."""
     rows, n = counts.shape[:2]
-    counts = counts.reshape(-1, K)
+    counts = counts.reshape(-1, N_COVERS)
     valid = counts[:, 0] <= FINE * FINE // 2  # nodata where most of the 1 m pixels are outside
     mixed = mean_over_blocks(counts, MIX_TABLE)
     y = (np.arange(r0, r0 + rows) + 0.5)[:, None] * PIXEL
@@ -963,7 +1112,7 @@ def render_scenes(land: Landscape, counts: np.ndarray, ids: np.ndarray, r0: int)
             cloud = cloud_cover(land, r0, r0 + rows).ravel()
             if shadow.any() or cloud.any():
                 value *= ((1 - 0.6 * shadow) * (1 - cloud))[:, None]
-                value += cloud[:, None] * CLOUD[None]
+                value += cloud[:, None] * CLOUD_SPECTRUM[None]
         np.rint(value, out=value)
         np.clip(value, 1, 65535, out=value)
         value[~valid] = 0
@@ -1043,7 +1192,7 @@ def generate(out: str | Path, size: int = 3000, seed: int = 0, show_progress: bo
     land = build_landscape(size, seed)
     paths = outputs(out)
     n_fine = size * FINE
-    totals = np.zeros(K, dtype=np.int64)
+    totals = np.zeros(N_COVERS, dtype=np.int64)
     # GDAL's block cache holds the tiles being written: the rows of tiles a strip touches, plus room.
     cache = 64 * 2**20 + 2 * size * 512 * len(BANDS) * 2 + n_fine * 512
     with contextlib.ExitStack() as stack:
@@ -1054,7 +1203,9 @@ def generate(out: str | Path, size: int = 3000, seed: int = 0, show_progress: bo
             dst[season] = stack.enter_context(
                 rasterio.open(tmp[season], "w", **_profile(size, len(BANDS), "uint16", PIXEL))
             )
-            dst[season].update_tags(**_tags(size, seed), SEASON=season, REFLECTANCE_SCALE=str(SCALE))
+            dst[season].update_tags(
+                **_tags(size, seed), SEASON=season, REFLECTANCE_SCALE=str(REFLECTANCE_SCALE)
+            )
             for i, band in enumerate(BANDS, start=1):
                 dst[season].set_band_description(i, band)
         mask = dst["mask"] = stack.enter_context(
@@ -1066,12 +1217,12 @@ def generate(out: str | Path, size: int = 3000, seed: int = 0, show_progress: bo
         bar = stack.enter_context(
             progress(total=size, desc="demo data", unit="row", disable=not show_progress)
         )
-        for r0 in range(0, size, STRIP):
-            r1 = min(r0 + STRIP, size)
+        for r0 in range(0, size, STRIP_ROWS):
+            r1 = min(r0 + STRIP_ROWS, size)
             codes = burn(land, r0 * PIXEL, r1 * PIXEL, PIXEL / FINE)
             mask.write(CLASS_OF[codes], 1, window=Window(0, r0 * FINE, n_fine, (r1 - r0) * FINE))
             counts = cell_counts(codes)
-            totals += counts.reshape(-1, K).sum(axis=0)
+            totals += counts.reshape(-1, N_COVERS).sum(axis=0)
             ids = burn(land, r0 * PIXEL, r1 * PIXEL, PIXEL, values="ident")
             for season, value in render_scenes(land, counts, ids, r0).items():
                 dst[season].write(value, window=Window(0, r0, size, r1 - r0))
@@ -1093,10 +1244,11 @@ def _report(totals: np.ndarray) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser.for_script(
+        __doc__,
         epilog=f"Writes {SCENE_NAMES['april']} and {SCENE_NAMES['august']} (10 bands, 10 m, reflectance x "
-        f"{SCALE}) and {MASK_NAME} (class codes, 1 m) into --out, and prints each class's share of the mask.",
+        f"{REFLECTANCE_SCALE}) and {MASK_NAME} (class codes, 1 m) into --out, and prints each class's "
+        "share of the mask.",
     )
     parser.add_argument("--out", default="data/raw", help="folder for the two scenes and the 1 m mask")
     parser.add_argument(
