@@ -1,6 +1,7 @@
-"""Model input and output shared by test_model.py and predict.py: device, checkpoint, bands, class codes.
+"""What the model's users share (test_model.py, predict.py, train.py): bands, class codes, tile pictures.
 
-Middle floor: builds on dataset.py (checkpoints) and colormap.py (codes). The model has one output per
+Middle floor: rests on tiles.py, stats.py, distributed.py and colormap.py. A checkpoint's bands are
+matched to a file's by count, position and name (``check_bands``). The model has one output per
 code 0..12, but code 0 (nodata) is never predicted on a valid pixel: the class probabilities are a
 softmax over the outputs of codes 1..12 (code 0 gets probability 0) and the predicted code is the best
 of codes 1..12 (``model.predict_classes``). With ``tta`` the probabilities are averaged over the four
@@ -15,10 +16,14 @@ from pathlib import Path
 
 import torch
 
-from colormap import NUM_CLASSES
+import distributed
+from checkpoint import load_checkpoint
+from colormap import NODATA, comparison_figure, stretch_rgb
 from common import fail
-from dataset import load_checkpoint
-from model import UNet, predict_classes
+from distributed import Precision, configure_torch
+from model import predict_classes
+from stats import Normalize
+from tiles import valid_pixels
 
 # train.py's default run folder is runs/<encoder>, its default encoder resnet50
 DEFAULT_CHECKPOINT = "runs/resnet50/best.pt"
@@ -26,35 +31,18 @@ FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # the dims ea
 GENERIC_BAND = re.compile(r"^(band\s*\d+)?$", re.IGNORECASE)  # "", "band3": a band the file does not name
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` (CUDA when there is one, else CPU), ``cpu`` or ``cuda``; CUDA asked for but absent fails."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            fail("--device cuda: no CUDA device is available (use --device cpu or auto)")
-        torch.backends.cudnn.benchmark = True  # every window or tile has the same size
-    return torch.device(name)
-
-
 def results_folder(checkpoint: str | Path) -> Path:
     """The default results folder of a checkpoint: results/<its run folder> (runs/x/best.pt: results/x)."""
     return Path("results") / Path(checkpoint).resolve().parent.name
 
 
-def load_model(path: str | Path, device: torch.device) -> tuple[UNet, dict]:
-    """A checkpoint's model in eval mode on ``device``, and the checkpoint; an inconsistent one fails."""
-    net, ckpt = load_checkpoint(path, device)
-    n = net.config["in_channels"]
-    bands, stats = ckpt["bands"], ckpt["stats"]
-    if not (len(bands) == n == len(stats["mean"]) == len(stats["std"])):
-        fail(
-            f"checkpoint is inconsistent: {len(bands)} band names, {len(stats['mean'])} band statistics, "
-            f"a model for {n} bands: {path}"
-        )
-    if net.config["num_classes"] != NUM_CLASSES:
-        fail(f"checkpoint model has {net.config['num_classes']} outputs, expected {NUM_CLASSES}: {path}")
-    return net, ckpt
+def pick_device(name: str) -> torch.device:  # TEMPORARY, until predict.py imports distributed's
+    device = distributed.pick_device(name)
+    configure_torch(device)
+    return device
+
+
+load_model = load_checkpoint  # TEMPORARY, until predict.py imports checkpoint's
 
 
 def _band_name(description: str | None) -> str:
@@ -117,3 +105,28 @@ def codes_from_probabilities(probs: torch.Tensor) -> torch.Tensor:
 def predict_codes(net: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """(B, C, H, W) normalised input -> (B, H, W) uint8 codes 1..12 (the caller sets nodata to 0)."""
     return codes_from_probabilities(class_probabilities(net, x, tta))
+
+
+def tile_figure(
+    net: torch.nn.Module,
+    raw: torch.Tensor,
+    truth: torch.Tensor,
+    norm: Normalize,
+    rgb: Sequence[int],
+    title: str,
+    precision: Precision | None = None,
+    tta: bool = False,
+):
+    """The image / truth / prediction figure of one tile (as stored, (C, H, W)), predicted on the model's
+    device as in evaluation. The prediction is nodata where the image has no data; the legend names
+    only the classes shown (``colormap.comparison_figure``)."""
+    precision = precision or Precision()
+    device = next(net.parameters()).device
+    x = norm(raw[None].to(device)).contiguous(memory_format=precision.memory_format)
+    net.eval()
+    with precision.autocast(device):
+        pred = predict_codes(net, x, tta)[0].cpu().numpy()
+    img = raw.numpy()
+    valid = valid_pixels(img)
+    pred[~valid] = NODATA
+    return comparison_figure(stretch_rgb(img[list(rgb)], valid), truth.numpy(), pred, title)

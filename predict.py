@@ -56,7 +56,8 @@ from common import (
     read_pixels,
     run_main,
 )
-from dataset import Normalize, valid_pixels
+from stats import Normalize
+from tiles import valid_pixels
 
 DEFAULT_RAW = Path("data/raw")
 BLOCK = 512  # output block size (pixels)

@@ -31,15 +31,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import inference
-from colormap import (
-    CLASSES,
-    NODATA,
-    NUM_CLASSES,
-    comparison_figure,
-    confusion_figure,
-    rgb_band_indices,
-    stretch_rgb,
-)
+from checkpoint import load_checkpoint
+from colormap import CLASSES, NUM_CLASSES, confusion_figure, rgb_band_indices
 from common import (
     ArgumentParser,
     atomic_path,
@@ -50,8 +43,12 @@ from common import (
     progress,
     run_main,
 )
-from dataset import Normalize, TileDataset, scan_tiles, tile_pairs, valid_pixels
+from dataset import TileDataset
+from distributed import DEVICES, configure_torch, pick_device
+from layout import tile_pairs
 from metrics import ConfusionMatrix, format_table
+from stats import Normalize
+from tiles import scan_tiles
 
 GROUPS = ("best", "worst", "random")
 COMPARISONS = "comparisons"
@@ -120,30 +117,6 @@ def select_tiles(scores: list[dict], n: int, seed: int) -> list[tuple[str, int, 
     ]
 
 
-def tile_comparison(
-    net: torch.nn.Module,
-    dataset: TileDataset,
-    norm: Normalize,
-    index: int,
-    device: torch.device,
-    rgb: Sequence[int],
-    title: str,
-    tta: bool = False,
-):
-    """The image / truth / prediction figure of one tile, predicted exactly as in ``evaluate``.
-
-    The truth and prediction are nodata where the image has no data; the legend names only the classes
-    shown (``colormap.comparison_figure``).
-    """
-    raw, y = dataset[index]
-    img = raw.numpy()
-    valid = valid_pixels(img)
-    pred = inference.predict_codes(net, norm(raw[None].to(device)), tta)[0].cpu().numpy()
-    pred[~valid] = NODATA
-    picture = stretch_rgb(img[list(rgb)], valid)
-    return comparison_figure(picture, y.numpy(), pred, title)
-
-
 def save_figure(fig, path: Path, dpi: int = 110) -> None:
     """Save a matplotlib figure as PNG atomically and free it."""
     import matplotlib.pyplot as plt
@@ -166,7 +139,7 @@ def scores_csv(scores: list[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser.for_script(__doc__)
     parser.add_argument(
         "--checkpoint", default=inference.DEFAULT_CHECKPOINT, help="checkpoint written by train.py"
     )
@@ -183,7 +156,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tta", action="store_true", help="average predictions over 4 flips (4x slower)")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per model call")
     parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs"
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where the model runs (auto: the GPU when CUDA has one)",
     )
     parser.add_argument(
         "--workers", type=int, default=2, help="DataLoader worker processes (0: main process)"
@@ -202,8 +178,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_range("--batch-size", args.batch_size, 1)
     check_range("--workers", args.workers, 0)
 
-    device = inference.pick_device(args.device)
-    net, ckpt = inference.load_model(args.checkpoint, device)
+    device = pick_device(args.device)
+    configure_torch(device)
+    net, ckpt = load_checkpoint(args.checkpoint, device)
     pairs = tile_pairs(args.data)
     with open_raster(pairs[0][0], "image tile") as first:  # the usual mistake, before the tile scan
         inference.check_bands(ckpt["bands"], first.descriptions, f"split {args.data}")
@@ -253,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         s = scores[i]
         name = f"{group}_{rank}_{s['tile']}.png"
         t = f"{group} {rank}: {s['tile']}, tile mIoU {s['miou']:.3f}, accuracy {s['accuracy']:.3f}"
-        save_figure(tile_comparison(net, dataset, norm, i, device, rgb, t, args.tta), folder / name)
+        raw, y = dataset[i]
+        save_figure(inference.tile_figure(net, raw, y, norm, rgb, t, tta=args.tta), folder / name)
         written.add(name)
     for old in folder.glob("*.png"):  # pictures of an earlier evaluation into the same folder
         if old.name not in written:

@@ -7,10 +7,10 @@ Writes  in the run folder (--out, default runs/<encoder>):
           best.pt  the epoch with the best validation mIoU (weights and metadata, no optimizer)
           events.out.tfevents.*  TensorBoard: Loss/train, Loss/val, LR, mIoU/val, IoU/<class name>,
                    Dice/<class name>, the row-normalised confusion matrix and a few validation tiles
-        <data>/band_stats.json  the train split's band statistics, a cache (see dataset.band_stats);
+        <data>/band_stats.json  the train split's band statistics, a cache (see stats.band_stats);
         the statistics themselves travel inside every checkpoint.
         <data>/tile_cache/  with --cache-tiles only: the train and val tiles decoded once into
-        uncompressed arrays (see dataset.build_tile_cache), read by memory map; it may be deleted
+        uncompressed arrays (see tile_cache.build_tile_cache), read by memory map; it may be deleted
         whenever no training runs.
 
 Each epoch trains on the whole train split (shuffled, random dihedral transforms), then validates on
@@ -33,72 +33,64 @@ statistics and tile caches.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import math
-import os
 import pickle
 import random
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 import colormap
-from common import (
-    ArgumentParser,
-    InputError,
-    atomic_path,
-    check_range,
-    fail,
-    progress,
-    remove_partials,
-    run_main,
-)
-from dataset import (
-    Normalize,
-    TileDataset,
-    band_stats,
-    build_tile_cache,
-    check_tiles,
+from checkpoint import (
+    check_resumable,
     make_checkpoint,
+    model_of,
+    plain_options,
     read_checkpoint,
-    release_tile_caches,
-    scan_tiles,
-    seed_worker,
-    tile_pairs,
-    valid_pixels,
+    save_checkpoint,
 )
+from common import ArgumentParser, check_range, fail, first_line, progress, remove_partials, run_main
+from dataset import EpochSampler, TileDataset, make_loader, to_device
+from distributed import (
+    DEVICES,
+    Precision,
+    Proc,
+    barrier,
+    configure_torch,
+    default_workers,
+    derive_seed,
+    from_rank0,
+    pick_device,
+    process_group,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    sum_over_processes,
+    sync_buffers,
+)
+from inference import tile_figure
+from layout import tile_pairs
+from losses import CLASS_WEIGHTS, LOSSES, class_weights, make_criterion
 from metrics import ConfusionMatrix, format_table
-from model import ENCODERS, build_model, model_from_config, predict_classes
+from model import ENCODERS, build_model, predict_classes
+from stats import Normalize, band_stats
+from tile_cache import CACHE_DIR, build_tile_cache, release_tile_caches
+from tiles import TileInfo, check_tiles, scan_tiles
 
-LOSSES = ("ce", "focal", "dice", "ce+dice")
-CLASS_WEIGHTS = ("none", "inverse", "sqrt")
-# options that must not change when a run is resumed (the weights would no longer be the same run's)
-RESUME_KEYS = ("encoder", "loss", "class_weights", "batch_size", "lr", "seed", "max_tiles")
-FOCAL_GAMMA = 2.0
-CACHE_DIR = "tile_cache"  # --cache-tiles: under --data
 DEFAULT_OUT = "runs/<encoder>"  # e.g. runs/resnet50: the same command finds its run again with --resume
 
 
-def default_workers() -> int:
-    """Loader workers per training process: this node's cores shared among its processes, at most 16."""
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return max(1, min(16, (os.cpu_count() or 1) // per_node))
-
-
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser.for_script(__doc__)
     p.add_argument("--data", default="data", help="folder holding the train/ and val/ splits")
     p.add_argument(
         "--out",
@@ -124,7 +116,9 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to train")
+    p.add_argument(
+        "--device", default="auto", choices=DEVICES, help="where to train (auto: the GPU when CUDA has one)"
+    )
     p.add_argument(
         "--loss", default="ce", choices=LOSSES, help="cross-entropy, focal (gamma 2), soft Dice, or CE + Dice"
     )
@@ -176,452 +170,36 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-# ---------------------------------------------------------------------------------------------------
-# Processes and devices
-
-
-@dataclass(frozen=True)
-class Proc:
-    """This process's place in the run: rank, number of processes, local rank (GPU index), and whether
-    torchrun started it (then it joins a process group and trains with DDP, even as the only process)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    torchrun: bool = False
-
-    @classmethod
-    def from_env(cls) -> Proc:
-        env = os.environ
-        if "LOCAL_RANK" not in env:  # a plain process
-            return cls()
-        return cls(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"]), torchrun=True)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def find_device(choice: str, proc: Proc) -> torch.device:
-    """The device this process trains on; --device cuda without CUDA is an error."""
-    cuda = torch.cuda.is_available()
-    if choice == "cuda" and not cuda:
-        fail("--device cuda: no CUDA device is available (use --device cpu)")
-    if choice == "cpu" or not cuda:
-        return torch.device("cpu")
-    if proc.local_rank >= torch.cuda.device_count():
-        fail(
-            f"process {proc.local_rank} has no GPU ({torch.cuda.device_count()} visible): "
-            "lower --nproc_per_node"
-        )
-    return torch.device("cuda", proc.local_rank)
-
-
-def configure_torch(device: torch.device) -> None:
-    """CPU: deterministic kernels (bitwise reproducible runs and resumes). CUDA: the fastest kernels."""
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-    else:
-        torch.backends.cudnn.benchmark = (
-            True  # one tile size: cuDNN times its kernels once and keeps the best
-        )
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-
-
-def init_processes(device: torch.device, proc: Proc) -> None:
-    """Join the process group of a torchrun launch (nccl on CUDA, gloo on CPU)."""
-    if not proc.torchrun:
-        return
-    timeout = timedelta(minutes=60)  # rank 0 alone computes the band statistics of a large split
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", timeout=timeout, device_id=device)
-    else:
-        dist.init_process_group("gloo", timeout=timeout)
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def from_rank0(fn: Callable[[], object], proc: Proc) -> object:
-    """Run ``fn`` on rank 0 only and hand its result (or its one-line error) to every process."""
-    result, error = None, None
-    if proc.main:
-        try:
-            result = fn()
-        except InputError as e:
-            error = str(e)
-    if dist.is_initialized():
-        box = [result, error]
-        dist.broadcast_object_list(box, src=0)
-        result, error = box
-    if error is not None:
-        fail(error)
-    return result
-
-
-def sum_over_processes(*values: float, device: torch.device) -> list[float]:
-    """Sum a few numbers over all processes (identity in a single process)."""
-    if not dist.is_initialized():
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Ranges of the numeric options; paths as Paths."""
+    for name, low in (("--epochs", 1), ("--batch-size", 1), ("--workers", 0), ("--max-tiles", 0)):
+        check_range(name, getattr(args, name[2:].replace("-", "_")), low)
+    for name in ("--patience", "--log-images-every", "--log-tiles"):
+        check_range(name, getattr(args, name[2:].replace("-", "_")), 0)
+    check_range("--lr", args.lr, 0, low_open=True)
+    args.out = Path(args.out.replace("<encoder>", args.encoder))
+    args.data = Path(args.data)
+    args.rgb = list(args.rgb)
+    return args
 
 
 # ---------------------------------------------------------------------------------------------------
-# Reproducibility: every random draw of epoch e comes from seeds derived from (seed, e)
+# Set-up: every check before anything is written
 
 
-def derive_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from a few integers (seed, epoch, rank...)."""
-    return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in keys]).generate_state(2, np.uint64)[0] >> 1)
+@dataclass
+class Setup:
+    """What ``main`` settles before anything is written: where the run computes, its tiles and its model."""
 
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def rng_state() -> dict:
-    """The global RNG states as tensors and lists (so that weights_only loading reads them)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, key, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, key.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-
-
-class EpochSampler(Sampler):
-    """This process's shard of a shuffled epoch, each tile with its dihedral transform: ``(index, k)``.
-
-    Order and transforms are drawn from a generator seeded with (seed, epoch) only, so they do not
-    depend on the number of workers or on a resume. Sharding as DistributedSampler does: the epoch
-    is padded to a multiple of the number of processes and process r takes every world-th tile from r.
-    """
-
-    def __init__(self, n: int, seed: int, proc: Proc, augment: bool = True):
-        self.n, self.seed, self.proc, self.augment = n, seed, proc, augment
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return math.ceil(self.n / self.proc.world)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 1))
-        order = torch.randperm(self.n, generator=g).tolist()
-        ks = torch.randint(8, (self.n,), generator=g).tolist() if self.augment else [0] * self.n
-        total = len(self) * self.proc.world
-        order = (order * math.ceil(total / self.n))[:total]
-        for i in order[self.proc.rank : total : self.proc.world]:
-            yield i, ks[i]
-
-
-def make_loader(
-    ds: TileDataset, sampler: Sequence | Sampler, batch: int, workers: int, device: torch.device, seed: int
-) -> DataLoader:
-    """A DataLoader with persistent, seeded workers and pinned memory on CUDA."""
-    extra = {}
-    if workers > 0:
-        extra = dict(persistent_workers=True, prefetch_factor=4, worker_init_fn=seed_worker)
-    return DataLoader(
-        ds,
-        batch_size=batch,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(seed),
-        **extra,
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
-# Losses: nodata (code 0) has weight 0, so it never counts
-
-
-def class_weights(class_pixels: Sequence[int], mode: str) -> torch.Tensor:
-    """(13,) loss weight per code: 0 for nodata; ``inverse`` / ``sqrt``: 1/f or 1/sqrt(f) of the class's
-    pixel frequency f in the train split, normalised to mean 1 over the classes present (absent ones 0).
-    """
-    w = torch.zeros(colormap.NUM_CLASSES, dtype=torch.float64)
-    if mode == "none":
-        w[1:] = 1.0
-        return w.float()
-    counts = torch.tensor(list(class_pixels), dtype=torch.float64)
-    counts[colormap.NODATA] = 0
-    present = counts > 0
-    freq = counts / counts.sum()
-    w[present] = 1.0 / freq[present] if mode == "inverse" else freq[present].rsqrt()
-    w[present] /= w[present].mean()
-    return w.float()
-
-
-def weighted_mean(per_pixel: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Mean of per-pixel losses weighted by the target's class weight; 0 when no pixel counts."""
-    w = weight[target]
-    return (per_pixel * w).sum() / w.sum().clamp_min(1e-12)
-
-
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """1 - soft Dice, averaged (class-weighted) over the classes present in the batch's valid pixels."""
-    valid = (weight[target] > 0).unsqueeze(1).to(logits.dtype)
-    probs = logits.softmax(dim=1) * valid
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype) * valid
-    inter = (probs * onehot).sum(dim=(0, 2, 3))
-    card = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
-    dice = 2 * inter / card.clamp_min(1e-6)
-    w = weight * (onehot.sum(dim=(0, 2, 3)) > 0)
-    return ((1 - dice) * w).sum() / w.sum().clamp_min(1e-12)
-
-
-def make_criterion(kind: str, weight: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The loss ``fn(logits, target)``: float32 logits (N, 13, H, W), int64 targets (N, H, W)."""
-
-    def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = logits.new_zeros(())
-        if kind in ("ce", "ce+dice"):
-            loss = loss + weighted_mean(F.cross_entropy(logits, target, reduction="none"), target, weight)
-        if kind == "focal":
-            logp = F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
-            loss = loss + weighted_mean(-((1 - logp.exp()) ** FOCAL_GAMMA) * logp, target, weight)
-        if kind in ("dice", "ce+dice"):
-            loss = loss + dice_loss(logits, target, weight)
-        return loss
-
-    return criterion
-
-
-# ---------------------------------------------------------------------------------------------------
-# One epoch of training, one pass of validation
-
-
-def to_device(
-    raw: torch.Tensor, y: torch.Tensor, norm: Normalize, device: torch.device, fmt: torch.memory_format
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A loader batch (tiles as stored, uint8 targets) -> normalised float32 input and int64 targets on
-    ``device``: the bytes cross to the GPU as uint16 and uint8, and the GPU does the arithmetic."""
-    x = norm(raw.to(device, non_blocking=True)).contiguous(memory_format=fmt)
-    return x, y.to(device, non_blocking=True).long()
-
-
-def train_step(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    criterion: Callable,
-    optimizer: torch.optim.Optimizer,
-    amp: bool,
-) -> torch.Tensor:
-    """One optimiser step on a batch already on the device (bf16 autocast with ``amp``); the loss."""
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = model(x)
-    loss = criterion(logits.float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    norm: Normalize,
-    criterion: Callable,
-    optimizer: torch.optim.Optimizer,
-    device: torch.device,
-    amp: bool,
-    desc: str,
-    proc: Proc,
-) -> float:
-    """Train over this process's shard; return the mean loss per tile over all processes."""
-    model.train()
-    fmt = torch.channels_last if amp else torch.contiguous_format
-    loss_sum, tiles = 0.0, 0
-    start = time.perf_counter()
-    bar = progress(total=len(loader), desc=desc, unit="batch", leave=False, disable=not proc.main)
-    for raw, y in loader:
-        x, y = to_device(raw, y, norm, device, fmt)
-        loss = train_step(model, x, y, criterion, optimizer, amp)
-        loss_sum += loss.item() * len(x)
-        tiles += len(x)
-        speed = tiles * proc.world / (time.perf_counter() - start)
-        bar.set_postfix(loss=f"{loss_sum / tiles:.4f}", tiles_s=f"{speed:.1f}", refresh=False)
-        bar.update()
-    bar.close()
-    loss_sum, tiles = sum_over_processes(loss_sum, tiles, device=device)
-    return loss_sum / max(tiles, 1)
-
-
-@torch.no_grad()
-def evaluate(
-    net: nn.Module,
-    loader: DataLoader,
-    norm: Normalize,
-    criterion: Callable,
-    device: torch.device,
-    amp: bool,
-    proc: Proc,
-) -> tuple[float, ConfusionMatrix]:
-    """Loss per tile and one confusion matrix over the whole split, summed over all processes."""
-    net.eval()
-    fmt = torch.channels_last if amp else torch.contiguous_format
-    cm = ConfusionMatrix(colormap.NUM_CLASSES, ignore_index=colormap.NODATA)
-    loss_sum, tiles = 0.0, 0
-    for raw, y in progress(loader, desc="validation", unit="batch", leave=False, disable=not proc.main):
-        x, y = to_device(raw, y, norm, device, fmt)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = net(x)
-        loss_sum += criterion(logits.float(), y).item() * len(x)
-        tiles += len(x)
-        cm.update(y, predict_classes(logits))
-    cm.reduce_from_all_processes()
-    loss_sum, tiles = sum_over_processes(loss_sum, tiles, device=device)
-    return loss_sum / max(tiles, 1), cm
-
-
-def sync_buffers(net: nn.Module) -> None:
-    """Give every process rank 0's batch-norm statistics (what the checkpoint holds) before validating."""
-    if dist.is_initialized():
-        for b in net.buffers():
-            dist.broadcast(b, src=0)
-
-
-# ---------------------------------------------------------------------------------------------------
-# TensorBoard
-
-
-def log_scalars(writer, epoch: int, train_loss: float, val_loss: float, lr: float, metrics: dict) -> None:
-    writer.add_scalar("Loss/train", train_loss, epoch)
-    writer.add_scalar("Loss/val", val_loss, epoch)
-    writer.add_scalar("LR", lr, epoch)
-    if metrics["miou"] is not None:
-        writer.add_scalar("mIoU/val", metrics["miou"], epoch)
-        writer.add_scalar("mDice/val", metrics["mean_dice"], epoch)
-        writer.add_scalar("Accuracy/val", metrics["overall_accuracy"], epoch)
-    for pc in metrics["per_class"].values():
-        if pc["iou"] is not None:  # None: class absent from truth and prediction
-            writer.add_scalar(f"IoU/{pc['name']}", pc["iou"], epoch)
-            writer.add_scalar(f"Dice/{pc['name']}", pc["dice"], epoch)
-
-
-def log_pictures(
-    writer,
-    epoch: int,
-    net: nn.Module,
-    cm: ConfusionMatrix,
-    val: TileDataset,
-    norm: Normalize,
-    picks: Sequence[int],
-    rgb: Sequence[int],
-    device: torch.device,
-    amp: bool,
-) -> None:
-    """The normalised confusion matrix and image / truth / prediction panels of a few val tiles."""
-    writer.add_figure(
-        "Confusion matrix/val", colormap.confusion_figure(cm.mat.numpy(), f"epoch {epoch}"), epoch
-    )
-    net.eval()
-    fmt = torch.channels_last if amp else torch.contiguous_format
-    for i in picks:
-        img_path = val.pairs[i][0]
-        raw, y = val[i]
-        x, _ = to_device(raw[None], y, norm, device, fmt)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            pred = predict_classes(net(x))[0].cpu().numpy()
-        raw = raw.numpy()
-        valid = valid_pixels(raw)
-        pred[~valid] = colormap.NODATA
-        picture = colormap.stretch_rgb(raw[list(rgb)], valid)
-        fig = colormap.comparison_figure(picture, y.numpy(), pred, f"{img_path.stem}, epoch {epoch}")
-        writer.add_figure(f"Validation/{img_path.stem}", fig, epoch)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def save_checkpoint(ckpt: dict, path: Path) -> None:
-    """Save atomically; a full disk is the OSError (ENOSPC) run_main reports in one line, and the
-    previous file stays as it was. torch.save(ckpt, path) would raise a RuntimeError of its zip writer
-    ("unexpected pos"); through a Python file the OSError is raised, then hidden by the RuntimeError
-    the writer raises again while closing."""
-    with signals_held(), atomic_path(path) as tmp, open(tmp, "wb") as f:
-        try:
-            torch.save(ckpt, f)
-        except RuntimeError as e:
-            if isinstance(e.__context__, OSError):
-                raise e.__context__ from None
-            raise
-
-
-@contextlib.contextmanager
-def signals_held():
-    """Hold Ctrl-C and SIGTERM while a checkpoint is written, then act on them: torch.save turns an
-    interrupt inside its zip writer into a RuntimeError traceback instead of a clean stop."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    old = {
-        s: signal.signal(s, lambda signum, frame: caught.append(signum))
-        for s in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    if caught:
-        raise KeyboardInterrupt
-
-
-def plain_options(args) -> dict:
-    """The options as plain values (weights_only loading refuses Paths and tuples of objects)."""
-    return {
-        k: (list(v) if isinstance(v, tuple | list) else str(v) if isinstance(v, Path) else v)
-        for k, v in vars(args).items()
-    }
-
-
-def check_resumable(ckpt: dict, path: Path, args, bands: Sequence[str]) -> None:
-    """Refuse a last.pt that is not a training state or was written with other options or bands."""
-    if any(k not in ckpt for k in ("optimizer", "scheduler", "epoch", "options")):
-        fail(f"not a training state (no optimizer/scheduler/epoch; best.pt cannot be resumed): {path}")
-    old, new = ckpt["options"], vars(args)
-    diff = [
-        f"--{k.replace('_', '-')} {old.get(k)} (now {new[k]})" for k in RESUME_KEYS if old.get(k) != new[k]
-    ]
-    if diff:
-        fail(
-            f"{path} was written with other options: {', '.join(diff)}; use the same options or another --out"
-        )
-    if list(ckpt["bands"]) != list(bands):
-        fail(
-            f"{path} was trained on other bands ({len(ckpt['bands'])}: {', '.join(ckpt['bands'])}) than the "
-            f"tiles have now ({len(bands)}: {', '.join(bands)})"
-        )
-
-
-# ---------------------------------------------------------------------------------------------------
+    proc: Proc
+    device: torch.device
+    precision: Precision
+    train_pairs: list[tuple[Path, Path]]
+    val_pairs: list[tuple[Path, Path]]
+    bands: list[str]
+    rgb: list[int]
+    net: nn.Module
+    resumed: dict | None  # last.pt when resuming
 
 
 def sample_pairs(pairs: list, n: int, seed: int) -> list:
@@ -632,7 +210,7 @@ def sample_pairs(pairs: list, n: int, seed: int) -> list:
     return [pairs[i] for i in keep]
 
 
-def load_splits(data: Path, max_tiles: int, seed: int):
+def load_splits(data: Path, max_tiles: int, seed: int) -> tuple[list, list, TileInfo]:
     """Train and val pairs and the train tiles' description; mismatches between splits are errors."""
     train_pairs = sample_pairs(tile_pairs(data / "train"), max_tiles, seed)
     val_pairs = sample_pairs(tile_pairs(data / "val"), max_tiles, seed)
@@ -645,24 +223,41 @@ def load_splits(data: Path, max_tiles: int, seed: int):
     return train_pairs, val_pairs, info
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    for name, low in (("--epochs", 1), ("--batch-size", 1), ("--workers", 0), ("--max-tiles", 0)):
-        check_range(name, getattr(args, name[2:].replace("-", "_")), low)
-    for name in ("--patience", "--log-images-every", "--log-tiles"):
-        check_range(name, getattr(args, name[2:].replace("-", "_")), 0)
-    check_range("--lr", args.lr, 0, low_open=True)
-    args.out = Path(args.out.replace("<encoder>", args.encoder))
-    args.data = Path(args.data)
-    args.rgb = list(args.rgb)
+def new_model(args: argparse.Namespace, bands: int, rgb: Sequence[int]) -> nn.Module:
+    """A fresh model, seeded; encoder weights that cannot be loaded are one line."""
+    seed_everything(args.seed)
+    try:
+        return build_model(args.encoder, bands, colormap.NUM_CLASSES, args.weights, rgb=rgb)
+    except FileNotFoundError as e:
+        fail(str(e))
+    except pickle.UnpicklingError as e:  # torch's message would suggest loading it unsafely
+        what = (
+            "holds pickled objects, refused without running them"
+            if "GLOBAL" in str(e)
+            else "is not a weights file"
+        )
+        fail(f"cannot load encoder weights {args.weights}: the file {what}")
+    except (ValueError, RuntimeError, OSError, KeyError, EOFError) as e:
+        fail(f"cannot load encoder weights {args.weights}: {first_line(e)}")
 
+
+def resumed_model(args: argparse.Namespace, bands: list[str]) -> tuple[nn.Module, dict]:
+    """The model of the run in ``--out`` and its last.pt, refused unless it continues this run."""
+    last = args.out / "last.pt"
+    if not last.is_file():
+        fail(f"nothing to resume: no last.pt in {args.out}")
+    ckpt = read_checkpoint(last)
+    check_resumable(ckpt, last, vars(args), bands)
+    return model_of(ckpt, last), ckpt
+
+
+def set_up(args: argparse.Namespace) -> Setup:
+    """Devices, splits, bands and the model (new, or from last.pt with --resume): all checked."""
     proc = Proc.from_env()
-    device = find_device(args.device, proc)
-    amp = args.amp and device.type == "cuda"
-    if args.amp and not amp and proc.main:
-        print("--amp applies to CUDA only: training in float32 on the CPU", file=sys.stderr)
-
-    # --- every check before anything is written ---
+    device = pick_device(args.device, proc)
+    precision = Precision.for_device(args.amp, device)
+    if args.amp and not precision.amp and proc.main:
+        print(f"--amp applies to CUDA only: training in float32 on {device}", file=sys.stderr)
     train_pairs, val_pairs, info = load_splits(args.data, args.max_tiles, args.seed)
     if proc.main:  # the train tiles are all read for their statistics; the val tiles not before epoch 1
         check_tiles(val_pairs, max(args.workers, 1), "checking val tiles")
@@ -673,218 +268,340 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(f"{e} ({args.data / 'train'})")
     if args.out.exists() and not args.out.is_dir():
         fail(f"--out is a file, not a run folder: {args.out}")
-    last = args.out / "last.pt"
-    ckpt = None
     if args.resume:
-        if not last.is_file():
-            fail(f"nothing to resume: no last.pt in {args.out}")
-        ckpt = read_checkpoint(last)
-        check_resumable(ckpt, last, args, bands)
-        net = model_from_config(ckpt["model_config"])
-        try:
-            net.load_state_dict(ckpt["model"])
-        except (RuntimeError, KeyError) as e:
-            fail(f"weights do not fit their architecture: {last} ({str(e).splitlines()[0][:120]})")
+        net, resumed = resumed_model(args, bands)
     else:
         if any(args.out.glob("*.pt")) or any(args.out.glob("events.out.tfevents.*")):
             fail(
                 f"run folder already holds a run: {args.out} "
                 "(add --resume to continue it, or choose another --out)"
             )
-        seed_everything(args.seed)
-        try:
-            net = build_model(args.encoder, info.bands, colormap.NUM_CLASSES, args.weights, rgb=rgb)
-        except FileNotFoundError as e:
-            fail(str(e))
-        except pickle.UnpicklingError as e:  # torch's message would suggest loading it unsafely
-            what = (
-                "holds pickled objects, refused without running them"
-                if "GLOBAL" in str(e)
-                else "is not a weights file"
+        net, resumed = new_model(args, info.bands, rgb), None
+    return Setup(proc, device, precision, train_pairs, val_pairs, bands, rgb, net, resumed)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run: what every epoch uses, made once
+
+
+@dataclass
+class Run:
+    """The objects of a training run and the state last.pt saves (epoch, best mIoU, optimiser, RNG)."""
+
+    args: argparse.Namespace
+    setup: Setup
+    stats: dict  # band mean and std of the train split, and its class pixel counts
+    weight: torch.Tensor  # loss weight per class
+    model: nn.Module  # setup.net, or its DistributedDataParallel wrapper: what trains
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    epoch: int = 0  # the last finished epoch (what last.pt holds)
+    best_miou: float = -1.0
+    best_epoch: int = 0
+    saved: int = 0  # the epoch last.pt holds
+    writer: object = field(default=None, repr=False)  # TensorBoard, rank 0 only
+
+    def checkpoint(
+        self, metrics: dict | None = None, losses: tuple = (None, None), training: bool = False
+    ) -> dict:
+        """best.pt's content; with ``training``, last.pt's (optimiser, scheduler and RNG states too)."""
+        ckpt = make_checkpoint(
+            self.setup.net,
+            self.setup.bands,
+            self.stats,
+            epoch=self.epoch,
+            options=plain_options(vars(self.args)),
+            class_pixels=list(self.stats["class_pixels"]),
+            class_weights=self.weight.tolist(),
+            metrics=metrics,
+            train_loss=losses[0],
+            val_loss=losses[1],
+            best_miou=self.best_miou,
+            best_epoch=self.best_epoch,
+            world_size=self.setup.proc.world,
+        )
+        if training:
+            ckpt.update(
+                optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), rng=rng_state()
             )
-            fail(f"cannot load encoder weights {args.weights}: the file {what}")
-        except (ValueError, RuntimeError, OSError, KeyError, EOFError) as e:
-            fail(f"cannot load encoder weights {args.weights}: {str(e).splitlines()[0][:160]}")
-
-    configure_torch(device)
-    init_processes(device, proc)
-    try:
-        train(args, proc, device, amp, net, ckpt, train_pairs, val_pairs, bands, rgb)
-    finally:
-        release_tile_caches()  # --cache-tiles: other runs may prune them from now on
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        return ckpt
 
 
-def train(args, proc, device, amp, net, ckpt, train_pairs, val_pairs, bands, rgb) -> None:
-    """Everything after the checks: statistics, the loop of epochs, checkpoints and logs."""
-    last, best = args.out / "last.pt", args.out / "best.pt"
-    if ckpt is None:  # band statistics and class pixel counts of the train split, computed once on rank 0
-        stats = from_rank0(lambda: band_stats(args.data / "train", train_pairs), proc)
+def start_run(args: argparse.Namespace, s: Setup) -> Run:
+    """Statistics (rank 0 computes them once; a resume takes last.pt's), the loss, the optimiser and
+    the scheduler, on the device; with --resume, last.pt's state restored."""
+    if s.resumed is None:
+        stats = from_rank0(lambda: band_stats(args.data / "train", s.train_pairs), s.proc)
         stats = {"mean": stats["mean"], "std": stats["std"], "class_pixels": stats["class_pixels"]}
     else:
-        stats = dict(ckpt["stats"], class_pixels=ckpt["class_pixels"])
-    weight = class_weights(stats["class_pixels"], args.class_weights)
-    criterion = make_criterion(args.loss, weight.to(device))
-
-    net.to(device)
-    if amp:
-        net = net.to(memory_format=torch.channels_last)
+        stats = dict(s.resumed["stats"], class_pixels=s.resumed["class_pixels"])
+    net = s.net.to(s.device, memory_format=s.precision.memory_format)
     model = net
-    if dist.is_initialized():
+    if s.proc.torchrun:
         model = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
+            net, device_ids=[s.device.index] if s.device.type == "cuda" else None
         )
     optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=3)
-    start, best_miou, best_epoch = 0, -1.0, 0
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        start, best_miou, best_epoch = int(ckpt["epoch"]), float(ckpt["best_miou"]), int(ckpt["best_epoch"])
+    weight = class_weights(stats["class_pixels"], args.class_weights)
+    run = Run(args, s, stats, weight, model, optimizer, scheduler)
+    if s.resumed is not None:
+        optimizer.load_state_dict(s.resumed["optimizer"])
+        scheduler.load_state_dict(s.resumed["scheduler"])
+        set_rng_state(s.resumed["rng"])
+        run.epoch, run.best_miou = int(s.resumed["epoch"]), float(s.resumed["best_miou"])
+        run.best_epoch, run.saved = int(s.resumed["best_epoch"]), run.epoch
+    return run
 
+
+@dataclass
+class Data:
+    """The loaders of a run and what validation pictures need."""
+
+    train: DataLoader
+    val: DataLoader
+    sampler: EpochSampler
+    val_tiles: TileDataset
+    norm: Normalize
+    picks: list[int]  # the val tiles pictured in TensorBoard
+
+
+def make_data(args: argparse.Namespace, s: Setup, stats: dict) -> Data:
+    """Train and val loaders over this process's shards (from the tile cache with --cache-tiles)."""
     caches: dict[str, Path | None] = {"train": None, "val": None}
     if args.cache_tiles:  # built by rank 0 (or found), then opened by every process
-        for split, pairs in (("train", train_pairs), ("val", val_pairs)):
+        for split, pairs in (("train", s.train_pairs), ("val", s.val_pairs)):
             caches[split] = from_rank0(
-                lambda p=pairs, s=split: build_tile_cache(p, args.data / CACHE_DIR, s, max(args.workers, 1)),
-                proc,
+                lambda p=pairs, t=split: build_tile_cache(p, args.data / CACHE_DIR, t, max(args.workers, 1)),
+                s.proc,
             )
-    train_ds = TileDataset(train_pairs, len(bands), augment=True, cache=caches["train"])
-    val_ds = TileDataset(val_pairs, len(bands), cache=caches["val"])
-    norm = Normalize(stats, device)
-    sampler = EpochSampler(len(train_ds), args.seed, proc)
-    train_loader = make_loader(
-        train_ds, sampler, args.batch_size, args.workers, device, args.seed + proc.rank
-    )
-    val_shard = list(range(proc.rank, len(val_ds), proc.world))  # no padding: every tile counted once
-    val_loader = make_loader(val_ds, val_shard, args.batch_size, args.workers, device, args.seed)
+    train_ds = TileDataset(s.train_pairs, len(s.bands), augment=True, cache=caches["train"])
+    val_ds = TileDataset(s.val_pairs, len(s.bands), cache=caches["val"])
+    sampler = EpochSampler(len(train_ds), args.seed, s.proc)
+    train = make_loader(train_ds, sampler, args.batch_size, args.workers, s.device, args.seed + s.proc.rank)
+    val_shard = list(range(s.proc.rank, len(val_ds), s.proc.world))  # no padding: every tile counted once
+    val = make_loader(val_ds, val_shard, args.batch_size, args.workers, s.device, args.seed)
     picks = sorted({round(i) for i in np.linspace(0, len(val_ds) - 1, min(args.log_tiles, len(val_ds)))})
+    return Data(train, val, sampler, val_ds, Normalize(stats, s.device), picks)
 
-    def checkpoint(
-        epoch: int, metrics: dict | None, train_loss: float | None, val_loss: float | None
-    ) -> dict:
-        return make_checkpoint(
-            net,
-            bands,
-            stats,
-            epoch=epoch,
-            options=plain_options(args),
-            class_pixels=list(stats["class_pixels"]),
-            class_weights=weight.tolist(),
-            metrics=metrics,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            best_miou=best_miou,
-            best_epoch=best_epoch,
-            world_size=proc.world,
+
+def open_run_folder(run: Run) -> None:
+    """Rank 0: the run folder, a first last.pt (even an interrupted first epoch can be resumed),
+    TensorBoard (history after the resumed epoch purged) and what the run is, printed."""
+    args, s = run.args, run.setup
+    if not s.proc.main:
+        return
+    from torch.utils.tensorboard import SummaryWriter
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    remove_partials(args.out)
+    if s.resumed is None:
+        save_checkpoint(run.checkpoint(training=True), args.out / "last.pt")
+    run.writer = SummaryWriter(str(args.out), purge_step=run.epoch + 1 if s.resumed is not None else None)
+    if s.resumed is None:
+        options = "  \n".join(f"--{k.replace('_', '-')} {v}" for k, v in plain_options(vars(args)).items())
+        run.writer.add_text("options", options, 0)
+    n_params = sum(p.numel() for p in s.net.parameters())
+    print(
+        f"training {args.encoder} U-Net ({n_params / 1e6:.1f} M parameters) on {len(s.train_pairs)} train / "
+        f"{len(s.val_pairs)} val tiles, {len(s.bands)} bands, {s.device} ({s.precision.describe()})"
+        f"{f' x {s.proc.world} processes' if s.proc.world > 1 else ''}; run folder {args.out}"
+        + (f"; resuming after epoch {run.epoch}" if s.resumed is not None else "")
+    )
+    if args.class_weights != "none":
+        shown = ", ".join(f"{c}: {run.weight[c]:.3g}" for c in colormap.CODES)
+        print(f"class weights ({args.class_weights}): {shown}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# One epoch of training, one pass of validation
+
+
+def train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    criterion: Callable,
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+) -> torch.Tensor:
+    """One optimiser step on a batch already on the device; the loss."""
+    with precision.autocast(x.device):
+        logits = model(x)
+    loss = criterion(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def train_one_epoch(run: Run, data: Data, criterion: Callable, desc: str) -> float:
+    """Train over this process's shard; return the mean loss per tile over all processes."""
+    s = run.setup
+    run.model.train()
+    loss_sum, tiles = 0.0, 0
+    start = time.perf_counter()
+    bar = progress(total=len(data.train), desc=desc, unit="batch", leave=False, disable=not s.proc.main)
+    for raw, y in data.train:
+        x, y = to_device(raw, y, data.norm, s.device, s.precision.memory_format)
+        loss = train_step(run.model, x, y, criterion, run.optimizer, s.precision)
+        loss_sum += loss.item() * len(x)
+        tiles += len(x)
+        speed = tiles * s.proc.world / (time.perf_counter() - start)
+        bar.set_postfix(loss=f"{loss_sum / tiles:.4f}", tiles_s=f"{speed:.1f}", refresh=False)
+        bar.update()
+    bar.close()
+    loss_sum, tiles = sum_over_processes(loss_sum, tiles, device=s.device)
+    return loss_sum / max(tiles, 1)
+
+
+@torch.no_grad()
+def evaluate(run: Run, data: Data, criterion: Callable) -> tuple[float, ConfusionMatrix]:
+    """Loss per tile and one confusion matrix over the whole val split, summed over all processes."""
+    s, net = run.setup, run.setup.net
+    net.eval()
+    cm = ConfusionMatrix(colormap.NUM_CLASSES, ignore_index=colormap.NODATA)
+    loss_sum, tiles = 0.0, 0
+    for raw, y in progress(data.val, desc="validation", unit="batch", leave=False, disable=not s.proc.main):
+        x, y = to_device(raw, y, data.norm, s.device, s.precision.memory_format)
+        with s.precision.autocast(s.device):
+            logits = net(x)
+        loss_sum += criterion(logits.float(), y).item() * len(x)
+        tiles += len(x)
+        cm.update(y, predict_classes(logits))
+    cm.reduce_from_all_processes()
+    loss_sum, tiles = sum_over_processes(loss_sum, tiles, device=s.device)
+    return loss_sum / max(tiles, 1), cm
+
+
+# ---------------------------------------------------------------------------------------------------
+# What rank 0 records after each epoch: TensorBoard, best.pt, last.pt
+
+
+def log_epoch(
+    run: Run, data: Data, losses: tuple[float, float], lr: float, metrics: dict, cm: ConfusionMatrix
+) -> None:
+    """Losses, LR and the metrics by class name; every --log-images-every epochs, pictures too."""
+    w, epoch, args = run.writer, run.epoch, run.args
+    w.add_scalar("Loss/train", losses[0], epoch)
+    w.add_scalar("Loss/val", losses[1], epoch)
+    w.add_scalar("LR", lr, epoch)
+    if metrics["miou"] is not None:
+        w.add_scalar("mIoU/val", metrics["miou"], epoch)
+        w.add_scalar("mDice/val", metrics["mean_dice"], epoch)
+        w.add_scalar("Accuracy/val", metrics["overall_accuracy"], epoch)
+    for pc in metrics["per_class"].values():
+        if pc["iou"] is not None:  # None: class absent from truth and prediction
+            w.add_scalar(f"IoU/{pc['name']}", pc["iou"], epoch)
+            w.add_scalar(f"Dice/{pc['name']}", pc["dice"], epoch)
+    every = args.log_images_every
+    if every and (epoch == 1 or epoch % every == 0 or epoch == args.epochs):
+        w.add_figure(
+            "Confusion matrix/val", colormap.confusion_figure(cm.mat.numpy(), f"epoch {epoch}"), epoch
         )
-
-    writer = None
-    if proc.main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        args.out.mkdir(parents=True, exist_ok=True)
-        remove_partials(args.out)
-        if ckpt is None:  # the starting point, so that even an interrupted first epoch can be resumed
-            state = checkpoint(0, None, None, None)
-            state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state())
-            save_checkpoint(state, last)
-        writer = SummaryWriter(str(args.out), purge_step=start + 1 if ckpt is not None else None)
-        if ckpt is None:
-            writer.add_text(
-                "options",
-                "  \n".join(f"--{k.replace('_', '-')} {v}" for k, v in plain_options(args).items()),
-                0,
+        for i in data.picks:
+            raw, y = data.val_tiles[i]
+            stem = data.val_tiles.pairs[i][0].stem
+            fig = tile_figure(
+                run.setup.net, raw, y, data.norm, run.setup.rgb, f"{stem}, epoch {epoch}", run.setup.precision
             )
-        n_params = sum(p.numel() for p in net.parameters())
-        print(
-            f"training {args.encoder} U-Net ({n_params / 1e6:.1f} M parameters) on {len(train_ds)} train / "
-            f"{len(val_ds)} val tiles, {len(bands)} bands, {device}{' (bf16, channels_last)' if amp else ''}"
-            f"{f' x {proc.world} processes' if proc.world > 1 else ''}; run folder {args.out}"
-            + (f"; resuming after epoch {start}" if ckpt is not None else "")
-        )
-        if args.class_weights != "none":
-            shown = ", ".join(f"{c}: {weight[c]:.3g}" for c in colormap.CODES)
-            print(f"class weights ({args.class_weights}): {shown}")
-    barrier()
+            w.add_figure(f"Validation/{stem}", fig, epoch)
+    w.flush()
 
-    old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
-    epoch, done = start, start  # done: the epoch last.pt holds
+
+def save_epoch(run: Run, metrics: dict, losses: tuple[float, float], improved: bool) -> None:
+    """best.pt when the epoch improved on the best mIoU, then last.pt: a kill before last.pt is whole
+    repeats this epoch on --resume."""
+    if improved:
+        save_checkpoint(run.checkpoint(metrics, losses), run.args.out / "best.pt")
+    run.saved = run.epoch  # an interrupt during the save is held until last.pt is whole
+    save_checkpoint(run.checkpoint(metrics, losses, training=True), run.args.out / "last.pt")
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the run as Ctrl-C does (last.pt already holds the last finished epoch)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def fit(args: argparse.Namespace, s: Setup) -> None:
+    """The recipe: set up once, then per epoch train, validate, log and save."""
+    run = start_run(args, s)
+    data = make_data(args, s, run.stats)
+    criterion = make_criterion(args.loss, run.weight.to(s.device))
+    names = {c: colormap.name(c) for c in colormap.CODES}
+    open_run_folder(run)
+    barrier()
     metrics = None
     try:
-        for epoch in range(start + 1, args.epochs + 1):
-            if args.patience and epoch - 1 - best_epoch >= args.patience:
-                if proc.main:
-                    print(
-                        f"stopping early: no better mIoU for {args.patience} epochs "
-                        f"(best {best_miou:.4f}, epoch {best_epoch})"
-                    )
-                break
-            seed_everything(derive_seed(args.seed, epoch, proc.rank))
-            sampler.set_epoch(epoch)
-            train_loss = train_one_epoch(
-                model,
-                train_loader,
-                norm,
-                criterion,
-                optimizer,
-                device,
-                amp,
-                f"epoch {epoch}/{args.epochs}",
-                proc,
-            )
-            sync_buffers(net)
-            val_loss, cm = evaluate(net, val_loader, norm, criterion, device, amp, proc)
-            lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
-            scheduler.step(val_loss)
-            metrics = cm.compute({c: colormap.name(c) for c in colormap.CODES})
-            miou = metrics["miou"] if metrics["miou"] is not None else 0.0
-            improved = miou > best_miou
-            if improved:
-                best_miou, best_epoch = miou, epoch
-            if proc.main:
-                log_scalars(writer, epoch, train_loss, val_loss, lr, metrics)
-                if args.log_images_every and (
-                    epoch == 1 or epoch % args.log_images_every == 0 or epoch == args.epochs
-                ):
-                    log_pictures(writer, epoch, net, cm, val_ds, norm, picks, rgb, device, amp)
-                writer.flush()
-                state = checkpoint(epoch, metrics, train_loss, val_loss)
+        with sigterm_as_interrupt():
+            for epoch in range(run.epoch + 1, args.epochs + 1):
+                if args.patience and epoch - 1 - run.best_epoch >= args.patience:
+                    if s.proc.main:
+                        print(
+                            f"stopping early: no better mIoU for {args.patience} epochs "
+                            f"(best {run.best_miou:.4f}, epoch {run.best_epoch})"
+                        )
+                    break
+                seed_everything(derive_seed(args.seed, epoch, s.proc.rank))
+                data.sampler.set_epoch(epoch)
+                train_loss = train_one_epoch(run, data, criterion, f"epoch {epoch}/{args.epochs}")
+                sync_buffers(s.net)
+                val_loss, cm = evaluate(run, data, criterion)
+                lr = run.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
+                run.scheduler.step(val_loss)
+                metrics = cm.compute(names)
+                miou = metrics["miou"] if metrics["miou"] is not None else 0.0
+                improved = miou > run.best_miou
                 if improved:
-                    save_checkpoint(state, best)
-                state.update(
-                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng_state()
-                )
-                done = epoch  # an interrupt during the save is held until last.pt is whole
-                save_checkpoint(state, last)  # last: so that a kill before it repeats this epoch
-                print(
-                    f"epoch {epoch}/{args.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-                    f"mIoU {miou:.4f}  lr {lr:.3g}" + ("  (best)" if improved else ""),
-                    flush=True,
-                )
-            barrier()
+                    run.best_miou, run.best_epoch = miou, epoch
+                run.epoch = epoch
+                if s.proc.main:
+                    log_epoch(run, data, (train_loss, val_loss), lr, metrics, cm)
+                    save_epoch(run, metrics, (train_loss, val_loss), improved)
+                    print(
+                        f"epoch {epoch}/{args.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+                        f"mIoU {miou:.4f}  lr {lr:.3g}" + ("  (best)" if improved else ""),
+                        flush=True,
+                    )
+                barrier()
     except KeyboardInterrupt:
-        if proc.main:
+        if s.proc.main:
             print(
-                f"interrupted: {last} holds epoch {done} (saved as it ended); --resume continues from there",
+                f"interrupted: {args.out / 'last.pt'} holds epoch {run.saved} (saved as it ended); "
+                "--resume continues from there",
                 file=sys.stderr,
             )
         raise
     finally:
-        signal.signal(signal.SIGTERM, old_handler)
-        if writer is not None:
-            writer.close()
-    if proc.main:
+        if run.writer is not None:
+            run.writer.close()
+    if s.proc.main:
         if metrics is not None:
             print(format_table(metrics))
-        print(f"best validation mIoU {best_miou:.4f} at epoch {best_epoch}: {best}")
+        print(f"best validation mIoU {run.best_miou:.4f} at epoch {run.best_epoch}: {args.out / 'best.pt'}")
 
 
-def _raise_interrupt(signum, frame) -> None:
-    """SIGTERM stops the run as Ctrl-C does (last.pt already holds the last finished epoch)."""
-    raise KeyboardInterrupt
+def main(argv: Sequence[str] | None = None) -> None:
+    args = check_args(build_parser().parse_args(argv))
+    s = set_up(args)
+    configure_torch(s.device, deterministic=True)
+    with process_group(s.device, s.proc):
+        try:
+            fit(args, s)
+        finally:
+            release_tile_caches()  # --cache-tiles: other runs may prune them from now on
 
 
 if __name__ == "__main__":

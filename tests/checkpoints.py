@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from helpers import S2_BANDS
 
-from dataset import Normalize, make_checkpoint
+from checkpoint import make_checkpoint
 from model import build_model
+from stats import Normalize
 
 # code -> 10 band values (B2 B3 B4 B5 B6 B7 B8 B8A B11 B12)
 SPECTRA: dict[int, tuple[int, ...]] = {
@@ -44,7 +45,7 @@ def image_of(labels: np.ndarray, rng: np.random.Generator, noise: float = 40.0) 
 
 
 def stats_of(img: np.ndarray) -> dict:
-    """Band mean and std over valid pixels, as dataset.band_stats gives them."""
+    """Band mean and std over valid pixels, as stats.band_stats gives them."""
     valid = np.any(img != 0, axis=0)
     x = img[:, valid].astype(np.float64)
     return {"mean": x.mean(1).tolist(), "std": (x.std(1) + 1e-6).tolist()}

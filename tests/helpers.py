@@ -148,3 +148,9 @@ def tree_snapshot(root) -> dict[str, tuple]:
         str(p.relative_to(root)): (p.is_dir(), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
         for p in sorted(root.rglob("*"))
     }
+
+
+def write_pair(split: Path, name: str, img: np.ndarray, mask: np.ndarray, **kw) -> None:
+    """One tile pair of a split folder: ``img/<name>`` and ``mask/<name>``."""
+    write_raster(split / "img" / name, img, **kw)
+    write_raster(split / "mask" / name, mask)

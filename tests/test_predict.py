@@ -17,10 +17,11 @@ from checkpoints import image_of, label_map, trained_checkpoint
 from helpers import S2_BANDS, assert_one_line_error, run_script, write_raster
 
 import inference
+from checkpoint import load_checkpoint
 import predict
 from colormap import CODES, gdal_colour_table
 from common import run_main
-from dataset import Normalize
+from stats import Normalize
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 H, W = 300, 370  # not a multiple of the window
@@ -104,7 +105,7 @@ def predict_array(net, stats, img, **kw) -> np.ndarray:
 
 def test_no_seams_window_edges_agree_with_a_window_centred_on_them(ckpt, scene):
     _, labels, img = scene
-    net, c = inference.load_model(ckpt, torch.device("cpu"))
+    net, c = load_checkpoint(ckpt, torch.device("cpu"))
     stats = c["stats"]
     full = predict_array(net, stats, img, window=WINDOW, overlap=OVERLAP, batch_size=4, workers=2)
     rows = predict.window_starts(H, WINDOW, OVERLAP)

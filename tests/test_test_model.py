@@ -19,9 +19,12 @@ from sklearn.metrics import accuracy_score, jaccard_score
 
 import inference
 import test_model
+from checkpoint import load_checkpoint
 from colormap import CLASSES, CODES
 from common import run_main
-from dataset import Normalize, TileDataset, tile_pairs
+from dataset import TileDataset
+from layout import tile_pairs
+from stats import Normalize
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 TILES = 7
@@ -103,7 +106,7 @@ def test_metrics_come_from_one_matrix_over_every_valid_pixel(run, ckpt, split):
     """Recompute with scikit-learn over all valid pixels of the split, tile by tile predictions."""
     out, _ = run
     m = json.loads((out / "metrics.json").read_text())
-    net, c = inference.load_model(ckpt, torch.device("cpu"))
+    net, c = load_checkpoint(ckpt, torch.device("cpu"))
     ds, norm = TileDataset(tile_pairs(split), len(c["bands"])), Normalize(c["stats"])
     truth, pred = [], []
     for i in range(len(ds)):
@@ -133,11 +136,11 @@ def test_best_and_worst_pictures_follow_the_tile_scores(run):
 
 
 def test_legend_names_only_the_classes_shown(ckpt, split):
-    net, c = inference.load_model(ckpt, torch.device("cpu"))
+    net, c = load_checkpoint(ckpt, torch.device("cpu"))
     ds, norm = TileDataset(tile_pairs(split), len(c["bands"])), Normalize(c["stats"])
     for i in (0, 3):
-        fig = test_model.tile_comparison(net, ds, norm, i, torch.device("cpu"), [2, 1, 0], "t")
         raw, y = ds[i]
+        fig = inference.tile_figure(net, raw, y, norm, [2, 1, 0], "t")
         pred = inference.predict_codes(net, norm(raw[None]))[0].numpy()
         img_valid = (raw != 0).any(0).numpy()
         shown = (set(np.unique(y.numpy())) | set(np.unique(pred[img_valid]))) - {0}

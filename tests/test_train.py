@@ -22,8 +22,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import colormap
 import train
+from checkpoint import read_checkpoint
 from common import InputError, run_main
-from dataset import read_checkpoint
 
 FAST = ["--encoder", "resnet18", "--batch-size", "2", "--workers", "0", "--log-images-every", "0"]
 

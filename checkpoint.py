@@ -1,0 +1,166 @@
+"""Checkpoints: what a trained model is on disk, written atomically and read without running code.
+
+Middle floor: rests on model.py and common.py. A checkpoint holds only tensors and plain Python
+containers, so ``torch.load(weights_only=True)`` reads it and a file holding a pickled object is
+refused without running it. Every checkpoint carries its architecture (``model_config``), its bands
+and their normalisation statistics and the class table, so test_model.py and predict.py need nothing
+else; train.py's ``last.pt`` adds the training state that ``--resume`` continues from exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import signal
+import threading
+import warnings
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from colormap import CLASSES, NUM_CLASSES
+from common import atomic_path, fail, first_line, require_file
+from model import model_from_config
+
+CHECKPOINT_VERSION = 1  # raise it when a checkpoint's meaning changes; newer files are refused
+CHECKPOINT_KEYS = ("model", "model_config", "bands", "stats", "classes")
+TRAINING_KEYS = ("optimizer", "scheduler", "epoch", "options", "rng")  # last.pt's state for --resume
+# options that must not change when a run is resumed (the weights would no longer be the same run's)
+RESUME_KEYS = ("encoder", "loss", "class_weights", "batch_size", "lr", "seed", "max_tiles")
+
+
+def make_checkpoint(net: nn.Module, bands: list[str], stats: dict, **extra) -> dict:
+    """The checkpoint dict every script reads: weights, architecture, bands, statistics, classes.
+
+    ``extra`` adds training state (optimizer, scheduler, epoch, RNG states, options, metrics); all
+    values must be tensors or plain Python containers so that ``weights_only`` loading works.
+    """
+    return {
+        "version": CHECKPOINT_VERSION,
+        "model": net.state_dict(),
+        "model_config": dict(net.config),
+        "bands": list(bands),
+        "stats": {"mean": list(map(float, stats["mean"])), "std": list(map(float, stats["std"]))},
+        "classes": {str(c): n for c, (n, _) in CLASSES.items()},
+        **extra,
+    }
+
+
+def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint safely (weights_only); a broken, unsafe or foreign file is one line."""
+    path = require_file(path, "checkpoint")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols: the error says enough
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e).strip().splitlines()
+        detail = next((m for m in msg if "GLOBAL" in m or "Unsupported" in m), msg[0] if msg else "")
+        if "GLOBAL" not in detail:  # no object to run: garbage, a text file, a foreign pickle
+            fail(f"checkpoint is truncated or not a checkpoint: {path} ({detail.strip()[:160]})")
+        fail(
+            f"checkpoint holds pickled objects and was refused without running them: {path} "
+            f"({detail.strip()[:160]})"
+        )
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError) as e:
+        fail(f"checkpoint is truncated or not a checkpoint: {path} ({first_line(e)})")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        fail(f"not a checkpoint of this project (needs {', '.join(CHECKPOINT_KEYS)}): {path}")
+    if int(ckpt.get("version", 1)) > CHECKPOINT_VERSION:
+        fail(
+            f"checkpoint was written by a newer version of this pipeline (checkpoint version "
+            f"{ckpt['version']}, this one reads up to {CHECKPOINT_VERSION}): {path}"
+        )
+    return ckpt
+
+
+def model_of(ckpt: dict, path: str | Path) -> nn.Module:
+    """The model a checkpoint describes, with its weights; weights that do not fit it are one line."""
+    try:
+        net = model_from_config(ckpt["model_config"])
+        net.load_state_dict(ckpt["model"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        config = ckpt.get("model_config")
+        fail(f"checkpoint weights do not fit its architecture {config}: {path} ({first_line(e)})")
+    return net
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """A checkpoint's model in eval mode on ``device``, and the checkpoint; an inconsistent one fails."""
+    ckpt = read_checkpoint(path)
+    net = model_of(ckpt, path)
+    n = net.config["in_channels"]
+    bands, stats = ckpt["bands"], ckpt["stats"]
+    if not (len(bands) == n == len(stats["mean"]) == len(stats["std"])):
+        fail(
+            f"checkpoint is inconsistent: {len(bands)} band names, {len(stats['mean'])} band statistics, "
+            f"a model for {n} bands: {path}"
+        )
+    if net.config["num_classes"] != NUM_CLASSES:
+        fail(f"checkpoint model has {net.config['num_classes']} outputs, expected {NUM_CLASSES}: {path}")
+    return net.to(device).eval(), ckpt
+
+
+def save_checkpoint(ckpt: dict, path: Path) -> None:
+    """Save atomically; a full disk is the OSError (ENOSPC) run_main reports in one line, and the
+    previous file stays as it was. torch.save(ckpt, path) would raise a RuntimeError of its zip writer
+    ("unexpected pos"); through a Python file the OSError is raised, then hidden by the RuntimeError
+    the writer raises again while closing."""
+    with signals_held(), atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:
+            torch.save(ckpt, f)
+        except RuntimeError as e:
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold Ctrl-C and SIGTERM while a checkpoint is written, then act on them: torch.save turns an
+    interrupt inside its zip writer into a RuntimeError traceback instead of a clean stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {
+        s: signal.signal(s, lambda signum, frame: caught.append(signum))
+        for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def plain_options(options: dict) -> dict:
+    """A script's options as plain values (weights_only loading refuses Paths and tuples of objects)."""
+    return {
+        k: (list(v) if isinstance(v, tuple | list) else str(v) if isinstance(v, Path) else v)
+        for k, v in options.items()
+    }
+
+
+def check_resumable(ckpt: dict, path: Path, options: dict, bands: Sequence[str]) -> None:
+    """Refuse a last.pt that is not a training state or was written with other options or bands."""
+    if any(k not in ckpt for k in TRAINING_KEYS):
+        fail(f"not a training state (no optimizer/scheduler/epoch; best.pt cannot be resumed): {path}")
+    old, new = ckpt["options"], options
+    diff = [
+        f"--{k.replace('_', '-')} {old.get(k)} (now {new[k]})" for k in RESUME_KEYS if old.get(k) != new[k]
+    ]
+    if diff:
+        fail(
+            f"{path} was written with other options: {', '.join(diff)}; use the same options or another --out"
+        )
+    if list(ckpt["bands"]) != list(bands):
+        fail(
+            f"{path} was trained on other bands ({len(ckpt['bands'])}: {', '.join(ckpt['bands'])}) than the "
+            f"tiles have now ({len(bands)}: {', '.join(bands)})"
+        )

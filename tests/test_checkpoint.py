@@ -1,0 +1,49 @@
+"""checkpoint.py: a round trip with weights_only loading, and unsafe or broken files refused in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from checkpoint import load_checkpoint, make_checkpoint, read_checkpoint
+from common import InputError
+from model import build_model
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path):
+    net = build_model("resnet18", 4, 13)
+    stats = {"mean": np.array([1.0, 2, 3, 4]), "std": [1.0, 1, 1, 1]}
+    ckpt = make_checkpoint(net, ["B2", "B3", "B4", "B8"], stats, epoch=3, metrics={"miou": 0.5, "x": None})
+    torch.save(ckpt, tmp_path / "c.pt")
+    loaded, raw = load_checkpoint(tmp_path / "c.pt")
+    assert raw["epoch"] == 3 and raw["bands"] == ["B2", "B3", "B4", "B8"] and raw["stats"]["mean"][3] == 4
+    assert not loaded.training and loaded.config == net.config
+    a, b = loaded.state_dict(), net.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("kind", "needle"),
+    [
+        ("object", "pickled objects"),
+        ("truncated", "truncated or not a checkpoint"),
+        ("text", "truncated or not a checkpoint"),
+        ("foreign", "not a checkpoint of this project"),
+    ],
+)
+def test_unsafe_or_broken_checkpoints_are_refused(tmp_path, kind, needle):
+    path = tmp_path / "c.pt"
+    if kind == "object":
+        torch.save({"model": {}, "model_config": {}, "bands": [], "stats": {}, "classes": Path("/")}, path)
+    elif kind == "truncated":
+        torch.save({"model": {"w": torch.zeros(5000)}}, path)
+        path.write_bytes(path.read_bytes()[:3000])
+    elif kind == "text":
+        path.write_text("not a checkpoint\n")
+    else:
+        torch.save({"state_dict": {"w": torch.zeros(3)}}, path)
+    with pytest.raises(InputError, match=needle):
+        read_checkpoint(path)
