@@ -29,15 +29,16 @@ leftovers of a killed run, keeps the tiles already written, and writes the rest.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import io
+import itertools
 import json
 import os
 import sys
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,14 +53,17 @@ from common import (
     atomic_write_text,
     check_range,
     fail,
+    first_line,
     open_raster,
+    ordered_map,
     progress,
     remove_partials,
     run_main,
     whole_raster,
 )
+from geo import Grid
+from layout import TILES_CSV, tile_folders, tile_name, tile_path
 
-CSV_NAME = "tiles.csv"
 RECORD_NAME = "divide_img.json"
 CSV_COLUMNS = [
     *("name", "scene", "row_off", "col_off", "height", "width", "left", "bottom", "right", "top"),
@@ -67,9 +71,8 @@ CSV_COLUMNS = [
     *(f"n{c}" for c in range(NUM_CLASSES)),  # pixels of each code; n0 = nodata
 ]
 # Tile compression, lossless. The tiles are read thousands of times in training: ZSTD level 1 with the
-# horizontal predictor is as small as DEFLATE (1.26 vs 1.29 MB for a 300 x 300 x 10 tile of the
-# benchmark scene) and decodes twice as fast (3.8 vs 6.8 ms of CPU); "none" decodes in 1.1 ms but
-# is 1.8 MB, 40% more to read from disk.
+# horizontal predictor is as small as DEFLATE and decodes faster (README, Performance); "none" decodes
+# fastest but makes the tiles much larger to read from disk.
 COMPRESSION: dict[str, dict[str, object]] = {
     "zstd": {"compress": "zstd", "zstd_level": 1},
     "deflate": {"compress": "deflate", "zlevel": 6},
@@ -98,29 +101,6 @@ def tile_offsets(length: int, size: int, stride: int, drop_partial: bool = False
 
 # ---------------------------------------------------------------------------------------------
 # Inputs: every check happens before anything is written.
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Where a raster's pixels are: CRS, transform and size."""
-
-    crs: object
-    transform: rasterio.Affine
-    width: int
-    height: int
-
-    def matches(self, other: Grid) -> bool:
-        return (
-            (self.width, self.height) == (other.width, other.height)
-            and self.crs == other.crs
-            and self.transform.almost_equals(other.transform, precision=1e-6 * abs(self.transform.a))
-        )
-
-    def __str__(self) -> str:
-        t = self.transform
-        crs = self.crs.to_string() if self.crs else "no CRS"
-        origin, pixel = f"({t.c:.10g}, {t.f:.10g})", f"{t.a:.10g} x {-t.e:.10g}"
-        return f"{self.width} x {self.height} px, {crs}, origin {origin}, pixel {pixel}"
 
 
 @dataclass
@@ -155,8 +135,7 @@ def read_scene_info(path: Path) -> tuple[Grid, int, str, float | None, list[str 
     with open_raster(path, "scene") as ds:
         if len(set(ds.dtypes)) != 1:
             fail(f"scene has bands of different types {sorted(set(ds.dtypes))}: {path}")
-        grid = Grid(ds.crs, ds.transform, ds.width, ds.height)
-        return grid, ds.count, ds.dtypes[0], ds.nodata, list(ds.descriptions)
+        return Grid.of(ds), ds.count, ds.dtypes[0], ds.nodata, list(ds.descriptions)
 
 
 def make_sources(paths: list[Path], stack: bool) -> list[Source]:
@@ -195,7 +174,7 @@ def check_mask(mask_path: Path, sources: list[Source]) -> tuple[str, float | Non
             fail(f"mask has {m.count} bands, expected 1: {mask_path}")
         if np.dtype(m.dtypes[0]).kind not in "ui":
             fail(f"mask holds {m.dtypes[0]} values, expected integer class codes: {mask_path}")
-        grid = Grid(m.crs, m.transform, m.width, m.height)
+        grid = Grid.of(m)
         dtype, nodata = m.dtypes[0], m.nodata
     for src in sources:
         if not grid.matches(src.grid):
@@ -297,11 +276,11 @@ def write_tif(path: Path, data: np.ndarray, profile: dict, descriptions=None, co
 def process_tile(job: Job, row_off: int, col_off: int, img: np.ndarray, mask: np.ndarray) -> Result:
     """Count, filter and (unless it is already there) write one tile pair; return its csv row."""
     src = job.source
-    name = f"{src.name}_{row_off}_{col_off}"
+    name = tile_name(src.name, row_off, col_off)
     size = mask.shape[0]
     counts, unknown = tile_counts(img, mask, src.nodata)
     reason = drop_reason(counts, job.max_nodata, job.keep_water_only)
-    img_path, mask_path = job.img_dir / f"{name}.tif", job.mask_dir / f"{name}.tif"
+    img_path, mask_path = tile_path(job.img_dir, name), tile_path(job.mask_dir, name)
     existing = img_path.is_file() and mask_path.is_file()
     if reason is not None and not existing:
         return Result(name, None, reason)
@@ -335,20 +314,20 @@ def process_tile(job: Job, row_off: int, col_off: int, img: np.ndarray, mask: np
 # One source: read strip by strip, hand the tiles to the pool.
 
 
-def strip_chunks(
-    rows: list[int], cols: list[int], size: int, max_cols: int
-) -> Iterator[tuple[int, list[int]]]:
-    """(row offset, column offsets) groups: every tile row, cut in runs of at most ``max_cols`` tiles."""
-    for r in rows:
-        for i in range(0, len(cols), max_cols):
-            yield r, cols[i : i + max_cols]
+def strip_chunks(rows: list[int], cols: list[int], max_cols: int) -> list[tuple[int, list[int]]]:
+    """(row offset, column offsets) groups: every tile row, cut in runs of at most ``max_cols`` tiles,
+    as even as can be (so that no run is much shorter than the others)."""
+    n = -(-len(cols) // max_cols)  # runs per row
+    q, extra = divmod(len(cols), max(n, 1))
+    starts = [i * q + min(i, extra) for i in range(n + 1)]
+    return [(r, cols[a:b]) for r in rows for a, b in itertools.pairwise(starts)]
 
 
 class ChunkReader:
     """Reads the image bands (all scenes, in order) and the mask of a window into reused buffers.
 
     Two buffers take turns: one is read while the tiles of the other are written (no fresh memory,
-    and so no page faults, for every chunk).
+    and so no page faults, for every chunk). A read error is one line naming the files.
     """
 
     def __init__(
@@ -357,6 +336,7 @@ class ChunkReader:
         # NUM_THREADS: GDAL decompresses the blocks of one read in parallel
         self.datasets = [rasterio.open(p, NUM_THREADS=str(os.cpu_count() or 1)) for p in paths]
         self.mask_ds = rasterio.open(mask_path)
+        self.names = " or ".join(map(str, [*paths, mask_path]))
         n = max_shape[0] * max_shape[1]
         self.img_bufs = [np.empty(count * n, dtype=dtype) for _ in range(2)]
         self.mask_bufs = [np.empty(n, dtype=self.mask_ds.dtypes[0]) for _ in range(2)]
@@ -368,11 +348,25 @@ class ChunkReader:
         img = self.img_bufs[self.turn][: self.count * h * w].reshape(self.count, h, w)
         mask = self.mask_bufs[self.turn][: h * w].reshape(h, w)
         b = 0
-        for ds in self.datasets:
-            ds.read(window=window, out=img[b : b + ds.count])
-            b += ds.count
-        self.mask_ds.read(1, window=window, out=mask)
+        try:
+            for ds in self.datasets:
+                ds.read(window=window, out=img[b : b + ds.count])
+                b += ds.count
+            self.mask_ds.read(1, window=window, out=mask)
+        except rasterio.errors.RasterioIOError as e:
+            fail(f"cannot read {self.names} at {window}: {first_line(e, limit=None)}")
         return img, mask
+
+    def tiles(
+        self, chunks: list[tuple[int, list[int]]], size: int
+    ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+        """(row, col, image, mask) of every tile of the chunks, in order: each chunk is read once, when
+        its first tile is asked for, and its tiles are views of it (valid until the chunk after next)."""
+        for r, chunk in chunks:
+            c0 = chunk[0]
+            img, mask = self.read(Window(c0, r, chunk[-1] + size - c0, size))
+            for c in chunk:
+                yield r, c, img[:, :, c - c0 : c - c0 + size], mask[:, c - c0 : c - c0 + size]
 
     def close(self) -> None:
         for ds in [*self.datasets, self.mask_ds]:
@@ -389,6 +383,15 @@ class Summary:
     kept_despite_filter: int = 0
     skipped: bool = False
 
+    def add(self, res: Result) -> None:
+        """Count one tile's outcome."""
+        if res.row is None:
+            self.dropped[res.status] += 1
+            return
+        setattr(self, res.status, getattr(self, res.status) + 1)
+        self.unknown += res.unknown
+        self.kept_despite_filter += res.kept_despite_filter
+
     def as_dict(self) -> dict:
         return dict(
             places=self.places, tiles=self.written + self.existing, dropped=dict(sorted(self.dropped.items()))
@@ -396,59 +399,31 @@ class Summary:
 
 
 def tile_source(
-    job: Job,
-    mask_path: Path,
-    size: int,
-    stride: int,
-    drop_partial: bool,
-    pool: ThreadPoolExecutor,
-    rows_out: dict,
+    job: Job, mask_path: Path, size: int, stride: int, drop_partial: bool, workers: int, rows_out: dict
 ) -> Summary:
-    """Tile one source into ``job.img_dir``/``job.mask_dir``; add its csv rows to ``rows_out``."""
+    """Tile one source into ``job.img_dir``/``job.mask_dir``; add its csv rows to ``rows_out``.
+
+    The main thread reads chunk after chunk while ``workers`` threads check and write the tiles of
+    the chunk before: at most a chunk's worth of tiles in flight, so that reading a chunk into the
+    buffer of the chunk before last never overwrites a tile still being written.
+    """
     src = job.source
     rows = tile_offsets(src.grid.height, size, stride, drop_partial)
     cols = tile_offsets(src.grid.width, size, stride, drop_partial)
     tile_bytes = src.count * size * size * np.dtype(src.dtype).itemsize
     max_cols = max(1, CHUNK_BYTES // tile_bytes)
+    chunks = strip_chunks(rows, cols, max_cols)
+    ahead = min((len(c) for _, c in chunks), default=0) + 1
     summary = Summary(places=len(rows) * len(cols))
-    pending: deque[list[Future]] = deque()
-
-    def collect(futures: list[Future]) -> None:
-        for f in futures:
-            res: Result = f.result()
-            if res.row is None:
-                summary.dropped[res.status] += 1
-            else:
-                rows_out[(res.name, str(size))] = res.row
-                setattr(summary, res.status, getattr(summary, res.status) + 1)
-                summary.unknown += res.unknown
-                summary.kept_despite_filter += res.kept_despite_filter
-            bar.update()
-
     reader = ChunkReader(src.paths, mask_path, src.count, src.dtype, (size, max_cols * size))
+    results = ordered_map(lambda t: process_tile(job, *t), reader.tiles(chunks, size), workers, ahead)
     try:
-        with progress(total=summary.places, desc=src.name, unit="tile") as bar:
-            for r, chunk in strip_chunks(rows, cols, size, max_cols):
-                c0 = chunk[0]
-                window = Window(c0, r, chunk[-1] + size - c0, size)
-                try:
-                    img, mask = reader.read(window)
-                except rasterio.errors.RasterioIOError as e:
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    fail(f"cannot read {' or '.join(map(str, [*src.paths, mask_path]))} at {window}: {first}")
-                views = [
-                    (c, img[:, :, c - c0 : c - c0 + size], mask[:, c - c0 : c - c0 + size]) for c in chunk
-                ]
-                pending.append([pool.submit(process_tile, job, r, c, im, ma) for c, im, ma in views])
-                while len(pending) > 1:  # the next chunk is read while this one is written, no further
-                    collect(pending.popleft())
-            while pending:
-                collect(pending.popleft())
-    except BaseException:  # interrupted or failed: tiles not started yet are not started
-        for futures in pending:
-            for f in futures:
-                f.cancel()
-        raise
+        with progress(total=summary.places, desc=src.name, unit="tile") as bar, contextlib.closing(results):
+            for res in results:  # interrupted or failed: tiles not started yet are not started
+                summary.add(res)
+                if res.row is not None:
+                    rows_out[(res.name, str(size))] = res.row
+                bar.update()
     finally:
         reader.close()
     return summary
@@ -610,8 +585,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             g = src.grid
             fail(f"scene {src.paths[0]} ({g.width} x {g.height} px) is smaller than one {size} px tile")
     out = Path(args.out)
-    img_dir, mask_dir = out / f"img{size}", out / f"mask{size}"
-    csv_path, record_path = out / CSV_NAME, out / RECORD_NAME
+    img_dir, mask_dir = tile_folders(out, size)
+    csv_path, record_path = out / TILES_CSV, out / RECORD_NAME
     rows = read_csv_rows(csv_path)
     record = load_record(record_path)
     options = {
@@ -636,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # EMPTY_DIR: GDAL would list the tile folder (thousands of files) for side-car files at every
     # tile it creates; the scenes' nodata and descriptions were read above, outside this setting.
     env = rasterio.Env(GDAL_CACHEMAX=cache_bytes(sources, size), GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
-    with ThreadPoolExecutor(args.workers) as pool, env:
+    with env:
         for src in sources:
             key, inputs = f"{img_dir.name}/{src.name}", identity([*src.paths, mask_path])
             if already_done(record.get(key, {}), options, inputs, rows, src, size):
@@ -654,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             job.max_nodata, job.keep_water_only = args.max_nodata, args.keep_water_only
             summaries[src.name] = tile_source(
-                job, mask_path, size, args.stride, args.drop_partial, pool, rows
+                job, mask_path, size, args.stride, args.drop_partial, args.workers, rows
             )
             write_csv_rows(csv_path, rows)
             record[key].update(finished=True, summary=summaries[src.name].as_dict())

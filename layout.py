@@ -4,10 +4,12 @@ Bottom floor (rests on common.py's one-line failures only). divide_img.py writes
 ``img<SIZE>/`` and ``mask<SIZE>/`` with one GeoTIFF per tile and ``tiles.csv``; move_images.py moves
 the pairs into split folders ``train/``, ``val/``, ``test/``, each holding ``img/`` and ``mask/``.
 An image and its mask always have the same file name: they are paired by name, never by sort order.
+A tile's name says where it was cut: ``<scene stem or "stack">_<row offset>_<col offset>``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from common import fail, require_dir
@@ -24,9 +26,32 @@ def tile_folders(tiles: str | Path, size: int) -> tuple[Path, Path]:
     return Path(tiles) / f"{IMG}{size}", Path(tiles) / f"{MASK}{size}"
 
 
+def tile_sizes(tiles: str | Path) -> list[int]:
+    """The tile sizes in a tile folder (every SIZE of an ``img<SIZE>`` or ``mask<SIZE>`` in it), sorted."""
+    pattern = re.compile(rf"(?:{IMG}|{MASK})(\d+)")
+    found = (pattern.fullmatch(p.name) for p in Path(tiles).iterdir() if p.is_dir())
+    return sorted({int(m.group(1)) for m in found if m})
+
+
 def split_folders(split: str | Path) -> tuple[Path, Path]:
     """The image and mask folders of a split folder: ``<split>/img``, ``<split>/mask``."""
     return Path(split) / IMG, Path(split) / MASK
+
+
+def tile_name(prefix: str, row_off: int, col_off: int) -> str:
+    """The name of a tile cut at a place of a scene (``prefix``: its stem, or "stack")."""
+    return f"{prefix}_{row_off}_{col_off}"
+
+
+def parse_place(name: str) -> tuple[int, int]:
+    """(row offset, col offset) of a tile name (``<prefix>_<row>_<col>``; a prefix may hold ``_``).
+
+    Raises ValueError for a name that does not end with two offsets.
+    """
+    parts = name.rsplit("_", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
+        raise ValueError(name)
+    return int(parts[1]), int(parts[2])
 
 
 def tile_path(folder: str | Path, name: str) -> Path:

@@ -45,20 +45,19 @@ extra read pass over the mask first (the read is the cheap part of the work).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.warp import Resampling, reproject, transform, transform_bounds
 from rasterio.windows import Window
@@ -69,33 +68,21 @@ from common import (
     atomic_path,
     check_range,
     fail,
+    first_line,
     open_raster,
+    ordered_map,
     progress,
     run_main,
     whole_raster,
 )
+from geo import MAP_BLOCK, Grid, map_profile
 
 METHODS = ("near", "mode", "weighted")
-TILE = 512  # output tile size; blocks are made of whole tiles
 BLOCK_SOURCE_PIXELS = 64_000_000  # mask pixels read per block (uint8: 64 MB)
 MARGIN = 3  # extra mask pixels read around each block, so GDAL's kernels see all they need
 GDAL_CACHE_MB = 128  # GDAL's block cache: a fixed amount, whatever the mask size
 WARP_MEM_MB = 16  # GDAL's warp chunks: small enough to be recycled by malloc (no fresh pages per block)
 LATTICE = 64  # step (mask pixels) of the coordinate lattice used when the grids are not simple
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A raster grid: CRS, affine transform and size."""
-
-    crs: CRS
-    transform: Affine
-    width: int
-    height: int
-
-    @classmethod
-    def of(cls, ds) -> Grid:
-        return cls(ds.crs, ds.transform, ds.width, ds.height)
 
 
 @dataclass(frozen=True)
@@ -147,12 +134,12 @@ def vote_by_centres(mask: Grid, grid: Grid) -> bool:
 
 def block_shape(pixel_ratio: float, grid: Grid, budget: int) -> tuple[int, int]:
     """Output block (rows, cols): whole tiles where possible, about ``budget`` mask pixels each."""
-    rows, cols = TILE, TILE
+    rows, cols = MAP_BLOCK, MAP_BLOCK
     while rows > 16 and rows * cols * pixel_ratio > budget:
         rows //= 2
         cols //= 2
-    if rows == TILE:
-        cols = max(TILE, int(budget / (TILE * pixel_ratio)) // TILE * TILE)
+    if rows == MAP_BLOCK:
+        cols = max(MAP_BLOCK, int(budget / (MAP_BLOCK * pixel_ratio)) // MAP_BLOCK * MAP_BLOCK)
     return min(rows, grid.height), min(cols, grid.width)
 
 
@@ -482,7 +469,7 @@ class Worker:
         try:
             return ds.read(1, window=block.src, out=out)
         except rasterio.errors.RasterioError as e:
-            fail(f"mask is not readable at {block.src}: {self.path} ({str(e).strip().splitlines()[0]})")
+            fail(f"mask is not readable at {block.src}: {self.path} ({first_line(e, limit=None)})")
 
     def buffer(self, name: str, shape: tuple[int, int], dtype) -> np.ndarray:
         """A per-thread array reused from block to block (contents undefined)."""
@@ -547,21 +534,6 @@ class Worker:
         return count_block(self.read_raw(block), block, self.mask, self.grid)
 
 
-def in_order(pool: ThreadPoolExecutor, fn, items: Sequence, ahead: int) -> Iterator:
-    """``map`` over a thread pool, results in order, at most ``ahead`` items in flight (bounded memory)."""
-    pending: list[Future] = []
-    items = iter(items)
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= ahead:
-            break
-    while pending:
-        yield pending.pop(0).result()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            break
-
-
 # ---------------------------------------------------------------------------------------------------
 # The whole job
 
@@ -599,33 +571,34 @@ def rescale(
     counts = Counts()
     worker = Worker(mask_path, mask, grid, method, lut, weights)
     try:
-        with ThreadPoolExecutor(threads) as pool:
-            if prepass:
-                bar = progress(total=len(blocks), desc="counting classes", unit="block")
-                for c in in_order(pool, worker.count_only, blocks, 2 * threads):
+        if prepass:
+            bar = progress(total=len(blocks), desc="counting classes", unit="block")
+            with contextlib.closing(ordered_map(worker.count_only, blocks, threads, 2 * threads)) as results:
+                for c in results:
                     counts.source.update(c)
                     bar.update()
-                bar.close()
-                weights = worker.weights = default_weights(counts.source, lut, weight_power)
-                print_weights(weights, weight_power)
-            with (
-                atomic_path(out_path) as tmp,
-                whole_raster(tmp),
-                rasterio.open(tmp, "w", **output_profile(grid)) as dst,
-            ):
-                dst.write_colormap(1, gdal_colour_table())
-                dst.update_tags(1, method=method, source=Path(mask_path).name)
-                if weights is not None:
-                    dst.update_tags(1, weights=" ".join(f"{c}={weights[c]:.4g}" for c in CODES))
-                bar = progress(total=len(blocks), desc=f"rescaling ({method})", unit="block")
-                run = functools.partial(worker.run, count=not prepass)
-                rows = TileRows(dst, grid)
-                for block, (data, c) in zip(blocks, in_order(pool, run, blocks, threads + 1), strict=True):
+            bar.close()
+            weights = worker.weights = default_weights(counts.source, lut, weight_power)
+            print_weights(weights, weight_power)
+        with (
+            atomic_path(out_path) as tmp,
+            whole_raster(tmp),
+            rasterio.open(tmp, "w", **map_profile(grid, NODATA)) as dst,
+        ):
+            dst.write_colormap(1, gdal_colour_table())
+            dst.update_tags(1, method=method, source=Path(mask_path).name)
+            if weights is not None:
+                dst.update_tags(1, weights=" ".join(f"{c}={weights[c]:.4g}" for c in CODES))
+            bar = progress(total=len(blocks), desc=f"rescaling ({method})", unit="block")
+            run = functools.partial(worker.run, count=not prepass)
+            rows = TileRows(dst, grid)
+            with contextlib.closing(ordered_map(run, blocks, threads, threads + 1)) as results:
+                for block, (data, c) in zip(blocks, results, strict=True):
                     rows.add(block.dst, data)
                     counts.source.update(c)
                     counts.output += np.bincount(data.ravel(), minlength=256)
                     bar.update()
-                bar.close()
+            bar.close()
     finally:
         worker.close()
     return counts, weights
@@ -637,27 +610,18 @@ class TileRows:
 
     def __init__(self, dst, grid: Grid):
         self.dst, self.grid = dst, grid
-        self.strip = np.zeros((min(TILE, grid.height), grid.width), np.uint8)
+        self.strip = np.zeros((min(MAP_BLOCK, grid.height), grid.width), np.uint8)
 
     def add(self, win: Window, data: np.ndarray) -> None:
-        top = win.row_off // TILE * TILE
+        top = win.row_off // MAP_BLOCK * MAP_BLOCK
         bottom = win.row_off + win.height
         self.strip[win.row_off - top : bottom - top, win.col_off : win.col_off + win.width] = data
         if win.col_off + win.width == self.grid.width and (
-            bottom - top == TILE or bottom == self.grid.height
+            bottom - top == MAP_BLOCK or bottom == self.grid.height
         ):
             self.dst.write(
                 self.strip[: bottom - top], 1, window=Window(0, top, self.grid.width, bottom - top)
             )
-
-
-def output_profile(grid: Grid) -> dict:
-    """The output GeoTIFF: uint8 on the scene's grid, nodata 0, tiled 512, DEFLATE."""
-    return dict(
-        driver="GTiff", width=grid.width, height=grid.height, count=1, dtype="uint8", crs=grid.crs,
-        transform=grid.transform, nodata=NODATA, tiled=True, blockxsize=TILE, blockysize=TILE,
-        compress="DEFLATE", bigtiff="IF_SAFER",
-    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------

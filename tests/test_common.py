@@ -90,3 +90,80 @@ def test_open_raster_without_sidecars_ignores_the_folder(tmp_path):
         assert ds.descriptions == ("from the sidecar",)
     with common.open_raster(path, sidecars=False) as ds:
         assert ds.descriptions == (None,)
+
+
+def test_first_line():
+    assert common.first_line(ValueError("  one\ntwo\n")) == "one"
+    assert common.first_line(ValueError("x" * 300), 10) == "x" * 10
+    assert common.first_line(ValueError("x" * 300), None) == "x" * 300
+    assert common.first_line(KeyError()) == "KeyError"
+
+
+def test_ordered_map_keeps_the_order():
+    import random
+    import time
+
+    def slow(i):
+        time.sleep(random.random() / 200)
+        return i * i
+
+    assert list(common.ordered_map(slow, range(40), threads=4, ahead=6)) == [i * i for i in range(40)]
+    assert list(common.ordered_map(slow, iter(range(5)), threads=0, ahead=1)) == [0, 1, 4, 9, 16]
+    assert list(common.ordered_map(slow, [], threads=2, ahead=3)) == []
+
+
+def test_ordered_map_has_at_most_ahead_items_in_flight():
+    """Item n + ahead is pulled only after item n was yielded: a producer may reuse older buffers."""
+    import threading
+
+    pulled, yielded, lock = [], [], threading.Lock()
+    running, most = [0], [0]
+
+    def items():
+        for i in range(30):
+            assert i - len(yielded) <= 2  # item i pulled only once item i - ahead was yielded
+            pulled.append(i)
+            yield i
+
+    def fn(i):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        threading.Event().wait(0.002)
+        with lock:
+            running[0] -= 1
+        return i
+
+    for r in common.ordered_map(fn, items(), threads=8, ahead=3):
+        yielded.append(r)
+        assert len(pulled) - len(yielded) <= 2  # in flight, once this one is handed over
+    assert yielded == list(range(30)) and most[0] <= 3
+
+
+def test_ordered_map_raises_the_first_error_and_starts_nothing_after_it():
+    import time
+
+    started = []
+
+    def fn(i):
+        started.append(i)
+        if i == 3:
+            time.sleep(0.05)  # fails after item 4 has failed: the error of the earlier item counts
+            raise ValueError("item 3")
+        if i == 4:
+            raise RuntimeError("item 4")
+        return i
+
+    got = []
+    with pytest.raises(ValueError, match="item 3"):
+        for r in common.ordered_map(fn, range(100), threads=2, ahead=4):
+            got.append(r)
+    assert got == [0, 1, 2]  # the results before the error, in order
+    assert max(started) < 3 + 4  # nothing pulled past the window, and the rest never started
+
+    def items():
+        yield 1
+        raise common.InputError("cannot read chunk 2")
+
+    with pytest.raises(common.InputError, match="chunk 2"):
+        list(common.ordered_map(lambda i: i, items(), threads=2, ahead=2))
