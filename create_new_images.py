@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +36,14 @@ from common import (
     check_range,
     fail,
     open_raster,
+    ordered_map,
     progress,
     read_pixels,
     remove_partials,
     run_main,
     whole_raster,
 )
+from layout import KINDS, split_folders, tile_names, tile_path, unpaired
 
 # The dihedral transforms, on arrays whose last two axes are (rows, cols), e.g. (C, H, W) or (H, W).
 # rot90 turns counter-clockwise (as np.rot90 and torch.rot90); flip_h mirrors left-right, flip_v
@@ -71,17 +72,14 @@ def scan_train(train: Path) -> tuple[list[str], list[str], list[str]]:
     An original without its partner is an error naming it; so is a half-written copy whose source
     pair is gone (it cannot be completed), and a split without tiles.
     """
-    img_dir, mask_dir = train / "img", train / "mask"
-    imgs = {p.stem for p in img_dir.glob("*.tif")}
-    masks = {p.stem for p in mask_dir.glob("*.tif")}
+    img_dir, mask_dir = split_folders(train)
+    imgs, masks = tile_names(img_dir), tile_names(mask_dir)
     pairs = imgs & masks
     half = []
     for n in sorted(imgs ^ masks):
         src = augmented_from(n)
         if src is None or src not in pairs:
-            have, lack = (img_dir, mask_dir) if n in imgs else (mask_dir, img_dir)
-            kind = "image" if n in imgs else "mask"
-            fail(f"{kind} tile without its partner: {have / (n + '.tif')} (expected {lack / (n + '.tif')})")
+            fail(unpaired(n, img_dir, mask_dir, n in imgs, partner="its partner"))
         half.append(n)
     if not pairs:
         fail(f"no tiles in {train} (expected GeoTIFF pairs in {img_dir} and {mask_dir})")
@@ -103,11 +101,8 @@ def mask_info(path: Path) -> tuple[np.ndarray, bool]:
 def check_pair(train: Path, name: str) -> None:
     """Fail unless a pair's image reads whole (not cut short, no damaged block) and has its mask's size:
     checked for every pair to augment before the first copy is written (the masks are read already)."""
-    mask_path = train / "mask" / f"{name}.tif"
-    with (
-        open_raster(train / "img" / f"{name}.tif", "image tile") as img,
-        open_raster(mask_path, "mask tile") as m,
-    ):
+    img_path, mask_path = (tile_path(d, name) for d in split_folders(train))
+    with open_raster(img_path, "image tile") as img, open_raster(mask_path, "mask tile") as m:
         if (img.height, img.width) != (m.height, m.width):
             fail(
                 f"mask tile does not fit its image ({m.height} x {m.width}, image {img.height} x "
@@ -163,7 +158,7 @@ def read_raster(path: Path) -> Raster:
 def write_copy(r: Raster, op: str) -> Path:
     """Write ``<stem>_<op>.tif`` beside the source, atomically: the pixels transformed, the rest kept."""
     out = np.ascontiguousarray(AUGMENTATIONS[op](r.data))
-    final = r.path.with_name(f"{r.path.stem}_{op}.tif")
+    final = tile_path(r.path.parent, f"{r.path.stem}_{op}")
     profile = {**r.profile, "height": out.shape[1], "width": out.shape[2]}
     with atomic_path(final) as tmp, whole_raster(tmp), rasterio.open(tmp, "w", **profile) as dst:
         dst.write(out)
@@ -182,8 +177,7 @@ def write_copy(r: Raster, op: str) -> Path:
 
 def augment_pair(train: Path, name: str, ops: Sequence[str]) -> None:
     """The copies ``ops`` of one pair: for each, the image, then the mask."""
-    img = read_raster(train / "img" / f"{name}.tif")
-    mask = read_raster(train / "mask" / f"{name}.tif")
+    img, mask = (read_raster(tile_path(d, name)) for d in split_folders(train))
     for op in ops:
         write_copy(img, op)
         write_copy(mask, op)
@@ -200,8 +194,8 @@ def counts_table(before: np.ndarray, after: np.ndarray, pairs: tuple[int, int]) 
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: Sequence[str] | None):
+    p = ArgumentParser.for_script(__doc__)
     p.add_argument(
         "--train", default="data/train", help="the train split (img/ and mask/), augmented in place"
     )
@@ -222,64 +216,89 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--workers", type=int, default=min(4, os.cpu_count() or 1), help="threads writing the copies"
     )
     args = p.parse_args(argv)
-
     if not 0 <= args.threshold < 1:
         fail(f"--threshold must be in [0, 1), got {args.threshold}")
     for c in args.classes:
         if c not in CODES:
             fail(f"--classes: unknown class code {c} (codes are 1..12, see colormap.py)")
     check_range("--workers", args.workers, 1)
-    train = Path(args.train)
+    return args
+
+
+def check_train(train: Path) -> None:
+    """Fail unless ``train`` is a train split: a folder holding img/ and mask/, not a val or test split."""
     if not train.is_dir():
         fail(f"train split not found (no such folder): {train}")
     if train.resolve().name in ("val", "test"):
         fail(f"refusing to augment {train}: augmentation belongs in the train split only")
-    for sub in ("img", "mask"):
-        if not (train / sub).is_dir():
-            fail(f"not a train split (no {sub}/ folder): {train}")
-    originals, copies, half = scan_train(train)
+    for kind, folder in zip(KINDS, split_folders(train), strict=True):
+        if not folder.is_dir():
+            fail(f"not a train split (no {kind}/ folder): {train}")
 
-    remove_partials(train / "img")
-    remove_partials(train / "mask")
-    done = set(copies)
+
+@dataclass
+class Plan:
+    """The copies to write, and the class pixel counts of the split before and of what they add."""
+
+    todo: dict[str, list[str]]  # source name -> ops to write
+    sources: int  # pairs with a rare class over the threshold
+    before: np.ndarray
+    added: np.ndarray
+
+
+def plan_copies(train: Path, names: list[str], done: set[str], half: list[str], args) -> Plan:
+    """Read every mask of the split (``names``) for its class counts; the copies of the rare pairs that
+    are not there yet (``done``), and the half-written copies (``half``), are to be written."""
     before = np.zeros(NUM_CLASSES, dtype=np.int64)
     tile_counts: dict[str, np.ndarray] = {}
-    todo: dict[str, list[str]] = {}  # source name -> ops to write
+    todo: dict[str, list[str]] = {}
     sources = 0
-    with ThreadPoolExecutor(args.workers) as pool:
-        names = originals + copies
-        infos = pool.map(lambda n: mask_info(train / "mask" / f"{n}.tif"), names)
-        for n, (counts, tagged) in zip(
-            names, progress(infos, total=len(names), desc="class counts", unit="tile"), strict=True
-        ):
-            before += counts
-            tile_counts[n] = counts
-            if n in done or tagged or not is_rare(counts, args.classes, args.threshold):
-                continue
-            sources += 1
-            ops = [op for op in AUGMENTATIONS if f"{n}_{op}" not in done]
-            if ops:
-                todo[n] = ops
-        for n in half:  # a copy cut short by a kill: completed whatever the options are now
-            src = augmented_from(n)
-            todo.setdefault(src, [])
-            op = n[len(src) + 1 :]
-            if op not in todo[src]:
-                todo[src].append(op)
-        list(pool.map(lambda n: check_pair(train, n), todo))
-        jobs = [pool.submit(augment_pair, train, n, ops) for n, ops in todo.items()]
-        for job in progress(jobs, desc="augmenting", unit="source"):
-            job.result()
+    _, mask_dir = split_folders(train)
+    infos = ordered_map(lambda n: mask_info(tile_path(mask_dir, n)), names, args.workers, 4 * args.workers)
+    for n, (counts, tagged) in zip(
+        names, progress(infos, total=len(names), desc="class counts", unit="tile"), strict=True
+    ):
+        before += counts
+        tile_counts[n] = counts
+        if n in done or tagged or not is_rare(counts, args.classes, args.threshold):
+            continue
+        sources += 1
+        ops = [op for op in AUGMENTATIONS if f"{n}_{op}" not in done]
+        if ops:
+            todo[n] = ops
+    for n in half:  # a copy cut short by a kill: completed whatever the options are now
+        src = augmented_from(n)
+        todo.setdefault(src, [])
+        op = n[len(src) + 1 :]
+        if op not in todo[src]:
+            todo[src].append(op)
     # a dihedral transform moves pixels, it does not change how many of each class there are
     added = sum((tile_counts[n] * len(ops) for n, ops in todo.items()), np.zeros(NUM_CLASSES, np.int64))
-    written = sum(len(ops) for ops in todo.values())
+    return Plan(todo, sources, before, added)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    train = Path(args.train)
+    check_train(train)
+    originals, copies, half = scan_train(train)
+    for folder in split_folders(train):
+        remove_partials(folder)
+    plan = plan_copies(train, originals + copies, set(copies), half, args)
+    ahead = 2 * args.workers
+    for _ in ordered_map(lambda n: check_pair(train, n), plan.todo, args.workers, ahead):
+        pass  # every pair to augment checked before the first copy is written
+    jobs = ordered_map(lambda job: augment_pair(train, *job), plan.todo.items(), args.workers, ahead)
+    for _ in progress(jobs, total=len(plan.todo), desc="augmenting", unit="source"):
+        pass
+    written = sum(len(ops) for ops in plan.todo.values())
     print(
-        f"{sources} of {len(originals)} pairs have more than {args.threshold:g} of their valid pixels in "
-        f"class(es) {', '.join(map(str, args.classes))}; wrote {written} new pairs "
-        f"({len(done)} augmented pairs were there already)"
+        f"{plan.sources} of {len(originals)} pairs have more than {args.threshold:g} of their valid pixels "
+        f"in class(es) {', '.join(map(str, args.classes))}; wrote {written} new pairs "
+        f"({len(copies)} augmented pairs were there already)"
     )
     n_pairs = len(originals) + len(copies)
-    print(counts_table(before, before + added, (n_pairs, n_pairs + written)))
+    print(counts_table(plan.before, plan.before + plan.added, (n_pairs, n_pairs + written)))
 
 
 if __name__ == "__main__":

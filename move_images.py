@@ -33,7 +33,6 @@ import errno
 import filecmp
 import io
 import os
-import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -56,8 +55,20 @@ from common import (
     remove_partials,
     run_main,
 )
+from layout import (
+    IMG,
+    KINDS,
+    SPLITS,
+    TILES_CSV,
+    pair_names,
+    parse_place,
+    split_folders,
+    tile_folders,
+    tile_names,
+    tile_path,
+    tile_sizes,
+)
 
-SPLITS = ("train", "val", "test")
 PLAN_FILE = "split.csv"
 PLAN_COLUMNS = ("name", "place", "block", "split", *(f"n{c}" for c in CODES))
 DEFAULT_BLOCK = 10
@@ -90,46 +101,23 @@ def find_size(tiles: Path, size: int | None) -> int | None:
     Several sizes without ``--size`` is an error naming them.
     """
     if size is not None:
-        return size if (tiles / f"img{size}").is_dir() or (tiles / f"mask{size}").is_dir() else None
-    sizes = sorted(
-        {
-            int(m.group(1))
-            for p in tiles.iterdir()
-            if p.is_dir() and (m := re.fullmatch(r"(?:img|mask)(\d+)", p.name))
-        }
-    )
+        return size if any(d.is_dir() for d in tile_folders(tiles, size)) else None
+    sizes = tile_sizes(tiles)
     if len(sizes) > 1:
-        found = ", ".join(f"img{s}" for s in sizes)
+        found = ", ".join(tile_folders(tiles, s)[0].name for s in sizes)
         fail(f"several tile sizes in {tiles} ({found}): choose one with --size")
     return sizes[0] if sizes else None
 
 
-def parse_place(name: str) -> tuple[int, int]:
-    """(row offset, col offset) from a tile name ``<scene stem>_<row>_<col>`` (stems may hold ``_``)."""
-    parts = name.rsplit("_", 2)
-    if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
-        raise ValueError(name)
-    return int(parts[1]), int(parts[2])
-
-
-def tile_names(folder: Path | None) -> set[str]:
-    """Names (without .tif) of the GeoTIFFs in a folder; empty when there is no such folder."""
-    return {p.stem for p in folder.glob("*.tif")} if folder is not None and folder.is_dir() else set()
-
-
 def list_pairs(img_dir: Path, mask_dir: Path) -> list[str]:
     """Names (without .tif) of the tile pairs, sorted; an unpaired or misnamed tile is an error."""
-    imgs, masks = tile_names(img_dir), tile_names(mask_dir)
-    for n in sorted(imgs - masks):
-        fail(f"image tile without its mask: {img_dir / (n + '.tif')} (expected {mask_dir / (n + '.tif')})")
-    for n in sorted(masks - imgs):
-        fail(f"mask tile without its image: {mask_dir / (n + '.tif')} (expected {img_dir / (n + '.tif')})")
-    for n in sorted(imgs):
+    names = pair_names(img_dir, mask_dir)
+    for n in names:
         try:
             parse_place(n)
         except ValueError:
-            fail(f"tile name does not end with _<row offset>_<col offset>: {img_dir / (n + '.tif')}")
-    return sorted(imgs)
+            fail(f"tile name does not end with _<row offset>_<col offset>: {tile_path(img_dir, n)}")
+    return names
 
 
 def counts_from_csv(csv_path: Path, size: int) -> dict[str, np.ndarray]:
@@ -167,14 +155,14 @@ def mask_counts(mask_path: Path) -> np.ndarray:
 
 def tile_counts(names: list[str], tiles: Path, size: int) -> np.ndarray:
     """(tiles, 12) class pixel counts: from ``tiles.csv`` where it has the tile, else from the mask."""
-    known = counts_from_csv(tiles / "tiles.csv", size)
-    mask_dir = tiles / f"mask{size}"
+    known = counts_from_csv(tiles / TILES_CSV, size)
+    _, mask_dir = tile_folders(tiles, size)
     missing = [n for n in names if n not in known]
     if missing:
         why = "not in tiles.csv" if known else "no tiles.csv with class counts"
         print(f"reading {len(missing)} mask tiles for their class counts ({why})")
         for n in progress(missing, desc="class counts", unit="tile"):
-            known[n] = mask_counts(mask_dir / f"{n}.tif")
+            known[n] = mask_counts(tile_path(mask_dir, n))
     return np.stack([known[n] for n in names]) if names else np.zeros((0, len(CODES)), np.int64)
 
 
@@ -410,6 +398,11 @@ class Step:
     action: str  # "move" or "drop-source"
 
 
+def split_dirs(out: Path) -> dict[tuple[str, str], Path]:
+    """The folder of every (split, kind of tile) under ``out``: ``<out>/train/img`` ..."""
+    return {(s, k): d for s in SPLITS for k, d in zip(KINDS, split_folders(out / s), strict=True)}
+
+
 def plan_steps(plan: list[PlanRow], src_dirs: dict[str, Path | None], out: Path) -> list[list[Step]]:
     """The steps left per pair (image then mask), after checking where every file is.
 
@@ -417,23 +410,22 @@ def plan_steps(plan: list[PlanRow], src_dirs: dict[str, Path | None], out: Path)
     and in its split with different content is an error naming it (nothing is moved). Each folder is
     listed once, so this stays fast for tens of thousands of tiles.
     """
-    kinds = ("img", "mask")
-    at_src = {k: tile_names(src_dirs[k]) for k in kinds}
-    at_out = {(s, k): tile_names(out / s / k) for s in SPLITS for k in kinds}
+    dst_dirs = split_dirs(out)
+    at_src = {k: tile_names(src_dirs[k]) for k in KINDS}
+    at_out = {key: tile_names(d) for key, d in dst_dirs.items()}
     todo = []
     for r in plan:
         steps = []
-        for kind in kinds:
-            file = f"{r.name}.tif"
+        for kind in KINDS:
             for s in SPLITS:
                 if s != r.split and r.name in at_out[s, kind]:
                     fail(
                         f"tile is in the {s} split but the plan {out / PLAN_FILE} puts it in {r.split}: "
-                        f"{out / s / kind / file}"
+                        f"{tile_path(dst_dirs[s, kind], r.name)}"
                     )
-            dst = out / r.split / kind / file
+            dst = tile_path(dst_dirs[r.split, kind], r.name)
             if r.name in at_src[kind]:
-                src = src_dirs[kind] / file
+                src = tile_path(src_dirs[kind], r.name)
                 if r.name not in at_out[r.split, kind]:
                     steps.append(Step(src, dst, "move"))
                 elif filecmp.cmp(src, dst, shallow=False):
@@ -442,7 +434,7 @@ def plan_steps(plan: list[PlanRow], src_dirs: dict[str, Path | None], out: Path)
                     fail(f"tile is both in the tiles folder and in its split, with different content: {src}")
             elif r.name not in at_out[r.split, kind]:
                 where = f"{src_dirs[kind]} nor {dst.parent}" if src_dirs[kind] else str(dst.parent)
-                fail(f"tile {file} of the plan {out / PLAN_FILE} is missing: not in {where}")
+                fail(f"tile {dst.name} of the plan {out / PLAN_FILE} is missing: not in {where}")
         if steps:
             todo.append(steps)
     return todo
@@ -515,8 +507,8 @@ def missing_classes(plan: list[PlanRow]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: Sequence[str] | None):
+    p = ArgumentParser.for_script(__doc__)
     p.add_argument(
         "--tiles",
         default="data/tiles",
@@ -547,7 +539,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="tile size to split (img<SIZE>/) (default: the only one in --tiles)%(default).0s",
     )
     args = p.parse_args(argv)
-
     check_range("--val", args.val, 0)
     check_range("--test", args.test, 0)
     if args.val + args.test >= 1:
@@ -556,60 +547,74 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_range("--block", args.block, 1)
     if args.size is not None:
         check_range("--size", args.size, 1)
+    return args
 
+
+def earlier_plan(plan_path: Path, tiles: Path, src_dirs: dict[str, Path | None]) -> list[PlanRow]:
+    """The plan of an earlier run, to finish; a tile it does not name is an error.
+
+    An interrupted run may have left half-moved pairs: no pairing check here.
+    """
+    plan = read_plan(plan_path)
+    print(
+        f"found the plan {plan_path} of an earlier run: finishing it (--val, --test, --block and "
+        "--seed apply only to a new split)"
+    )
+    planned = {r.name for r in plan}
+    extra = sorted(set().union(*(tile_names(d) for d in src_dirs.values())) - planned)
+    if extra:
+        fail(
+            f"{len(extra)} tiles in {tiles} are not in the plan {plan_path} "
+            f"(first: {extra[0]}.tif): split them with another --out"
+        )
+    return plan
+
+
+def new_plan(args, tiles: Path, size: int | None, src_dirs: dict[str, Path | None]) -> list[PlanRow]:
+    """Plan the split of the tiles and write the plan (``<out>/split.csv``), before anything moves."""
+    out = Path(args.out)
+    plan_path = out / PLAN_FILE
+    if size is None:
+        fail(f"no tiles in {tiles}: expected img<SIZE>/ and mask<SIZE>/ folders (run divide_img.py first)")
+    names = list_pairs(*src_dirs.values())
+    if not names:
+        fail(f"no tiles in {tiles} (no GeoTIFFs in {src_dirs[IMG]})")
+    for folder in split_dirs(out).values():
+        if any(folder.glob("*.tif")):
+            fail(
+                f"{folder} already holds tiles but there is no plan {plan_path}: "
+                "refusing to mix splits (choose another --out)"
+            )
+    fractions = (1 - args.val - args.test, args.val, args.test)
+    places = {parse_place(n) for n in names}
+    block = choose_block(places, size, args.block, sum(f > 0 for f in fractions))
+    counts = tile_counts(names, tiles, size)
+    plan = make_plan(names, counts, size, block, fractions, args.seed)
+    n_over = overlapping_tiles(plan, size, block)
+    if n_over:
+        print(
+            f"warning: {n_over} tiles overlap a block of another split (tiles overlap: divide_img.py "
+            "--stride below --size); their edge pixels are shared across splits"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    write_plan(plan_path, plan)
+    return plan
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
     tiles, out = Path(args.tiles), Path(args.out)
     plan_path = out / PLAN_FILE
     has_plan = plan_path.is_file()
     if not tiles.is_dir() and not has_plan:
         fail(f"tiles folder not found (no such folder): {tiles} (run divide_img.py first)")
     size = find_size(tiles, args.size) if tiles.is_dir() else None
-    src_dirs = {k: (tiles / f"{k}{size}" if size is not None else None) for k in ("img", "mask")}
+    folders = tile_folders(tiles, size) if size is not None else (None, None)
+    src_dirs = dict(zip(KINDS, folders, strict=True))
+    plan = earlier_plan(plan_path, tiles, src_dirs) if has_plan else new_plan(args, tiles, size, src_dirs)
 
-    if has_plan:  # an interrupted run may have left half-moved pairs: no pairing check here
-        plan = read_plan(plan_path)
-        print(
-            f"found the plan {plan_path} of an earlier run: finishing it (--val, --test, --block and "
-            "--seed apply only to a new split)"
-        )
-        planned = {r.name for r in plan}
-        extra = sorted((tile_names(src_dirs["img"]) | tile_names(src_dirs["mask"])) - planned)
-        if extra:
-            fail(
-                f"{len(extra)} tiles in {tiles} are not in the plan {plan_path} "
-                f"(first: {extra[0]}.tif): split them with another --out"
-            )
-    else:
-        if size is None:
-            fail(
-                f"no tiles in {tiles}: expected img<SIZE>/ and mask<SIZE>/ folders (run divide_img.py first)"
-            )
-        names = list_pairs(src_dirs["img"], src_dirs["mask"])
-        if not names:
-            fail(f"no tiles in {tiles} (no GeoTIFFs in {src_dirs['img']})")
-        for s in SPLITS:
-            for kind in ("img", "mask"):
-                if any((out / s / kind).glob("*.tif")):
-                    fail(
-                        f"{out / s / kind} already holds tiles but there is no plan {plan_path}: "
-                        "refusing to mix splits (choose another --out)"
-                    )
-        fractions = (1 - args.val - args.test, args.val, args.test)
-        places = {parse_place(n) for n in names}
-        block = choose_block(places, size, args.block, sum(f > 0 for f in fractions))
-        counts = tile_counts(names, tiles, size)
-        plan = make_plan(names, counts, size, block, fractions, args.seed)
-        n_over = overlapping_tiles(plan, size, block)
-        if n_over:
-            print(
-                f"warning: {n_over} tiles overlap a block of another split (tiles overlap: divide_img.py "
-                "--stride below --size); their edge pixels are shared across splits"
-            )
-        out.mkdir(parents=True, exist_ok=True)
-        write_plan(plan_path, plan)
-
-    for s in SPLITS:
-        for kind in ("img", "mask"):
-            remove_partials(out / s / kind)
+    for folder in split_dirs(out).values():
+        remove_partials(folder)
     todo = plan_steps(plan, src_dirs, out)
     if todo:
         run_steps(todo)
