@@ -30,9 +30,7 @@ import math
 import os
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -52,15 +50,16 @@ from common import (
     check_written,
     fail,
     open_raster,
+    ordered_map,
     progress,
     read_pixels,
     run_main,
 )
+from geo import MAP_BLOCK, Grid, map_profile
 from stats import Normalize
 from tiles import valid_pixels
 
 DEFAULT_RAW = Path("data/raw")
-BLOCK = 512  # output block size (pixels)
 OVERVIEW_MIN = 256  # overviews are added until the smallest fits in this many pixels
 GDAL_CACHE_MB = 256  # a fixed GDAL block cache: reading and writing never hold more than this
 CHUNK = 4096  # columns read at once (see SceneReader)
@@ -120,17 +119,12 @@ def check_scenes(bands: Sequence[str], scenes: Sequence[tuple[Path, Sequence[str
 
 def check_grids(scenes: Sequence[rasterio.io.DatasetReader]) -> None:
     """Fail unless every scene has the first scene's CRS, transform and size, and nodata 0 (or none)."""
-    first = scenes[0]
+    first, grid = scenes[0], Grid.of(scenes[0])
     for src in scenes:
         if src.nodata not in (None, 0):
             fail(f"scene nodata is {src.nodata:g}, this pipeline expects 0 (all bands 0): {src.name}")
-        same = (src.crs, src.width, src.height) == (first.crs, first.width, first.height)
-        if not (same and src.transform.almost_equals(first.transform)):
-            fail(
-                f"scene is not on the grid of {first.name} ({src.width} x {src.height} {src.crs}, "
-                f"{tuple(src.transform)[:6]} vs {first.width} x {first.height} {first.crs}, "
-                f"{tuple(first.transform)[:6]}): {src.name}"
-            )
+        if not Grid.of(src).matches(grid):
+            fail(f"scene is not on the grid of {first.name} ({Grid.of(src)} vs {grid}): {src.name}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +222,7 @@ class SceneReader:
     reads a chunk of CHUNK columns of the window's rows once and serves the windows inside it from
     memory: a block is decoded about twice (once per row of windows that crosses it), not four times.
     Memory: one chunk per scene (10 bands x 512 rows x 4096 columns uint16: 42 MB). Not thread-safe:
-    one thread reads (``_prefetch``); GDAL_NUM_THREADS lets GDAL decode a chunk's blocks in parallel.
+    one thread reads (``prefetch``); GDAL_NUM_THREADS lets GDAL decode a chunk's blocks in parallel.
     """
 
     def __init__(self, paths: Sequence[Path], chunk: int = CHUNK):
@@ -256,24 +250,17 @@ class SceneReader:
             src.close()
 
 
-def _prefetch(items: Sequence, read: Callable, prepare: Callable, workers: int, depth: int) -> Iterator:
-    """``prepare(read(*item))`` for every item, in order, at most ``depth`` items ahead.
+def prefetch(items: Sequence, read: Callable, workers: int, depth: int) -> Iterator:
+    """``(bands, valid pixels)`` of every window ``read(*item)``, in order, read at most ``depth`` ahead.
 
-    ``read`` runs in one thread, in the order of the items (it may keep state); ``prepare`` in
+    ``read`` runs in one thread, in the order of the items (it keeps state); ``valid_pixels`` on
     ``workers`` threads. With ``workers`` 0 everything runs in the caller's thread.
     """
-    if workers == 0:
-        yield from (prepare(read(*it)) for it in items)
-        return
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(workers) as pool:
-        pending: deque = deque()
-        for it in items:
-            raw = reader.submit(read, *it)
-            pending.append(pool.submit(lambda f: prepare(f.result()), raw))
-            if len(pending) >= depth:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    raws = ordered_map(lambda item: read(*item), items, min(workers, 1), depth)
+    try:
+        yield from ordered_map(lambda raw: (raw, valid_pixels(raw)), raws, workers, workers + 1)
+    finally:
+        raws.close()  # the prepare threads stopped first, then the reader
 
 
 def predict_scene(
@@ -304,16 +291,11 @@ def predict_scene(
     rows, cols = window_starts(height, win[0], overlap), window_starts(width, win[1], overlap)
     windows = [(i, j) for i in range(len(rows)) for j in range(len(cols))]
     blender = Blender(height, width, rows, cols, win, overlap)
-
-    def prepare(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return raw, valid_pixels(raw)
-
     norm = Normalize(stats, device)
-
     items = [(rows[i], cols[j], *win) for i, j in windows]
-    loads = _prefetch(items, read, prepare, workers, 2 * batch_size + workers)
+    loads = prefetch(items, read, workers, 2 * batch_size + workers)
     bar = progress(total=len(windows), desc="predicting", unit="window", disable=not show_progress)
-    with bar, contextlib.closing(loads):  # on an error: the bar ends, then the reader threads stop
+    with bar, contextlib.closing(loads):  # on an error: the threads stop, then the bar ends
         for b in range(0, len(windows), batch_size):
             batch = windows[b : b + batch_size]
             raws, valids = zip(*(next(loads) for _ in batch), strict=True)
@@ -330,7 +312,7 @@ def predict_scene(
 class BlockWriter:
     """Writes finished rows to a GeoTIFF in whole rows of blocks (a compressed block is written once)."""
 
-    def __init__(self, dst: rasterio.io.DatasetWriter, block: int = BLOCK):
+    def __init__(self, dst: rasterio.io.DatasetWriter, block: int = MAP_BLOCK):
         self.dst, self.block = dst, block
         self.row0, self.buf = 0, np.zeros((0, dst.width), dtype=np.uint8)
 
@@ -355,25 +337,6 @@ def overview_factors(height: int, width: int) -> list[int]:
     while max(height, width) / factors[-1] > OVERVIEW_MIN:
         factors.append(factors[-1] * 2)
     return factors
-
-
-def map_profile(src: rasterio.io.DatasetReader) -> dict:
-    """The output profile: one uint8 band on the scene's grid, tiled, compressed, nodata 0."""
-    return dict(
-        driver="GTiff",
-        width=src.width,
-        height=src.height,
-        count=1,
-        dtype="uint8",
-        crs=src.crs,
-        transform=src.transform,
-        nodata=NODATA,
-        tiled=True,
-        blockxsize=BLOCK,
-        blockysize=BLOCK,
-        compress="deflate",
-        bigtiff="if_safer",
-    )
 
 
 def category_names_xml() -> str:
@@ -437,12 +400,12 @@ def write_map(
     """Predict the scenes into ``out`` (and its preview and category names), atomically; class counts."""
     reader = SceneReader(scene_paths)
     with rasterio.open(scene_paths[0]) as src:
-        profile = map_profile(src)
+        profile = map_profile(Grid.of(src), NODATA)
     env = rasterio.Env(
         GDAL_CACHEMAX=GDAL_CACHE_MB,
         GDAL_NUM_THREADS=max(workers, 1),  # decoding a chunk's blocks in parallel
         COMPRESS_OVERVIEW="DEFLATE",
-        GDAL_TIFF_OVR_BLOCKSIZE=BLOCK,
+        GDAL_TIFF_OVR_BLOCKSIZE=MAP_BLOCK,
     )
     with env, atomic_path(out) as tmp:
         try:
@@ -497,8 +460,8 @@ def default_images(bands: Sequence[str]) -> list[Path]:
     return [DEFAULT_RAW / f"{p}.tif" for p in scene_prefixes(bands)] or [DEFAULT_RAW / "s2_april.tif"]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = ArgumentParser.for_script(__doc__)
     parser.add_argument(
         "--checkpoint", default=inference.DEFAULT_CHECKPOINT, help="checkpoint written by train.py"
     )
@@ -534,32 +497,45 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--no-preview", action="store_true", help="do not write the PNG preview")
     args = parser.parse_args(argv)
-
     check_range("--window", args.window, 32)
     check_range("--overlap", args.overlap, 0)
     if args.overlap >= args.window:
         fail(f"--overlap must be smaller than --window ({args.window}), got {args.overlap}")
     check_range("--batch-size", args.batch_size, 1)
     check_range("--workers", args.workers, 0)
+    return args
 
-    device = inference.pick_device(args.device)
-    net, ckpt = inference.load_model(args.checkpoint, device)  # a broken checkpoint fails first
-    images = getattr(args, "image", None) or default_images(ckpt["bands"])
+
+def check_inputs(bands: Sequence[str], images: Sequence[Path]) -> tuple[int, int, float]:
+    """Fail unless the scenes are the checkpoint's, on one grid; their height, width and pixel area (m²)."""
     scenes = [open_raster(p, "scene") for p in images]
     try:
-        check_scenes(ckpt["bands"], [(Path(s.name), s.descriptions) for s in scenes])
+        check_scenes(bands, [(Path(s.name), s.descriptions) for s in scenes])
         check_grids(scenes)
-        height, width = scenes[0].height, scenes[0].width
-        pixel_area = abs(scenes[0].transform.a * scenes[0].transform.e)
+        return scenes[0].height, scenes[0].width, abs(scenes[0].transform.a * scenes[0].transform.e)
     finally:
         for s in scenes:
             s.close()
+
+
+def output_path(args: argparse.Namespace, images: Sequence[Path]) -> Path:
+    """``--out``, or the default beside the checkpoint's run; it must be a .tif that is not an input."""
     stem = "+".join(p.stem for p in images)
     out = getattr(args, "out", None) or inference.results_folder(args.checkpoint) / f"landcover_{stem}.tif"
     if out.suffix.lower() not in (".tif", ".tiff"):
         fail(f"--out must end with .tif or .tiff (the preview goes beside it as .png): {out}")
     if any(out.resolve() == Path(p).resolve() for p in images):
         fail(f"--out would overwrite an input scene: {out}")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = inference.pick_device(args.device)
+    net, ckpt = inference.load_model(args.checkpoint, device)  # a broken checkpoint fails first
+    images = getattr(args, "image", None) or default_images(ckpt["bands"])
+    height, width, pixel_area = check_inputs(ckpt["bands"], images)
+    out = output_path(args, images)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
