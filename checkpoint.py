@@ -28,8 +28,6 @@ from model import model_from_config
 CHECKPOINT_VERSION = 1  # raise it when a checkpoint's meaning changes; newer files are refused
 CHECKPOINT_KEYS = ("model", "model_config", "bands", "stats", "classes")
 TRAINING_KEYS = ("optimizer", "scheduler", "epoch", "options", "rng")  # last.pt's state for --resume
-# options that must not change when a run is resumed (the weights would no longer be the same run's)
-RESUME_KEYS = ("encoder", "loss", "class_weights", "batch_size", "lr", "seed", "max_tiles")
 
 
 def make_checkpoint(net: nn.Module, bands: list[str], stats: dict, **extra) -> dict:
@@ -147,13 +145,14 @@ def plain_options(options: dict) -> dict:
     }
 
 
-def check_resumable(ckpt: dict, path: Path, options: dict, bands: Sequence[str]) -> None:
-    """Refuse a last.pt that is not a training state or was written with other options or bands."""
+def check_resumable(ckpt: dict, path: Path, options: dict, keys: Sequence[str], bands: Sequence[str]) -> None:
+    """Refuse a last.pt that is not a training state, or was written with other bands or other values of
+    the options ``keys`` (those that decide what the run computes)."""
     if any(k not in ckpt for k in TRAINING_KEYS):
         fail(f"not a training state (no optimizer/scheduler/epoch; best.pt cannot be resumed): {path}")
     old, new = ckpt["options"], options
     diff = [
-        f"--{k.replace('_', '-')} {old.get(k)} (now {new[k]})" for k in RESUME_KEYS if old.get(k) != new[k]
+        f"--{k.replace('_', '-')} {old.get(k, 'unset')} (now {new[k]})" for k in keys if old.get(k) != new[k]
     ]
     if diff:
         fail(

@@ -84,15 +84,23 @@ class TileDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """This process's shard of a shuffled epoch, each tile with its dihedral transform: ``(index, k)``.
+    """This process's shard of an epoch of ``n`` draws, each tile with its dihedral transform: ``(index, k)``.
 
-    Order and transforms are drawn from a generator seeded with (seed, epoch) only, so they do not
-    depend on the number of workers or on a resume. Sharding as DistributedSampler does: the epoch
-    is padded to a multiple of the number of processes and process r takes every world-th tile from r.
+    Uniform (no ``weights``): a permutation of the tiles. With ``weights`` (one per tile, see
+    ``rare_class_weights``): ``n`` tiles drawn with replacement in proportion to their weights, so tiles
+    holding rare classes come back more often. Order and transforms are drawn from a generator seeded
+    with (seed, epoch) only, so they do not depend on the number of workers or on a resume. Sharding as
+    DistributedSampler does: the epoch is padded to a multiple of the number of processes and process r
+    takes every world-th draw from r.
     """
 
-    def __init__(self, n: int, seed: int, proc: Proc, augment: bool = True):
+    def __init__(
+        self, n: int, seed: int, proc: Proc, augment: bool = True, weights: Sequence[float] | None = None
+    ):
         self.n, self.seed, self.proc, self.augment = n, seed, proc, augment
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        if self.weights is not None and (len(self.weights) != n or not bool((self.weights >= 0).all())):
+            raise ValueError(f"need {n} non-negative tile weights, got {len(self.weights)}")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -103,12 +111,29 @@ class EpochSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 1))
-        order = torch.randperm(self.n, generator=g).tolist()
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
         ks = torch.randint(8, (self.n,), generator=g).tolist() if self.augment else [0] * self.n
         total = len(self) * self.proc.world
-        order = (order * math.ceil(total / self.n))[:total]
-        for i in order[self.proc.rank : total : self.proc.world]:
-            yield i, ks[i]
+        draws = [(order[j % self.n], ks[j % self.n]) for j in range(total)]
+        yield from draws[self.proc.rank : total : self.proc.world]
+
+
+def rare_class_weights(tile_class_pixels: Sequence[Sequence[int]], share: float) -> np.ndarray:
+    """Sampling weight of each tile (they sum to 1): ``1 - share`` spread evenly over the tiles, and
+    ``share`` spread evenly over the classes, each class's part over the tiles in proportion to the
+    pixels of that class they hold. A class on 0.1 % of the pixels is then drawn about as often as one
+    on 30 %: rare classes (roads, parks, mines) get as many optimiser steps as common ones, without
+    the offline copies of create_new_images.py. Code 0 (nodata) is ignored.
+    """
+    counts = np.asarray(tile_class_pixels, dtype=np.float64)[:, 1:]
+    n = len(counts)
+    totals = counts.sum(0)
+    present = totals > 0
+    balanced = (counts[:, present] / totals[present]).mean(1) if present.any() else np.full(n, 1.0 / n)
+    return (1.0 - share) / n + share * balanced
 
 
 def make_loader(

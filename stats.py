@@ -21,18 +21,19 @@ from layout import tile_pairs
 from tiles import fingerprint, read_tile, valid_pixels
 
 STATS_FILE = "band_stats.json"
-STATS_KEYS = ("mean", "std", "pixels", "class_pixels")  # what compute_band_stats gives
+STATS_KEYS = ("mean", "std", "pixels", "class_pixels", "tile_class_pixels")  # what compute_band_stats gives
 
 
 def compute_band_stats(pairs: list[tuple[Path, Path]]) -> dict:
     """Mean and std of every band over the valid pixels (mask and image both valid) of ``pairs``.
 
     Also ``class_pixels``: the pixel count of every code 0..12 over those pixels (the training
-    targets, for class weights); codes outside 0..12 are nodata for the model and not counted.
+    targets, for class weights), and ``tile_class_pixels``: the same per tile, in the order of
+    ``pairs`` (for the rare-class sampler); codes outside 0..12 are nodata for the model, not counted.
     """
     s = s2 = None
     n = 0
-    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    per_tile = []
     for img_path, mask_path in progress(pairs, desc="band statistics", unit="tile"):
         img, mask = read_tile(img_path, mask_path)
         valid = valid_pixels(img) & (mask != NODATA)
@@ -43,13 +44,18 @@ def compute_band_stats(pairs: list[tuple[Path, Path]]) -> dict:
         s2 += (x * x).sum(1)
         n += x.shape[1]
         codes = mask[valid]
-        counts += np.bincount(codes[codes < NUM_CLASSES], minlength=NUM_CLASSES)
+        per_tile.append(np.bincount(codes[codes < NUM_CLASSES], minlength=NUM_CLASSES))
     if n == 0:
         fail(f"no valid pixels in the tiles of {pairs[0][0].parent.parent}")
     mean = s / n
     std = np.sqrt(np.maximum(s2 / n - mean**2, 0)) + 1e-6
-    class_pixels = [int(c) for c in counts]
-    return {"mean": mean.tolist(), "std": std.tolist(), "pixels": int(n), "class_pixels": class_pixels}
+    return {
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "pixels": int(n),
+        "class_pixels": np.sum(per_tile, axis=0).tolist(),
+        "tile_class_pixels": [t.tolist() for t in per_tile],
+    }
 
 
 def band_stats(train: str | Path, pairs: list[tuple[Path, Path]] | None = None) -> dict:

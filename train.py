@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import pickle
 import random
 import signal
@@ -59,7 +60,7 @@ from checkpoint import (
     save_checkpoint,
 )
 from common import ArgumentParser, check_range, fail, first_line, progress, remove_partials, run_main
-from dataset import EpochSampler, TileDataset, make_loader, to_device
+from dataset import EpochSampler, TileDataset, make_loader, rare_class_weights, to_device
 from distributed import (
     DEVICES,
     Precision,
@@ -81,11 +82,32 @@ from inference import tile_figure
 from layout import tile_pairs
 from losses import CLASS_WEIGHTS, LOSSES, class_weights, make_criterion
 from metrics import ConfusionMatrix, format_table
-from model import ENCODERS, build_model, predict_classes
+from model import ARCHS, build_model, predict_classes
 from stats import Normalize, band_stats
 from tile_cache import CACHE_DIR, build_tile_cache, release_tile_caches
 from tiles import TileInfo, check_tiles, scan_tiles
 
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULES = ("cosine", "plateau")
+SAMPLERS = ("uniform", "rare")
+# The recipe: train.py's defaults. Chosen with bench/recipe.py on demo seed 0, reported on seeds 1-3.
+RECIPE = dict(
+    loss="ce",
+    class_weights="none",
+    optimizer="adam",
+    weight_decay=0.0,
+    lr=1e-3,
+    schedule="plateau",
+    warmup=0.05,
+    sampler="uniform",
+    rare_share=0.5,
+    full_res=0,
+)
+MIN_LR = 0.01  # --schedule cosine ends at this share of --lr
+# options that decide what a run computes: --resume refuses a last.pt written with other values
+RESUME_OPTIONS = ("arch", "encoder", "batch_size", "seed", "max_tiles", *RECIPE)
+ARCH_NAMES = {"unet": "U-Net", "segformer": "SegFormer"}
+DEFAULT_ENCODER = {"unet": "resnet50", "segformer": "mit_b2"}
 DEFAULT_OUT = "runs/<encoder>"  # e.g. runs/resnet50: the same command finds its run again with --resume
 
 
@@ -97,10 +119,29 @@ def build_parser() -> ArgumentParser:
         default=DEFAULT_OUT,
         help="run folder for checkpoints and TensorBoard logs (--resume finds it)",
     )
-    p.add_argument("--encoder", default="resnet50", choices=ENCODERS, help="ResNet encoder of the U-Net")
+    p.add_argument(
+        "--arch",
+        default="unet",
+        choices=list(ARCHS),
+        help="unet: a U-Net on a ResNet encoder; segformer: SegFormer (Mix Transformer encoder, all-MLP "
+        "decoder), with the same full-resolution path (--full-res)",
+    )
+    p.add_argument(
+        "--encoder",
+        default=None,
+        choices=[e for encoders in ARCHS.values() for e in encoders],
+        help="unet: resnet18|resnet34|resnet50 (default resnet50); segformer: mit_b0|mit_b1|mit_b2 "
+        "(default mit_b2)",
+    )
     p.add_argument("--epochs", type=int, default=100, help="total number of epochs (also when resuming)")
     p.add_argument("--batch-size", type=int, default=12, help="tiles per batch (per process under torchrun)")
-    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (Adam)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=RECIPE["lr"],
+        help="peak learning rate (reached after the warm-up with --schedule cosine); scale it with the "
+        "batch size (about sqrt(batch / 12) x 1e-3)",
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -111,24 +152,17 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--weights",
         default="none",
-        help="encoder initialisation: none (random), imagenet (torchvision's, from the local torch cache) "
-        "or PATH to a torchvision ResNet state dict",
+        help="encoder initialisation: none (random); imagenet: torchvision's ResNet weights, downloaded "
+        "once into the torch cache (offline: the error says which file to put where); or PATH to a "
+        "torchvision ResNet state dict, or for segformer to the MiT ImageNet weights as their authors "
+        "publish them (mit_b0.pth ...). The first convolution is adapted to the band count",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument(
         "--device", default="auto", choices=DEVICES, help="where to train (auto: the GPU when CUDA has one)"
     )
-    p.add_argument(
-        "--loss", default="ce", choices=LOSSES, help="cross-entropy, focal (gamma 2), soft Dice, or CE + Dice"
-    )
-    p.add_argument(
-        "--class-weights",
-        default="none",
-        choices=CLASS_WEIGHTS,
-        help="loss weight per class: none, inverse or sqrt (inverse square root) of the class's pixel "
-        "frequency in the train split, normalised to mean 1",
-    )
+    add_recipe_options(p)
     p.add_argument(
         "--amp", action="store_true", help="on CUDA: bf16 autocast and channels_last (ignored on CPU)"
     )
@@ -170,6 +204,66 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def add_recipe_options(p: ArgumentParser) -> None:
+    """How the model learns. The defaults (``RECIPE``) are the best recipe measured on the demo data
+    (bench/recipe.py; the README's ablation table says what each choice bought)."""
+    g = p.add_argument_group("recipe (defaults: the best measured, see the README)")
+    g.add_argument(
+        "--loss",
+        default=RECIPE["loss"],
+        choices=LOSSES,
+        help="cross-entropy, focal (gamma 2), soft Dice, or CE + Dice",
+    )
+    g.add_argument(
+        "--class-weights",
+        default=RECIPE["class_weights"],
+        choices=CLASS_WEIGHTS,
+        help="loss weight per class: none, inverse or sqrt (inverse square root) of the class's pixel "
+        "frequency in the train split, normalised to mean 1",
+    )
+    g.add_argument(
+        "--optimizer",
+        default=RECIPE["optimizer"],
+        choices=OPTIMIZERS,
+        help="AdamW (decoupled weight decay) or Adam",
+    )
+    g.add_argument("--weight-decay", type=float, default=RECIPE["weight_decay"], help="AdamW's weight decay")
+    g.add_argument(
+        "--schedule",
+        default=RECIPE["schedule"],
+        choices=SCHEDULES,
+        help="cosine: linear warm-up then cosine decay to 1%% of --lr, counted in optimiser steps (short and "
+        "long runs, small and large splits behave alike); plateau: halve the rate when the validation "
+        "loss stalls for 3 epochs",
+    )
+    g.add_argument(
+        "--warmup",
+        type=float,
+        default=RECIPE["warmup"],
+        help="share of the optimiser steps spent warming up (cosine)",
+    )
+    g.add_argument(
+        "--sampler",
+        default=RECIPE["sampler"],
+        choices=SAMPLERS,
+        help="uniform: every train tile once per epoch; rare: as many draws, with replacement, in "
+        "proportion to the rare-class pixels a tile holds (see --rare-share)",
+    )
+    g.add_argument(
+        "--rare-share",
+        type=float,
+        default=RECIPE["rare_share"],
+        help="--sampler rare: share of the draws balanced over the classes (the rest uniform)",
+    )
+    g.add_argument(
+        "--full-res",
+        type=int,
+        default=RECIPE["full_res"],
+        help="channels of the full-resolution path (a conv block on the input joined before the last "
+        "decoder block: keeps 1-2 px roads that the encoder's stride-2 stem loses; 0: none)",
+    )
+
+
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
     """Ranges of the numeric options; paths as Paths."""
     for name, low in (("--epochs", 1), ("--batch-size", 1), ("--workers", 0), ("--max-tiles", 0)):
@@ -177,6 +271,18 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     for name in ("--patience", "--log-images-every", "--log-tiles"):
         check_range(name, getattr(args, name[2:].replace("-", "_")), 0)
     check_range("--lr", args.lr, 0, low_open=True)
+    check_range("--weight-decay", args.weight_decay, 0)
+    check_range("--full-res", args.full_res, 0)
+    for name in ("--warmup", "--rare-share"):
+        value = getattr(args, name[2:].replace("-", "_"))
+        if not 0 <= value <= 1:
+            fail(f"{name} must be between 0 and 1, not {value}")
+    args.encoder = args.encoder or DEFAULT_ENCODER[args.arch]
+    if args.encoder not in ARCHS[args.arch]:
+        fail(
+            f"--encoder {args.encoder} is not an encoder of --arch {args.arch} "
+            f"({', '.join(ARCHS[args.arch])})"
+        )
     args.out = Path(args.out.replace("<encoder>", args.encoder))
     args.data = Path(args.data)
     args.rgb = list(args.rgb)
@@ -227,7 +333,15 @@ def new_model(args: argparse.Namespace, bands: int, rgb: Sequence[int]) -> nn.Mo
     """A fresh model, seeded; encoder weights that cannot be loaded are one line."""
     seed_everything(args.seed)
     try:
-        return build_model(args.encoder, bands, colormap.NUM_CLASSES, args.weights, rgb=rgb)
+        return build_model(
+            args.encoder,
+            bands,
+            colormap.NUM_CLASSES,
+            args.weights,
+            rgb=rgb,
+            arch=args.arch,
+            full_res=args.full_res,
+        )
     except FileNotFoundError as e:
         fail(str(e))
     except pickle.UnpicklingError as e:  # torch's message would suggest loading it unsafely
@@ -247,7 +361,8 @@ def resumed_model(args: argparse.Namespace, bands: list[str]) -> tuple[nn.Module
     if not last.is_file():
         fail(f"nothing to resume: no last.pt in {args.out}")
     ckpt = read_checkpoint(last)
-    check_resumable(ckpt, last, vars(args), bands)
+    keys = RESUME_OPTIONS if args.schedule == "plateau" else (*RESUME_OPTIONS, "epochs")  # steps counted
+    check_resumable(ckpt, last, vars(args), keys, bands)
     return model_of(ckpt, last), ckpt
 
 
@@ -294,7 +409,7 @@ class Run:
     weight: torch.Tensor  # loss weight per class
     model: nn.Module  # setup.net, or its DistributedDataParallel wrapper: what trains
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
     epoch: int = 0  # the last finished epoch (what last.pt holds)
     best_miou: float = -1.0
     best_epoch: int = 0
@@ -327,22 +442,49 @@ class Run:
         return ckpt
 
 
-def start_run(args: argparse.Namespace, s: Setup) -> Run:
-    """Statistics (rank 0 computes them once; a resume takes last.pt's), the loss, the optimiser and
-    the scheduler, on the device; with --resume, last.pt's state restored."""
-    if s.resumed is None:
-        stats = from_rank0(lambda: band_stats(args.data / "train", s.train_pairs), s.proc)
-        stats = {"mean": stats["mean"], "std": stats["std"], "class_pixels": stats["class_pixels"]}
+def train_statistics(args: argparse.Namespace, s: Setup) -> dict:
+    """Band mean and std and class pixel counts of the train split (rank 0 computes them once, then
+    they are read from band_stats.json); a resumed run keeps last.pt's mean and std, as its weights do."""
+    stats = from_rank0(lambda: band_stats(args.data / "train", s.train_pairs), s.proc)
+    keep = ("mean", "std", "class_pixels", "tile_class_pixels")
+    stats = {k: stats[k] for k in keep}
+    if s.resumed is not None:
+        stats.update(s.resumed["stats"], class_pixels=s.resumed["class_pixels"])
+    return stats
+
+
+def make_optimiser(args: argparse.Namespace, net: nn.Module, steps_per_epoch: int):
+    """AdamW (or Adam) and the learning-rate schedule: ``cosine`` is stepped after every optimiser step
+    (a linear warm-up over --warmup of the steps, then a cosine to MIN_LR x --lr at the last step);
+    ``plateau`` after every epoch, with the validation loss."""
+    if args.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     else:
-        stats = dict(s.resumed["stats"], class_pixels=s.resumed["class_pixels"])
+        optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
+    if args.schedule == "plateau":
+        return optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
+    total = max(1, args.epochs * steps_per_epoch)
+    warmup = max(1, round(args.warmup * total))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return MIN_LR + (1 - MIN_LR) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def start_run(args: argparse.Namespace, s: Setup, stats: dict, steps_per_epoch: int) -> Run:
+    """The model on the device (wrapped for DDP under torchrun), the loss weights, the optimiser and
+    its schedule; with --resume, last.pt's state restored."""
     net = s.net.to(s.device, memory_format=s.precision.memory_format)
     model = net
     if s.proc.torchrun:
         model = nn.parallel.DistributedDataParallel(
             net, device_ids=[s.device.index] if s.device.type == "cuda" else None
         )
-    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=3)
+    optimizer, scheduler = make_optimiser(args, net, steps_per_epoch)
     weight = class_weights(stats["class_pixels"], args.class_weights)
     run = Run(args, s, stats, weight, model, optimizer, scheduler)
     if s.resumed is not None:
@@ -377,7 +519,10 @@ def make_data(args: argparse.Namespace, s: Setup, stats: dict) -> Data:
             )
     train_ds = TileDataset(s.train_pairs, len(s.bands), augment=True, cache=caches["train"])
     val_ds = TileDataset(s.val_pairs, len(s.bands), cache=caches["val"])
-    sampler = EpochSampler(len(train_ds), args.seed, s.proc)
+    weights = None
+    if args.sampler == "rare":
+        weights = rare_class_weights(stats["tile_class_pixels"], args.rare_share)
+    sampler = EpochSampler(len(train_ds), args.seed, s.proc, weights=weights)
     train = make_loader(train_ds, sampler, args.batch_size, args.workers, s.device, args.seed + s.proc.rank)
     val_shard = list(range(s.proc.rank, len(val_ds), s.proc.world))  # no padding: every tile counted once
     val = make_loader(val_ds, val_shard, args.batch_size, args.workers, s.device, args.seed)
@@ -403,7 +548,8 @@ def open_run_folder(run: Run) -> None:
         run.writer.add_text("options", options, 0)
     n_params = sum(p.numel() for p in s.net.parameters())
     print(
-        f"training {args.encoder} U-Net ({n_params / 1e6:.1f} M parameters) on {len(s.train_pairs)} train / "
+        f"training {ARCH_NAMES[args.arch]} {args.encoder} ({n_params / 1e6:.1f} M parameters) on "
+        f"{len(s.train_pairs)} train / "
         f"{len(s.val_pairs)} val tiles, {len(s.bands)} bands, {s.device} ({s.precision.describe()})"
         f"{f' x {s.proc.world} processes' if s.proc.world > 1 else ''}; run folder {args.out}"
         + (f"; resuming after epoch {run.epoch}" if s.resumed is not None else "")
@@ -445,6 +591,8 @@ def train_one_epoch(run: Run, data: Data, criterion: Callable, desc: str) -> flo
     for raw, y in data.train:
         x, y = to_device(raw, y, data.norm, s.device, s.precision.memory_format)
         loss = train_step(run.model, x, y, criterion, run.optimizer, s.precision)
+        if run.args.schedule != "plateau":
+            run.scheduler.step()
         loss_sum += loss.item() * len(x)
         tiles += len(x)
         speed = tiles * s.proc.world / (time.perf_counter() - start)
@@ -537,8 +685,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def fit(args: argparse.Namespace, s: Setup) -> None:
     """The recipe: set up once, then per epoch train, validate, log and save."""
-    run = start_run(args, s)
-    data = make_data(args, s, run.stats)
+    stats = train_statistics(args, s)
+    data = make_data(args, s, stats)
+    run = start_run(args, s, stats, len(data.train))
     criterion = make_criterion(args.loss, run.weight.to(s.device))
     names = {c: colormap.name(c) for c in colormap.CODES}
     open_run_folder(run)
@@ -559,8 +708,9 @@ def fit(args: argparse.Namespace, s: Setup) -> None:
                 train_loss = train_one_epoch(run, data, criterion, f"epoch {epoch}/{args.epochs}")
                 sync_buffers(s.net)
                 val_loss, cm = evaluate(run, data, criterion)
-                lr = run.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
-                run.scheduler.step(val_loss)
+                lr = run.optimizer.param_groups[0]["lr"]  # the rate this epoch ended with
+                if args.schedule == "plateau":
+                    run.scheduler.step(val_loss)
                 metrics = cm.compute(names)
                 miou = metrics["miou"] if metrics["miou"] is not None else 0.0
                 improved = miou > run.best_miou

@@ -47,3 +47,28 @@ def test_unsafe_or_broken_checkpoints_are_refused(tmp_path, kind, needle):
         torch.save({"state_dict": {"w": torch.zeros(3)}}, path)
     with pytest.raises(InputError, match=needle):
         read_checkpoint(path)
+
+
+def test_a_checkpoint_from_before_the_architecture_options_loads_and_predicts_as_before(tmp_path):
+    """Checkpoints written before ``arch`` and ``full_res`` existed (a U-Net config without them, no
+    version) rebuild the same U-Net, load strictly and give the same outputs."""
+    torch.manual_seed(0)
+    net = build_model("resnet18", 4, 13).eval()
+    ckpt = make_checkpoint(net, ["B2", "B3", "B4", "B8"], {"mean": [0.0] * 4, "std": [1.0] * 4})
+    old = {k: v for k, v in ckpt["model_config"].items() if k not in ("arch", "full_res")}
+    ckpt = {**ckpt, "model_config": old}
+    del ckpt["version"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    loaded, _ = load_checkpoint(tmp_path / "old.pt")
+    x = torch.randn(1, 4, 37, 41)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+
+
+def test_a_checkpoint_of_a_newer_version_is_refused_in_one_line(tmp_path):
+    net = build_model("resnet18", 4, 13)
+    ckpt = make_checkpoint(net, ["B2", "B3", "B4", "B8"], {"mean": [0.0] * 4, "std": [1.0] * 4})
+    torch.save({**ckpt, "version": 99}, tmp_path / "new.pt")
+    with pytest.raises(InputError, match="newer version of this pipeline") as e:
+        read_checkpoint(tmp_path / "new.pt")
+    assert "\n" not in str(e.value)

@@ -9,7 +9,8 @@ import torch
 from helpers import write_pair
 
 from common import InputError
-from dataset import TileDataset, dihedral
+from dataset import EpochSampler, TileDataset, dihedral, rare_class_weights
+from distributed import Proc
 from layout import tile_pairs
 
 
@@ -60,3 +61,43 @@ def test_dihedral_transforms_keep_image_and_mask_aligned(tmp_path):
         assert aligned(x, y)
     x, y = TileDataset(tile_pairs(split), 2)[0]  # no augmentation: as stored
     assert torch.equal(y, torch.from_numpy(mask)) and torch.equal(x, torch.from_numpy(img))
+
+
+def test_weighted_sampler_follows_its_weights_and_its_seed():
+    """--sampler rare: draws in proportion to the weights, the same for the same (seed, epoch), and
+    the ranks' shards partition the padded epoch exactly as the uniform sampler's do."""
+    weights = np.array([0.5, 0.3, 0.15, 0.05, 0.0])
+    n = len(weights)
+    counts = np.zeros(n)
+    for epoch in range(2000):
+        s = EpochSampler(n, seed=4, proc=Proc(), weights=weights)
+        s.set_epoch(epoch)
+        for i, _ in s:
+            counts[i] += 1
+    assert counts[4] == 0
+    assert np.allclose(counts / counts.sum(), weights, atol=0.02)
+    a, b = (EpochSampler(n, seed=4, proc=Proc(), weights=weights) for _ in range(2))
+    a.set_epoch(7)
+    b.set_epoch(7)
+    assert list(a) == list(b)
+    b.set_epoch(8)
+    assert list(a) != list(b)
+    whole = list(a)
+    shards = []
+    for rank in range(2):
+        s = EpochSampler(n, seed=4, proc=Proc(rank, 2), weights=weights)
+        s.set_epoch(7)
+        shards.append(list(s))
+    padded = whole + whole[: 6 - n]  # padded to a multiple of the processes, as DistributedSampler does
+    assert shards[0] == padded[0::2] and shards[1] == padded[1::2]
+
+
+def test_rare_class_weights_give_every_class_an_equal_share():
+    """Each class gets share / K of the draws, spread over its tiles by its pixels; the rest uniform."""
+    tiles = np.zeros((4, 13), dtype=np.int64)
+    tiles[:3, 1] = 1000  # a common class on three tiles
+    tiles[3, 11] = 10  # a rare one on the fourth
+    tiles[:, 0] = 50  # nodata never counts
+    w = rare_class_weights(tiles.tolist(), share=1.0)
+    assert np.isclose(w.sum(), 1) and np.isclose(w[3], 0.5) and np.allclose(w[:3], 0.5 / 3)
+    assert np.allclose(rare_class_weights(tiles.tolist(), share=0.0), 0.25)
