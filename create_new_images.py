@@ -43,6 +43,7 @@ from common import (
     run_main,
     whole_raster,
 )
+from geo import colour_table
 from layout import KINDS, split_folders, tile_names, tile_path, unpaired
 
 # The dihedral transforms, on arrays whose last two axes are (rows, cols), e.g. (C, H, W) or (H, W).
@@ -137,10 +138,6 @@ class Raster:
 def read_raster(path: Path) -> Raster:
     """Read a tile with its profile, descriptions, tags, scales, units and colour table."""
     with open_raster(path, "tile") as src:
-        try:
-            colormap = src.colormap(1)
-        except ValueError:
-            colormap = None
         return Raster(
             path,
             read_pixels(src, "tile"),
@@ -151,7 +148,7 @@ def read_raster(path: Path) -> Raster:
             src.scales,
             src.offsets,
             src.units,
-            colormap,
+            colour_table(src),
         )
 
 

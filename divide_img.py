@@ -61,7 +61,7 @@ from common import (
     run_main,
     whole_raster,
 )
-from geo import Grid
+from geo import Grid, colour_table
 from layout import TILES_CSV, tile_folders, tile_name, tile_path
 
 RECORD_NAME = "divide_img.json"
@@ -393,9 +393,15 @@ class Summary:
         self.kept_despite_filter += res.kept_despite_filter
 
     def as_dict(self) -> dict:
+        """What the run record keeps of a finished source."""
         return dict(
             places=self.places, tiles=self.written + self.existing, dropped=dict(sorted(self.dropped.items()))
         )
+
+    @classmethod
+    def of_record(cls, done: dict) -> Summary:
+        """The summary of a source finished by an earlier run (``as_dict``): skipped this time."""
+        return cls(done["places"], 0, done["tiles"], Counter(done["dropped"]), skipped=True)
 
 
 def tile_source(
@@ -491,7 +497,7 @@ def summary_table(summaries: dict[str, Summary], max_nodata: float) -> str:
 
 
 def parse_args(argv: Sequence[str] | None):
-    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser.for_script(__doc__)
     p.add_argument(
         "--images", nargs="+", default=["data/raw/s2_*.tif"], help="scenes (files or glob patterns)"
     )
@@ -574,16 +580,45 @@ def check_record(record: dict, img_dir: Path, src: Source) -> None:
             )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    size = args.size
+def check_inputs(args) -> tuple[list[Source], Path, str, float | None]:
+    """The sources to tile, the mask and the mask's dtype and nodata; refuses what cannot be tiled."""
     sources = make_sources(expand_images(args.images), args.stack)
     mask_path = Path(args.mask)
     mask_dtype, mask_nodata = check_mask(mask_path, sources)
     for src in sources:
-        if min(src.grid.width, src.grid.height) < size:
+        if min(src.grid.width, src.grid.height) < args.size:
             g = src.grid
-            fail(f"scene {src.paths[0]} ({g.width} x {g.height} px) is smaller than one {size} px tile")
+            fail(f"scene {src.paths[0]} ({g.width} x {g.height} px) is smaller than one {args.size} px tile")
+    return sources, mask_path, mask_dtype, mask_nodata
+
+
+def tile_profile(size: int, count: int, dtype: str, nodata, crs, compress: str, image: bool) -> dict:
+    """The GeoTIFF profile of a tile (without its transform): one strip per band, compressed."""
+    profile = dict(driver="GTiff", width=size, height=size, blockysize=size, count=count, dtype=dtype)
+    profile.update(nodata=nodata, crs=crs)
+    if image:
+        profile["interleave"] = "band"
+    profile.update(creation_options(compress, dtype, predictor=image))
+    return profile
+
+
+def print_notes(summaries: dict[str, Summary]) -> None:
+    """A line for each source skipped, with unknown mask codes, or with tiles kept despite the filters."""
+    for name, s in summaries.items():
+        if s.skipped:
+            print(f"{name}: tiled earlier from the same inputs with the same options; nothing to do")
+        if s.unknown:
+            print(f"warning: {name}: {s.unknown} pixels hold mask codes outside 0..12, counted as nodata "
+                  "(rescale_mask.py remaps or reports such codes)")  # fmt: skip
+        if s.kept_despite_filter:
+            print(f"note: {name}: {s.kept_despite_filter} tiles of an earlier run would be dropped by these "
+                  "filters; they are kept (use another --out to start afresh)")  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    size = args.size
+    sources, mask_path, mask_dtype, mask_nodata = check_inputs(args)
     out = Path(args.out)
     img_dir, mask_dir = tile_folders(out, size)
     csv_path, record_path = out / TILES_CSV, out / RECORD_NAME
@@ -599,13 +634,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     img_dir.mkdir(parents=True, exist_ok=True)
     mask_dir.mkdir(parents=True, exist_ok=True)
     with rasterio.open(mask_path) as m:
-        try:
-            mask_colormap = m.colormap(1)
-        except ValueError:
-            mask_colormap = None
-    tile = dict(driver="GTiff", width=size, height=size, blockysize=size)  # one strip per band
-    mask_profile = dict(tile, count=1, dtype=mask_dtype, nodata=mask_nodata)
-    mask_profile.update(creation_options(args.compress, mask_dtype, predictor=False))
+        mask_colormap = colour_table(m)
     summaries: dict[str, Summary] = {}
     # GDAL's block cache keeps the blocks a strip shares with the next: each is decompressed once.
     # EMPTY_DIR: GDAL would list the tile folder (thousands of files) for side-car files at every
@@ -615,18 +644,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         for src in sources:
             key, inputs = f"{img_dir.name}/{src.name}", identity([*src.paths, mask_path])
             if already_done(record.get(key, {}), options, inputs, rows, src, size):
-                done = record[key]["summary"]
-                summaries[src.name] = Summary(
-                    done["places"], 0, done["tiles"], Counter(done["dropped"]), skipped=True
-                )
+                summaries[src.name] = Summary.of_record(record[key]["summary"])
                 continue
             record[key] = dict(signature=signature(src), inputs=inputs, options=options, finished=False)
             save_record(record_path, record)
-            img_profile = dict(tile, count=src.count, dtype=src.dtype, nodata=src.nodata, interleave="band")
-            img_profile.update(creation_options(args.compress, src.dtype), crs=src.grid.crs)
-            job = Job(
-                src, img_dir, mask_dir, img_profile, dict(mask_profile, crs=src.grid.crs), mask_colormap
+            img_profile = tile_profile(
+                size, src.count, src.dtype, src.nodata, src.grid.crs, args.compress, True
             )
+            mask_profile = tile_profile(size, 1, mask_dtype, mask_nodata, src.grid.crs, args.compress, False)
+            job = Job(src, img_dir, mask_dir, img_profile, mask_profile, mask_colormap)
             job.max_nodata, job.keep_water_only = args.max_nodata, args.keep_water_only
             summaries[src.name] = tile_source(
                 job, mask_path, size, args.stride, args.drop_partial, args.workers, rows
@@ -637,15 +663,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     print(summary_table(summaries, args.max_nodata))
     print(f"tile pairs in {img_dir} and {mask_dir}; {csv_path}: {len(rows)} rows")
-    for name, s in summaries.items():
-        if s.skipped:
-            print(f"{name}: tiled earlier from the same inputs with the same options; nothing to do")
-        if s.unknown:
-            print(f"warning: {name}: {s.unknown} pixels hold mask codes outside 0..12, counted as nodata "
-                  "(rescale_mask.py remaps or reports such codes)")  # fmt: skip
-        if s.kept_despite_filter:
-            print(f"note: {name}: {s.kept_despite_filter} tiles of an earlier run would be dropped by these "
-                  "filters; they are kept (use another --out to start afresh)")  # fmt: skip
+    print_notes(summaries)
 
 
 if __name__ == "__main__":

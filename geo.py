@@ -3,7 +3,8 @@
 Bottom floor: imports nothing of ours. ``Grid`` is a raster's CRS, transform and size (read from an
 open dataset, compared with another, described in one line); ``map_profile`` is the GeoTIFF of a class
 map on a grid (rescale_mask.py's 10 m mask, predict.py's land-cover map): one uint8 band, tiled in
-``MAP_BLOCK`` x ``MAP_BLOCK`` blocks, DEFLATE, a nodata value, BigTIFF when it could outgrow 4 GB.
+``MAP_BLOCK`` x ``MAP_BLOCK`` blocks, DEFLATE, a nodata value, BigTIFF when it could outgrow 4 GB;
+``colour_table`` reads a map's colours back (None for a raster without).
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ class Grid:
         crs = self.crs.to_string() if self.crs else "no CRS"
         origin, pixel = f"({t.c:.10g}, {t.f:.10g})", f"{t.a:.10g} x {-t.e:.10g}"
         return f"{self.width} x {self.height} px, {crs}, origin {origin}, pixel {pixel}"
+
+
+def colour_table(ds) -> dict | None:
+    """The colour table of an open dataset's first band; None when it has none."""
+    try:
+        return ds.colormap(1)
+    except ValueError:
+        return None
 
 
 def map_profile(grid: Grid, nodata: int) -> dict:

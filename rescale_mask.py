@@ -1,4 +1,4 @@
-"""Rescale the 1 m land-cover mask onto the 10 m grid of a Sentinel-2 scene.
+"""Rescale the 1 m land-cover mask onto a scene's 10 m grid (remap first, then resample).
 
 Reads ``--mask`` (one-band integer GeoTIFF, any extent and CRS, nodata 0) and the grid of ``--like``
 (a scene: only its CRS, transform, width and height are used). Writes ``--out``: a uint8 GeoTIFF on
@@ -26,19 +26,19 @@ Methods:
             each mask pixel votes in the output pixel holding its centre (counted in numpy: GDAL has
             no weighted vote); otherwise (another CRS, rotation, a coarser mask) each class's covered
             fraction of the output pixel comes from GDAL's warper (``average`` of the class's
-            indicator) and is weighted, about 20x slower.
+            indicator) and is weighted, which is much slower (GDAL averages a band per class present).
 
 How it streams: the output is cut into blocks of whole 512 x 512 tiles; for each block the covering
 window of the mask (plus a small margin) is read, remapped and resampled with GDAL's warper
 (``rasterio.warp.reproject``), several blocks at a time on ``--threads`` threads; rows of tiles are
-written in order. Memory is a few source windows (about 64 Mpixel each, buffers reused) plus a fixed
-GDAL cache, whatever the size of the mask (about 0.4 GB for a 300000 x 300000 mask). Shortcuts that
-change no pixel: ``near`` remaps the picked pixels only (it picks the same pixel either way); windows
-without nodata skip GDAL's validity mask; windows of nothing but nodata skip the warp.
+written in order. Memory is a few source windows (``BLOCK_SOURCE_PIXELS`` each, buffers reused) plus
+a fixed GDAL cache, whatever the size of the mask (measured in the README's Performance section).
+Shortcuts that change no pixel: ``near`` remaps the picked pixels only (it picks the same pixel either
+way); windows without nodata skip GDAL's validity mask; windows of nothing but nodata skip the warp.
 
 The per-class shares printed before and after come from a histogram of the mask pixels whose centre
 lies in the scene. For near and mode it is counted in the same pass, on the windows already read,
-by run lengths (about 0.3 ns per pixel on a class map, cheap next to the read), so it costs no extra
+by run lengths (cheap next to the read: a class map changes value rarely), so it costs no extra
 pass. ``weighted`` needs the class frequencies before voting, so with default weights it makes one
 extra read pass over the mask first (the read is the cheap part of the work).
 """
@@ -511,7 +511,7 @@ class Worker:
             out = vote_warped(codes, src_t, self.mask, dst_t, self.grid, shape, self.weights, present)
             return self._clear_outside(out, block), counts
         out = np.zeros(shape, np.uint8)
-        # GDAL builds a validity mask from the nodata value, a third of mode's time: skip it when the
+        # GDAL builds a validity mask from the nodata value, a large part of mode's time: skip it when the
         # window holds no nodata (most windows), the result is the same
         nodata = NODATA if codes.size and codes.min() == NODATA else None
         reproject(
@@ -686,8 +686,8 @@ def check_inputs(mask_ds, scene_ds, mask_path: Path, scene_path: Path) -> None:
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(
-        description="Rescale the 1 m land-cover mask onto a scene's 10 m grid (remap first, then resample).",
+    p = ArgumentParser.for_script(
+        __doc__,
         epilog="weighted: w_c = (f_max / f_c) ** POWER from the class shares of the mask over the scene "
         "(f_max: the commonest class, weight 1); POWER 1 is plain inverse frequency, 0 plain mode. "
         "The weights used are printed and stored in the output's tags.",

@@ -8,7 +8,7 @@ from helpers import write_raster
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from geo import MAP_BLOCK, Grid, map_profile
+from geo import MAP_BLOCK, Grid, colour_table, map_profile
 
 
 def test_grid_of_a_dataset_and_matches(tmp_path):
@@ -36,3 +36,14 @@ def test_map_profile_writes_a_tiled_compressed_class_map(tmp_path):
         assert (ds.count, ds.dtypes[0], ds.nodata) == (1, "uint8", 0)
         assert ds.block_shapes[0] == (MAP_BLOCK, MAP_BLOCK)
         assert ds.compression.name == "deflate"
+
+
+def test_colour_table(tmp_path):
+    path = tmp_path / "m.tif"
+    write_raster(path, np.ones((1, 4, 4), np.uint8))
+    with rasterio.open(path) as ds:
+        assert colour_table(ds) is None
+    with rasterio.open(path, "r+") as ds:
+        ds.write_colormap(1, {0: (0, 0, 0, 0), 1: (255, 0, 0, 255)})
+    with rasterio.open(path) as ds:
+        assert colour_table(ds)[1] == (255, 0, 0, 255)
