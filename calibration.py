@@ -1,0 +1,458 @@
+"""Per-pixel confidence a reviewer can trust: temperature scaling and calibration statistics.
+
+Bottom floor: imports nothing of ours. The confidence of a pixel is the probability of its predicted
+class, the best of codes 1..12 under a softmax over codes 1..12 only (code 0, nodata, has no
+probability), as in ``inference.class_probabilities``. This module owns:
+
+* temperature scaling (Guo et al. 2017): one T > 0 dividing the logits, chosen to minimise the
+  negative log-likelihood of the truth over valid pixels. ``TemperatureFit`` keeps a bounded, seeded,
+  uniform random subsample of (logits, truth) pairs over a whole split (and over every torchrun
+  process), so that a split of any size is fitted in bounded memory. T leaves the predicted code
+  unchanged; only the confidence moves.
+* ``ReliabilityCounts``: one accumulator of (confidence, correct) over every valid pixel of a split,
+  in the spirit of ``metrics.ConfusionMatrix``; the expected and maximum calibration errors, the
+  reliability table and accuracy against coverage (which confidence threshold sends which share of
+  pixels to human review) all derive from it.
+* the reliability diagram and the coverage figure (matplotlib, Agg; the caller saves them).
+
+Pixels whose truth is the ignore code (nodata, 0) never count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+TEMPERATURE_RANGE = (0.05, 20.0)  # the search interval of T; a fit at either end is a broken model
+MAX_PIXELS = 1_000_000  # the subsample of TemperatureFit: T is one number, a million pixels pin it down
+BINS = 20  # reliability bins (the ECE's), equal width in confidence
+FINE_BINS = 100  # the resolution of accuracy against coverage: thresholds at every 0.01
+COVERAGE_THRESHOLDS: tuple[float, ...] = tuple(i / 20 for i in range(20))  # 0.0, 0.05, ..., 0.95
+
+
+def _dist_initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(B, 13, ...) or (N, 13) logits -> float32 probabilities of the same shape, channel k = code k.
+
+    A softmax over codes 1..12 of ``logits / temperature``; code 0 (nodata) gets 0, as in inference.
+    """
+    z = logits.float()
+    p = torch.zeros_like(z)
+    p[:, 1:] = (z[:, 1:] / temperature).softmax(dim=1)
+    return p
+
+
+def confidence_and_correct(
+    probs: torch.Tensor, targets: torch.Tensor, ignore_index: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The valid pixels' confidence (probability of the predicted code) and whether that code is right.
+
+    ``probs``: (B, C, H, W) or (N, C), channel k = code k (code 0 is never predicted); ``targets``:
+    (B, H, W) or (N,) codes. A pixel is valid when its target is a code 0..C-1 other than ``ignore_index``.
+    """
+    flat = probs.movedim(1, -1).reshape(-1, probs.shape[1])[:, 1:]
+    t = targets.reshape(-1).to(device=flat.device, dtype=torch.int64)
+    keep = (t != ignore_index) & (t >= 0) & (t < probs.shape[1])
+    conf, best = flat[keep].float().max(dim=1)
+    return conf, (best + 1) == t[keep]
+
+
+def _golden_section(f: Callable[[float], float], lo: float, hi: float, tol: float) -> float:
+    """The minimiser of a unimodal ``f`` on [lo, hi] to within ``tol``: no gradients, no step sizes to
+    tune, the same answer for the same function."""
+    inv = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    c, d = b - inv * (b - a), a + inv * (b - a)
+    fc, fd = f(c), f(d)
+    while b - a > tol:
+        if fc <= fd:  # the minimum lies in [a, d]
+            b, d, fd = d, c, fc
+            c = b - inv * (b - a)
+            fc = f(c)
+        else:  # in [c, b]
+            a, c, fc = c, d, fd
+            d = a + inv * (b - a)
+            fd = f(d)
+    return (a + b) / 2
+
+
+class TemperatureFit:
+    """A uniform random subsample of at most ``max_pixels`` valid (logits, truth) pairs; the T fitted on it.
+
+    Every valid pixel seen draws a random key from a generator seeded by (seed, rank); the sample is
+    the pixels with the smallest keys (a reservoir: pixels whose key cannot make it are dropped at once,
+    so memory stays bounded by about twice the sample). The same pixels in the same order give the same
+    sample however they are split into batches. ``reduce_from_all_processes`` makes every process hold
+    the sample of the union of all processes' pixels; call it once, on every process, before ``fit``.
+    """
+
+    def __init__(
+        self, max_pixels: int = MAX_PIXELS, seed: int = 0, ignore_index: int = 0, rank: int | None = None
+    ):
+        if max_pixels < 1:
+            raise ValueError(f"max_pixels must be at least 1, not {max_pixels}")
+        if rank is None:
+            rank = torch.distributed.get_rank() if _dist_initialized() else 0
+        self.max_pixels, self.ignore_index = max_pixels, ignore_index
+        self.seen = 0  # valid pixels offered, sampled or not
+        state = np.random.SeedSequence([seed & 0xFFFFFFFF, rank]).generate_state(2, np.uint64)
+        self._gen = torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+        self._parts: list[
+            tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+        ] = []  # (keys, logits, target index)
+        self._size = 0
+        self._threshold = math.inf  # keys at or above it can no longer enter the sample
+
+    def __len__(self) -> int:
+        self._compact()
+        return self._size
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Offer a batch: (B, 13, H, W) or (N, 13) logits (any device, any float type), (B, H, W) or (N,)
+        codes. Pixels whose target is the ignore code or not one of codes 1..12 (which have a
+        probability), or whose logits are not finite, are left out."""
+        c = logits.shape[1]
+        flat = logits.detach().movedim(1, -1).reshape(-1, c)
+        t = targets.reshape(-1).to(device=flat.device, dtype=torch.int64)
+        valid = (t != self.ignore_index) & (t >= 1) & (t < c) & torch.isfinite(flat[:, 1:]).all(dim=1)
+        idx = valid.nonzero().squeeze(1)
+        if len(idx) == 0:
+            return
+        self.seen += len(idx)
+        keys = torch.rand(len(idx), generator=self._gen, dtype=torch.float64)
+        keep = keys < self._threshold
+        keys, idx = keys[keep], idx[keep.to(idx.device)]
+        if len(idx) == 0:
+            return
+        z = flat[idx, 1:].float().cpu()
+        self._parts.append((keys, z, (t[idx] - 1).to(torch.int16).cpu()))
+        self._size += len(keys)
+        if self._size >= 2 * self.max_pixels:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Keep the ``max_pixels`` smallest keys, sorted by key (so the sample's order is fixed too)."""
+        if len(self._parts) == 1 and self._size <= self.max_pixels:
+            return
+        if not self._parts:
+            return
+        keys, z, t = (torch.cat(p) for p in zip(*self._parts, strict=True))
+        order = torch.argsort(keys, stable=True)[: self.max_pixels]
+        keys, z, t = keys[order], z[order], t[order]
+        self._parts, self._size = [(keys, z, t)], len(keys)
+        if self._size >= self.max_pixels:
+            self._threshold = keys[-1].item()
+
+    def merge(self, other: TemperatureFit) -> None:
+        """Take in another subsample (another process's): the sample of the union of their pixels."""
+        self._parts.extend(other._parts)
+        self._size += other._size
+        self.seen += other.seen
+        self._compact()
+
+    def reduce_from_all_processes(self) -> None:
+        """Every process gets the sample of all processes' pixels (torchrun); a no-op when not distributed."""
+        if not _dist_initialized():
+            return
+        self._compact()
+        mine = (self._parts[0] if self._parts else None, self.seen)
+        gathered: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, mine)
+        self._parts = [part for part, _ in gathered if part is not None]
+        self._size = sum(len(p[0]) for p in self._parts)
+        self.seen = sum(seen for _, seen in gathered)
+        self._threshold = math.inf
+        self._compact()
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The subsample: (n, 12) float32 logits of codes 1..12 and (n,) int64 class indices (code - 1)."""
+        self._compact()
+        if not self._parts:
+            return torch.zeros((0, 12)), torch.zeros(0, dtype=torch.int64)
+        _, z, t = self._parts[0]
+        return z, t.to(torch.int64)
+
+    def nll(self, temperature: float) -> float:
+        """The mean negative log-likelihood of the truth over the subsample at ``temperature``."""
+        z, t = self.sample()
+        return _mean_nll(z, z.gather(1, t[:, None]).squeeze(1), 1.0 / temperature)
+
+    def fit(self, tol: float = 1e-4) -> float:
+        """The T in ``TEMPERATURE_RANGE`` minimising the subsample's NLL; 1.0 when no valid pixel was seen.
+
+        The NLL is convex in 1/T, hence unimodal in log T: a golden-section search on log T finds it
+        to a relative precision of ``tol``.
+        """
+        z, t = self.sample()
+        if len(t) == 0:
+            return 1.0
+        zt = z.gather(1, t[:, None]).squeeze(1)
+        lo, hi = (math.log(v) for v in TEMPERATURE_RANGE)
+        return math.exp(_golden_section(lambda log_t: _mean_nll(z, zt, math.exp(-log_t)), lo, hi, tol))
+
+    def reliability(self, temperature: float = 1.0, bins: int = BINS, fine_bins: int = FINE_BINS):
+        """The ``ReliabilityCounts`` of the subsample at ``temperature``: before and after scaling without
+        a second pass over the split (an estimate, on the pixels T was fitted on)."""
+        z, t = self.sample()
+        counts = ReliabilityCounts(bins, fine_bins)
+        if len(t):
+            conf, best = (z / temperature).softmax(dim=1).max(dim=1)
+            counts.add(conf, best == t)
+        return counts
+
+
+def _mean_nll(z: torch.Tensor, zt: torch.Tensor, beta: float) -> float:
+    """Mean of ``logsumexp(beta z) - beta z_truth`` (float32 terms, a float64 sum)."""
+    return ((torch.logsumexp(z * beta, dim=1) - zt * beta).sum(dtype=torch.float64) / len(zt)).item()
+
+
+def fit_temperature(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_index: int = 0,
+    max_pixels: int = MAX_PIXELS,
+    seed: int = 0,
+) -> float:
+    """The temperature of one batch of logits (B, 13, H, W) or (N, 13) and codes: ``TemperatureFit`` in
+    one call. Over a split, collect with ``TemperatureFit.update`` instead."""
+    fit = TemperatureFit(max_pixels, seed, ignore_index, rank=0)
+    fit.update(logits, targets)
+    return fit.fit()
+
+
+class ReliabilityCounts:
+    """Per fine confidence bin: valid pixels, their summed confidence and how many are right.
+
+    ``fine_bins`` equal-width bins on [0, 1] (a confidence of 1 goes in the last); the ``bins``
+    reliability bins of the ECE are groups of them, so both come exact from one histogram. Thresholds of
+    accuracy against coverage fall on the fine bin edges. Summed over processes like the confusion matrix.
+    """
+
+    def __init__(self, bins: int = BINS, fine_bins: int = FINE_BINS, ignore_index: int = 0):
+        if bins < 1 or fine_bins % bins:
+            raise ValueError(f"fine_bins ({fine_bins}) must be a multiple of bins ({bins})")
+        self.bins, self.fine_bins, self.ignore_index = bins, fine_bins, ignore_index
+        self.count = torch.zeros(fine_bins, dtype=torch.int64)
+        self.correct = torch.zeros(fine_bins, dtype=torch.int64)
+        self.confidence = torch.zeros(fine_bins, dtype=torch.float64)  # summed, for each bin's mean
+
+    def add(self, confidence: torch.Tensor, correct: torch.Tensor) -> None:
+        """Add valid pixels: their confidence in [0, 1] and whether the predicted code is right.
+
+        Binned on the CPU in float64: deterministic, and a float32 confidence lands in its true bin."""
+        conf = confidence.detach().reshape(-1).cpu().double()
+        ok = correct.detach().reshape(-1).cpu().to(torch.bool)
+        idx = (conf * self.fine_bins).floor().clamp_(0, self.fine_bins - 1).to(torch.int64)
+        n = self.fine_bins
+        self.count += torch.bincount(idx, minlength=n)
+        self.correct += torch.bincount(idx[ok], minlength=n)
+        self.confidence += torch.bincount(idx, weights=conf, minlength=n)
+
+    def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add a batch: (B, 13, H, W) probabilities (channel k = code k, as inference gives them) and
+        (B, H, W) codes; pixels whose truth is the ignore code are left out."""
+        self.add(*confidence_and_correct(probs, targets, self.ignore_index))
+
+    def merge(self, other: ReliabilityCounts) -> None:
+        """Add another accumulator's pixels (of the same bins)."""
+        if (other.bins, other.fine_bins) != (self.bins, self.fine_bins):
+            raise ValueError("cannot merge counts of different bins")
+        self.count += other.count
+        self.correct += other.correct
+        self.confidence += other.confidence
+
+    def reset(self) -> None:
+        for t in (self.count, self.correct, self.confidence):
+            t.zero_()
+
+    def reduce_from_all_processes(self) -> None:
+        """Sum the counts of every process (DistributedDataParallel); a no-op when not distributed."""
+        if not _dist_initialized():
+            return
+        backend = torch.distributed.get_backend()
+        dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
+        for name in ("count", "correct", "confidence"):
+            t = getattr(self, name).to(dev)
+            torch.distributed.all_reduce(t)
+            setattr(self, name, t.cpu())
+
+    @property
+    def pixels(self) -> int:
+        return int(self.count.sum())
+
+    def _coarse(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(count, correct, summed confidence) per reliability bin."""
+        k = self.fine_bins // self.bins
+        return tuple(t.reshape(self.bins, k).sum(dim=1) for t in (self.count, self.correct, self.confidence))
+
+    def reliability(self) -> list[dict]:
+        """Per reliability bin: its edges, pixels, mean confidence and accuracy (``None`` when empty)."""
+        count, correct, conf = self._coarse()
+        rows = []
+        for b in range(self.bins):
+            n = int(count[b])
+            rows.append(
+                {
+                    "lower": b / self.bins,
+                    "upper": (b + 1) / self.bins,
+                    "pixels": n,
+                    "confidence": conf[b].item() / n if n else None,
+                    "accuracy": int(correct[b]) / n if n else None,
+                }
+            )
+        return rows
+
+    def _gaps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        count, correct, conf = self._coarse()
+        n = count.double().clamp(min=1)
+        return count, (correct.double() / n - conf / n).abs()
+
+    def expected_calibration_error(self) -> float | None:
+        """Sum over reliability bins of (share of pixels) x |accuracy - mean confidence|; None: no pixels."""
+        count, gap = self._gaps()
+        total = int(count.sum())
+        return (count.double() * gap).sum().item() / total if total else None
+
+    def maximum_calibration_error(self) -> float | None:
+        """The largest |accuracy - mean confidence| over non-empty reliability bins; None without pixels."""
+        count, gap = self._gaps()
+        return gap[count > 0].max().item() if int(count.sum()) else None
+
+    def _kept(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels and right pixels with confidence at or above each fine bin's lower edge."""
+        return self.count.flip(0).cumsum(0).flip(0), self.correct.flip(0).cumsum(0).flip(0)
+
+    def coverage(self, thresholds: Sequence[float] = COVERAGE_THRESHOLDS) -> list[dict]:
+        """Per threshold t: the share of valid pixels with confidence >= t, their number and accuracy.
+
+        A threshold between fine bin edges is taken up to the next edge (the one reported)."""
+        kept, right = self._kept()
+        total = self.pixels
+        rows = []
+        for t in thresholds:
+            k = min(max(math.ceil(t * self.fine_bins - 1e-9), 0), self.fine_bins)
+            n = int(kept[k]) if k < self.fine_bins else 0
+            r = int(right[k]) if k < self.fine_bins else 0
+            rows.append(
+                {
+                    "threshold": k / self.fine_bins,
+                    "share": n / total if total else None,
+                    "pixels": n,
+                    "accuracy": r / n if n else None,
+                }
+            )
+        return rows
+
+    def threshold_for_accuracy(self, target_accuracy: float) -> float | None:
+        """The lowest fine-edge threshold whose kept pixels (confidence >= it) reach ``target_accuracy``:
+        pixels below it go to human review. None when no threshold keeps pixels that accurate."""
+        kept, right = self._kept()
+        for k in range(self.fine_bins):
+            n = int(kept[k])
+            if n and int(right[k]) / n >= target_accuracy:
+                return k / self.fine_bins
+        return None
+
+    def to_dict(self) -> dict:
+        """The JSON-ready summary: pixels, accuracy, mean confidence, ECE, MCE and both tables."""
+        n = self.pixels
+        return {
+            "pixels": n,
+            "accuracy": int(self.correct.sum()) / n if n else None,
+            "mean_confidence": self.confidence.sum().item() / n if n else None,
+            "ece": self.expected_calibration_error(),
+            "mce": self.maximum_calibration_error(),
+            "reliability": self.reliability(),
+            "coverage": self.coverage(),
+        }
+
+
+def calibration_report(
+    before: ReliabilityCounts, after: ReliabilityCounts | None = None, temperature: float | None = None
+) -> dict:
+    """metrics.json's ``calibration`` entry: the temperature and the summaries before and after it."""
+    report = {"temperature": temperature, "uncalibrated": before.to_dict()}
+    if after is not None:
+        report["calibrated"] = after.to_dict()
+    return report
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _ece_text(counts: ReliabilityCounts) -> str:
+    ece = counts.expected_calibration_error()
+    return "n/a" if ece is None else f"{ece:.3f}"
+
+
+def reliability_figure(
+    before: ReliabilityCounts,
+    after: ReliabilityCounts | None = None,
+    title: str = "",
+    temperature: float | None = None,
+):
+    """The reliability diagram: accuracy per confidence bin against the diagonal, before (outlined bars)
+    and after temperature scaling (filled bars), ECE of each in the legend; below, the share of pixels
+    per bin (most pixels sit in the top bins, so a gap there matters most)."""
+    plt = _pyplot()
+    fig, (ax, hx) = plt.subplots(
+        2, 1, figsize=(6.4, 7.2), sharex=True, height_ratios=(3, 1), constrained_layout=True
+    )
+    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfectly calibrated")
+    t_text = "temperature scaled" + (f" (T = {temperature:.2f})" if temperature is not None else "")
+    series = [(before, "uncalibrated", dict(fill=False, edgecolor="tab:red", lw=1.5))]
+    if after is not None:
+        series.append((after, t_text, dict(color="tab:blue", alpha=0.55, edgecolor="tab:blue")))
+    w = 1 / before.bins
+    for i, (counts, name, style) in enumerate(series):
+        rows = counts.reliability()
+        left = np.array([r["lower"] for r in rows])
+        acc = np.array([np.nan if r["accuracy"] is None else r["accuracy"] for r in rows])
+        share = np.array([r["pixels"] for r in rows]) / max(counts.pixels, 1)
+        shown = ~np.isnan(acc)
+        ax.bar(
+            left[shown], acc[shown], width=w, align="edge", label=f"{name}: ECE {_ece_text(counts)}", **style
+        )
+        hx.bar(left + i * w / len(series), share, width=w / len(series), align="edge", **style)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=9)
+    hx.set_xlabel("confidence (probability of the predicted class)")
+    hx.set_ylabel("share of pixels")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def coverage_figure(counts: ReliabilityCounts, title: str = ""):
+    """Accuracy of the pixels kept and the share of pixels kept against the confidence threshold
+    (the pixels below it go to human review), at every fine bin edge."""
+    plt = _pyplot()
+    rows = counts.coverage([k / counts.fine_bins for k in range(counts.fine_bins)])
+    t = np.array([r["threshold"] for r in rows])
+    acc = np.array([np.nan if r["accuracy"] is None else r["accuracy"] for r in rows])
+    share = np.array([np.nan if r["share"] is None else r["share"] for r in rows])
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), constrained_layout=True)
+    ax.plot(t, acc, color="tab:blue", lw=2, label="accuracy of the pixels kept")
+    ax.plot(t, share, color="tab:orange", lw=2, label="share of pixels kept")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence threshold (pixels below it go to review)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=9)
+    if title:
+        ax.set_title(title)
+    return fig
