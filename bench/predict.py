@@ -31,6 +31,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import ArgumentParser  # noqa: E402
+
 OUT = ROOT / "bench" / "out" / "predict"
 BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
 # reflectance x10000 of the classes 1..12 (rough Sentinel-2 spectra)
@@ -122,7 +124,7 @@ def make_scene(path: Path, size: int, seed: int = 0) -> None:
 def make_checkpoint_file(path: Path, encoder: str) -> None:
     import torch
 
-    from dataset import make_checkpoint
+    from checkpoint import make_checkpoint
     from model import build_model
 
     torch.manual_seed(0)
@@ -148,10 +150,12 @@ def bare_forward(args: argparse.Namespace) -> None:
     """Child mode: load the checkpoint as predict.py does, time net(x) over --bare windows."""
     import torch
 
-    import inference
+    from checkpoint import load_checkpoint
+    from distributed import configure_torch, pick_device
 
-    device = inference.pick_device(args.device)
-    net, _ = inference.load_model(OUT / f"ckpt_{args.encoder}.pt", device)
+    device = pick_device(args.device)
+    configure_torch(device)
+    net, _ = load_checkpoint(OUT / f"ckpt_{args.encoder}.pt", device)
     x = torch.randn(args.batch_size, 10, args.window, args.window, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
@@ -168,63 +172,61 @@ def bare_forward(args: argparse.Namespace) -> None:
     print(f"forward {time.perf_counter() - t0:.3f}")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args() -> argparse.Namespace:
+    p = ArgumentParser.for_script(__doc__)
     p.add_argument("--encoder", default="resnet50", choices=("resnet18", "resnet34", "resnet50"))
     p.add_argument("--sizes", type=int, nargs="+", default=[3000, 6000], help="scene sizes (square)")
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--workers", type=int, default=None, help="predict.py reader threads (its default)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="predict.py reader threads (default: its own)%(default).0s"
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--no-preview", action="store_true", help="predict.py without its PNG preview")
     p.add_argument("--repeat", type=int, default=1, help="runs of each (alternated); the fastest counts")
     p.add_argument("--bare", type=int, default=0, help=argparse.SUPPRESS)  # child mode
-    args = p.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    if args.bare:
-        return bare_forward(args)
+    return p.parse_args()
 
+
+def bench_size(args: argparse.Namespace, ckpt: Path, size: int) -> tuple:
+    """predict.py and the bare forward on the scene of ``size``, ``--repeat`` times each, alternated:
+    (size, windows, best times, best CPU s, peak RSS of each)."""
     import predict  # for the window count only
 
-    ckpt = OUT / f"ckpt_{args.encoder}.pt"
-    if not ckpt.exists():
-        make_checkpoint_file(ckpt, args.encoder)
+    scene = OUT / f"scene_{size}.tif"
+    if not scene.exists():
+        t = time.perf_counter()
+        make_scene(scene, size)
+        print(f"generated {scene} ({scene.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.0f} s")
+    w = min(args.window, size)
+    n = len(predict.window_starts(size, w, args.overlap)) ** 2
+    out = OUT / f"map_{size}.tif"
+    cmd = [sys.executable, "predict.py", "--checkpoint", ckpt, "--image", scene, "--out", out]
+    cmd += ["--window", args.window, "--overlap", args.overlap, "--batch-size", args.batch_size]
+    cmd += ["--device", args.device, "--no-preview"] if args.no_preview else ["--device", args.device]
+    cmd += ["--workers", args.workers] if args.workers is not None else []
+    bare = [sys.executable, "bench/predict.py", "--bare", n, "--encoder", args.encoder, "--window", w]
+    bare += ["--batch-size", args.batch_size, "--device", args.device]
     env = dict(os.environ)
-    rows = []
-    for size in args.sizes:
-        scene = OUT / f"scene_{size}.tif"
-        if not scene.exists():
-            t = time.perf_counter()
-            make_scene(scene, size)
-            print(
-                f"generated {scene} ({scene.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.0f} s"
-            )
-        w = min(args.window, size)
-        n = len(predict.window_starts(size, w, args.overlap)) ** 2
-        out = OUT / f"map_{size}.tif"
-        cmd = [sys.executable, "predict.py", "--checkpoint", ckpt, "--image", scene, "--out", out]
-        cmd += ["--window", args.window, "--overlap", args.overlap, "--batch-size", args.batch_size]
-        cmd += ["--device", args.device, "--no-preview"] if args.no_preview else ["--device", args.device]
-        cmd += ["--workers", args.workers] if args.workers is not None else []
-        bare = [sys.executable, "bench/predict.py", "--bare", n, "--encoder", args.encoder, "--window", w]
-        bare += ["--batch-size", args.batch_size, "--device", args.device]
-        runs = []
-        for k in range(args.repeat):  # alternated, so that both see the same load on shared cores
-            wall_p, rss_p, text, cpu_p = spawn([str(c) for c in cmd], env)
-            work_p = float(re.search(r"px, ([\d.]+) s\)", text).group(1))
-            _, rss_b, text, cpu_b = spawn([str(c) for c in bare], env)
-            work_b = float(re.search(r"forward ([\d.]+)", text).group(1))
-            runs.append((work_p, work_b, wall_p, cpu_p, cpu_b, rss_p, rss_b))
-            print(
-                f"{size} run {k + 1}: {n} windows, predict.py {work_p:.1f} s ({cpu_p:.0f} CPU s), "
-                f"bare forward {work_b:.1f} s ({cpu_b:.0f} CPU s)",
-                flush=True,
-            )
-        work_p, work_b, wall_p, cpu_p, cpu_b = (min(r[i] for r in runs) for i in range(5))  # least disturbed
-        rss_p, rss_b = (max(r[i] for r in runs) for i in (5, 6))
-        rows.append((size, n, work_p, work_b, wall_p, cpu_p, cpu_b, rss_p, rss_b))
+    runs = []
+    for k in range(args.repeat):  # alternated, so that both see the same load on shared cores
+        wall_p, rss_p, text, cpu_p = spawn([str(c) for c in cmd], env)
+        work_p = float(re.search(r"px, ([\d.]+) s\)", text).group(1))
+        _, rss_b, text, cpu_b = spawn([str(c) for c in bare], env)
+        work_b = float(re.search(r"forward ([\d.]+)", text).group(1))
+        runs.append((work_p, work_b, wall_p, cpu_p, cpu_b, rss_p, rss_b))
+        print(
+            f"{size} run {k + 1}: {n} windows, predict.py {work_p:.1f} s ({cpu_p:.0f} CPU s), "
+            f"bare forward {work_b:.1f} s ({cpu_b:.0f} CPU s)",
+            flush=True,
+        )
+    work_p, work_b, wall_p, cpu_p, cpu_b = (min(r[i] for r in runs) for i in range(5))  # least disturbed
+    rss_p, rss_b = (max(r[i] for r in runs) for i in (5, 6))
+    return size, n, work_p, work_b, wall_p, cpu_p, cpu_b, rss_p, rss_b
 
+
+def print_table(args: argparse.Namespace, rows: list[tuple]) -> None:
     import torch
 
     cuda = args.device != "cpu" and torch.cuda.is_available()
@@ -248,6 +250,17 @@ def main() -> None:
             f"peak RSS of predict.py, largest / smallest scene: {rows[-1][7] / rows[0][7]:.3f} "
             f"(target <= 1.1); worst time ratio {max(r[2] / r[3] for r in rows):.2f} (target <= 1.25)"
         )
+
+
+def main() -> None:
+    args = parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.bare:
+        return bare_forward(args)
+    ckpt = OUT / f"ckpt_{args.encoder}.pt"
+    if not ckpt.exists():
+        make_checkpoint_file(ckpt, args.encoder)
+    print_table(args, [bench_size(args, ckpt, size) for size in args.sizes])
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ gdalwarp equivalent: it is set against ``gdalwarp -r mode``, for scale only.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -37,7 +36,7 @@ from rasterio.windows import Window
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from colormap import remap_lut  # noqa: E402
-from common import atomic_path  # noqa: E402
+from common import ArgumentParser, atomic_path  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "rescale"
 X0, Y0 = 400000.0, 4600000.0
@@ -221,7 +220,7 @@ def near_check(size: int) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser.for_script(__doc__)
     p.add_argument("--sizes", type=int, nargs="+", default=[20000, 40000], help="mask sizes (pixels a side)")
     p.add_argument("--repeat", type=int, default=3, help="interleaved rounds; the best time counts")
     p.add_argument("--methods", nargs="+", default=["near", "mode", "weighted"], help="methods to time")

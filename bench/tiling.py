@@ -31,7 +31,9 @@ from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import ArgumentParser  # noqa: E402
 from divide_img import creation_options, tile_offsets  # noqa: E402
+from layout import tile_folders  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
@@ -143,14 +145,96 @@ def co_args(compress: str) -> list[str]:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args() -> argparse.Namespace:
+    p = ArgumentParser.for_script(__doc__)
     p.add_argument("--pixels", type=int, default=10000, help="scene side in pixels")
     p.add_argument("--compress", nargs="+", default=["zstd", "deflate"], help="compressions to compare")
     p.add_argument("--repeat", type=int, default=3, help="runs of each; the best is reported")
     p.add_argument("--sample", type=int, default=40, help="tiles timed in the per-tile gdal_translate loop")
     p.add_argument("--workers", type=int, nargs="+", default=[2], help="divide_img.py --workers to time")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def commands(scene: Path, mask: Path, compress: str, workers: list[int]) -> dict[str, list[str]]:
+    """(a) the whole-scene copy and ours (once per --workers), run in the work folder."""
+    cmds = {
+        "(a) gdal_translate whole scene": [
+            "gdal_translate",
+            "-q",
+            *co_args(compress),
+            str(scene),
+            "whole.tif",
+        ]
+    }
+    for w in workers:
+        cmds[f"divide_img.py --workers {w}"] = [
+            sys.executable, str(ROOT / "divide_img.py"), "--images", str(scene), "--mask", str(mask),
+            "--out", "tiles", "--compress", compress, "--max-nodata", "1", "--keep-water-only",
+            "--workers", str(w),
+        ]  # fmt: skip
+    return cmds
+
+
+def time_commands(
+    cmds: dict[str, list[str]], work: Path, repeat: int
+) -> tuple[dict[str, Run], dict[str, int], int]:
+    """The best run of each command, the bytes each wrote, and the tiles ours wrote."""
+    best: dict[str, Run] = {}
+    out_bytes: dict[str, int] = {}
+    written = 0
+    for _ in range(repeat):  # interleaved, so that other work on the machine hits all alike
+        for what, cmd in cmds.items():
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            os.chdir(work)
+            run = timed(cmd)
+            if what not in best or run.wall < best[what].wall:
+                best[what] = run
+            files = list(work.rglob("*.tif"))
+            out_bytes[what] = sum(f.stat().st_size for f in files)
+            if what.startswith("divide"):
+                written = len(list(tile_folders(work / "tiles", 300)[0].glob("*.tif")))
+    return best, out_bytes, written
+
+
+def time_per_tile(
+    scene: Path, work: Path, compress: str, sample: list[tuple[int, int]], repeat: int
+) -> float:
+    """(b): seconds of one gdal_translate -srcwin process per tile, best of ``repeat`` over the sample."""
+    per_tile = 1e9
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for r, c in sample:
+            cmd = ["gdal_translate", "-q", *co_args(compress), "-srcwin", str(c), str(r), "300", "300"]
+            subprocess.run([*cmd, str(scene), str(work / "one.tif")], check=True)
+        per_tile = min(per_tile, (time.perf_counter() - t) / len(sample))
+    return per_tile
+
+
+def table_rows(
+    compress: str, best: dict[str, Run], out_bytes: dict[str, int], written: int, per_tile: float
+) -> list[str]:
+    """The rows of one compression in the markdown table."""
+    ref = best["(a) gdal_translate whole scene"]
+    loop = per_tile * written
+    rows = [f"| **{compress}** | | | | | | | |"]
+    for what, run in best.items():
+        cells = [
+            what,
+            f"{run.wall:.1f}",
+            f"{run.cpu:.1f}",
+            f"{run.peak_mb:.0f}",
+            f"{out_bytes[what] / 1e9:.2f}",
+        ]
+        if what.startswith("divide"):
+            cells += [f"{written / run.wall:.0f}", f"{run.wall / ref.wall:.2f}x", f"{loop / run.wall:.1f}x"]
+        rows.append("| " + " | ".join(cells + [""] * (8 - len(cells))) + " |")
+    rows.append(f"| (b) gdal_translate -srcwin per tile | {loop:.0f} (est.) | | | | {1 / per_tile:.1f} | | |")
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
     if not shutil.which("gdal_translate"):
         raise SystemExit("gdal_translate not found (apt-get install gdal-bin)")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -160,73 +244,19 @@ def main() -> None:
     work = OUT / "tiling_run"
     offs = tile_offsets(args.pixels, 300, 300)
     places = [(r, c) for r in offs for c in offs]
+    sample = places[:: max(1, len(places) // args.sample)][: args.sample]  # spread over the scene
     mb, n = scene.stat().st_size / 1e6, args.pixels
     print(f"scene: {mb:.0f} MB on disk, {n} x {n} x 10 uint16, {len(places)} tiles of 300 x 300; "
           f"best of {args.repeat}; {os.cpu_count()} cores, shared")  # fmt: skip
 
     table = []
     for compress in args.compress:
-        cmds = {
-            "(a) gdal_translate whole scene": [
-                "gdal_translate",
-                "-q",
-                *co_args(compress),
-                str(scene),
-                "whole.tif",
-            ]
-        }
-        for w in args.workers:
-            cmds[f"divide_img.py --workers {w}"] = [
-                sys.executable, str(ROOT / "divide_img.py"), "--images", str(scene), "--mask", str(mask),
-                "--out", "tiles", "--compress", compress, "--max-nodata", "1", "--keep-water-only",
-                "--workers", str(w),
-            ]  # fmt: skip
-        best: dict[str, Run] = {}
-        out_bytes: dict[str, int] = {}
-        for _ in range(args.repeat):  # interleaved, so that other work on the machine hits all alike
-            for what, cmd in cmds.items():
-                shutil.rmtree(work, ignore_errors=True)
-                work.mkdir(parents=True)
-                os.chdir(work)
-                run = timed(cmd)
-                if what not in best or run.wall < best[what].wall:
-                    best[what] = run
-                files = list(work.rglob("*.tif"))
-                out_bytes[what] = sum(f.stat().st_size for f in files)
-                if what.startswith("divide"):
-                    written = len(list((work / "tiles" / "img300").glob("*.tif")))
-        # (b) one gdal_translate process per tile, timed on a sample spread over the scene
-        sample = places[:: max(1, len(places) // args.sample)][: args.sample]
-        per_tile = 1e9
-        for _ in range(args.repeat):
-            t = time.perf_counter()
-            for r, c in sample:
-                cmd = ["gdal_translate", "-q", *co_args(compress), "-srcwin", str(c), str(r), "300", "300"]
-                subprocess.run([*cmd, str(scene), str(work / "one.tif")], check=True)
-            per_tile = min(per_tile, (time.perf_counter() - t) / len(sample))
+        cmds = commands(scene, mask, compress, args.workers)
+        best, out_bytes, written = time_commands(cmds, work, args.repeat)
+        per_tile = time_per_tile(scene, work, compress, sample, args.repeat)
         os.chdir(ROOT)
         shutil.rmtree(work, ignore_errors=True)
-        ref = best["(a) gdal_translate whole scene"]
-        loop = per_tile * written
-        table.append(f"| **{compress}** | | | | | | | |")
-        for what, run in best.items():
-            cells = [
-                what,
-                f"{run.wall:.1f}",
-                f"{run.cpu:.1f}",
-                f"{run.peak_mb:.0f}",
-                f"{out_bytes[what] / 1e9:.2f}",
-            ]
-            if what.startswith("divide"):
-                cells += [
-                    f"{written / run.wall:.0f}",
-                    f"{run.wall / ref.wall:.2f}x",
-                    f"{loop / run.wall:.1f}x",
-                ]
-            table.append("| " + " | ".join(cells + [""] * (8 - len(cells))) + " |")
-        table.append(
-            f"| (b) gdal_translate -srcwin per tile | {loop:.0f} (est.) | | | | {1 / per_tile:.1f} | | |"
-        )
+        table += table_rows(compress, best, out_bytes, written, per_tile)
 
     print()
     print("| what | wall s | cpu s | peak MB | GB written | tiles/s | wall vs (a) | (b) loop / ours |")
