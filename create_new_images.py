@@ -44,7 +44,7 @@ from common import (
     whole_raster,
 )
 from geo import colour_table
-from layout import KINDS, split_folders, tile_names, tile_path, unpaired
+from layout import DATA, KINDS, TEST, TRAIN, VAL, split_folders, tile_names, tile_path, unpaired
 
 # The dihedral transforms, on arrays whose last two axes are (rows, cols), e.g. (C, H, W) or (H, W).
 # rot90 turns counter-clockwise (as np.rot90 and torch.rot90); flip_h mirrors left-right, flip_v
@@ -194,7 +194,7 @@ def counts_table(before: np.ndarray, after: np.ndarray, pairs: tuple[int, int]) 
 def parse_args(argv: Sequence[str] | None):
     p = ArgumentParser.for_script(__doc__)
     p.add_argument(
-        "--train", default="data/train", help="the train split (img/ and mask/), augmented in place"
+        "--train", default=str(DATA / TRAIN), help="the train split (img/ and mask/), augmented in place"
     )
     p.add_argument(
         "--classes",
@@ -226,7 +226,7 @@ def check_train(train: Path) -> None:
     """Fail unless ``train`` is a train split: a folder holding img/ and mask/, not a val or test split."""
     if not train.is_dir():
         fail(f"train split not found (no such folder): {train}")
-    if train.resolve().name in ("val", "test"):
+    if train.resolve().name in (VAL, TEST):
         fail(f"refusing to augment {train}: augmentation belongs in the train split only")
     for kind, folder in zip(KINDS, split_folders(train), strict=True):
         if not folder.is_dir():

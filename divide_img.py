@@ -62,7 +62,7 @@ from common import (
     whole_raster,
 )
 from geo import Grid, colour_table
-from layout import TILES_CSV, tile_folders, tile_name, tile_path
+from layout import MASK_10M, RAW, TILES, TILES_CSV, tile_folders, tile_name, tile_path
 
 RECORD_NAME = "divide_img.json"
 CSV_COLUMNS = [
@@ -499,12 +499,10 @@ def summary_table(summaries: dict[str, Summary], max_nodata: float) -> str:
 def parse_args(argv: Sequence[str] | None):
     p = ArgumentParser.for_script(__doc__)
     p.add_argument(
-        "--images", nargs="+", default=["data/raw/s2_*.tif"], help="scenes (files or glob patterns)"
+        "--images", nargs="+", default=[str(RAW / "s2_*.tif")], help="scenes (files or glob patterns)"
     )
-    p.add_argument(
-        "--mask", default="data/mask_10m.tif", help="10 m mask on the scenes' grid (rescale_mask.py)"
-    )
-    p.add_argument("--out", default="data/tiles", help="output folder: img<SIZE>/, mask<SIZE>/, tiles.csv")
+    p.add_argument("--mask", default=str(MASK_10M), help="10 m mask on the scenes' grid (rescale_mask.py)")
+    p.add_argument("--out", default=str(TILES), help="output folder: img<SIZE>/, mask<SIZE>/, tiles.csv")
     p.add_argument("--size", type=int, default=300, help="tile side in pixels")
     p.add_argument(
         "--stride",

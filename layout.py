@@ -5,6 +5,7 @@ Bottom floor (rests on common.py's one-line failures only). divide_img.py writes
 the pairs into split folders ``train/``, ``val/``, ``test/``, each holding ``img/`` and ``mask/``.
 An image and its mask always have the same file name: they are paired by name, never by sort order.
 A tile's name says where it was cut: ``<scene stem or "stack">_<row offset>_<col offset>``.
+The scripts' default folders are here too, so that each one's default output is the next one's input.
 """
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ from common import fail, require_dir
 
 IMG, MASK = "img", "mask"  # the two kinds of tile, and the folder names of a split
 KINDS = (IMG, MASK)
-SPLITS = ("train", "val", "test")
+TRAIN, VAL, TEST = SPLITS = ("train", "val", "test")
 TILES_CSV = "tiles.csv"  # divide_img.py's table of tiles, in the tile folder
 SUFFIX = ".tif"
+
+DATA = Path("data")  # the default home of everything below, and of the split folders
+RAW = DATA / "raw"  # the scenes and the 1 m mask (make_demo_data.py's, or the real ones)
+MASK_10M = (
+    DATA / "mask_10m.tif"
+)  # the mask on the scenes' grid: rescale_mask.py writes it, divide_img.py reads it
+TILES = DATA / "tiles"  # divide_img.py's tile folder, split by move_images.py
 
 
 def tile_folders(tiles: str | Path, size: int) -> tuple[Path, Path]:

@@ -56,9 +56,11 @@ from common import (
     run_main,
 )
 from layout import (
+    DATA,
     IMG,
     KINDS,
     SPLITS,
+    TILES,
     TILES_CSV,
     pair_names,
     parse_place,
@@ -511,11 +513,11 @@ def parse_args(argv: Sequence[str] | None):
     p = ArgumentParser.for_script(__doc__)
     p.add_argument(
         "--tiles",
-        default="data/tiles",
+        default=str(TILES),
         help="folder written by divide_img.py (img<SIZE>/, mask<SIZE>/, tiles.csv)",
     )
     p.add_argument(
-        "--out", default="data", help="folder that receives train/, val/, test/ and the plan split.csv"
+        "--out", default=str(DATA), help="folder that receives train/, val/, test/ and the plan split.csv"
     )
     p.add_argument(
         "--val", type=float, default=0.15, help="fraction of the tiles for validation (met within one block)"
@@ -580,7 +582,7 @@ def new_plan(args, tiles: Path, size: int | None, src_dirs: dict[str, Path | Non
     if not names:
         fail(f"no tiles in {tiles} (no GeoTIFFs in {src_dirs[IMG]})")
     for folder in split_dirs(out).values():
-        if any(folder.glob("*.tif")):
+        if tile_names(folder):
             fail(
                 f"{folder} already holds tiles but there is no plan {plan_path}: "
                 "refusing to mix splits (choose another --out)"

@@ -56,10 +56,10 @@ from common import (
     run_main,
 )
 from geo import MAP_BLOCK, Grid, map_profile
+from layout import RAW
 from stats import Normalize
 from tiles import valid_pixels
 
-DEFAULT_RAW = Path("data/raw")
 OVERVIEW_MIN = 256  # overviews are added until the smallest fits in this many pixels
 GDAL_CACHE_MB = 256  # a fixed GDAL block cache: reading and writing never hold more than this
 CHUNK = 4096  # columns read at once (see SceneReader)
@@ -457,7 +457,7 @@ def area_table(counts: np.ndarray, pixel_area_m2: float) -> str:
 
 def default_images(bands: Sequence[str]) -> list[Path]:
     """The scenes of make_demo_data.py the checkpoint takes: data/raw/<scene>.tif (April if single)."""
-    return [DEFAULT_RAW / f"{p}.tif" for p in scene_prefixes(bands)] or [DEFAULT_RAW / "s2_april.tif"]
+    return [RAW / f"{p}.tif" for p in scene_prefixes(bands)] or [RAW / "s2_april.tif"]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

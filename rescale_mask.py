@@ -76,6 +76,7 @@ from common import (
     whole_raster,
 )
 from geo import MAP_BLOCK, Grid, map_profile
+from layout import MASK_10M, RAW
 
 METHODS = ("near", "mode", "weighted")
 BLOCK_SOURCE_PIXELS = 64_000_000  # mask pixels read per block (uint8: 64 MB)
@@ -692,15 +693,9 @@ def build_parser() -> ArgumentParser:
         "(f_max: the commonest class, weight 1); POWER 1 is plain inverse frequency, 0 plain mode. "
         "The weights used are printed and stored in the output's tags.",
     )
-    p.add_argument(
-        "--mask", type=Path, default=Path("data/raw/landcover_1m.tif"), help="the 1 m mask (1 band)"
-    )
-    p.add_argument(
-        "--like", type=Path, default=Path("data/raw/s2_april.tif"), help="scene whose grid to match"
-    )
-    p.add_argument(
-        "--out", type=Path, default=Path("data/mask_10m.tif"), help="output mask on the scene's grid"
-    )
+    p.add_argument("--mask", type=Path, default=RAW / "landcover_1m.tif", help="the 1 m mask (1 band)")
+    p.add_argument("--like", type=Path, default=RAW / "s2_april.tif", help="scene whose grid to match")
+    p.add_argument("--out", type=Path, default=MASK_10M, help="output mask on the scene's grid")
     p.add_argument(
         "--method",
         choices=METHODS,
