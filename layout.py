@@ -1,4 +1,5 @@
-"""The folder contract every script shares: where tiles live and how an image finds its mask.
+"""The folder contract every script shares: the default folders, where tiles live, what they are named
+and how an image finds its mask.
 
 Bottom floor (rests on common.py's one-line failures only). divide_img.py writes a tile folder:
 ``img<SIZE>/`` and ``mask<SIZE>/`` with one GeoTIFF per tile and ``tiles.csv``; move_images.py moves
@@ -23,9 +24,7 @@ SUFFIX = ".tif"
 
 DATA = Path("data")  # the default home of everything below, and of the split folders
 RAW = DATA / "raw"  # the scenes and the 1 m mask (make_demo_data.py's, or the real ones)
-MASK_10M = (
-    DATA / "mask_10m.tif"
-)  # the mask on the scenes' grid: rescale_mask.py writes it, divide_img.py reads it
+MASK_10M = DATA / "mask_10m.tif"  # the mask on the scenes' grid: rescale_mask.py's output
 TILES = DATA / "tiles"  # divide_img.py's tile folder, split by move_images.py
 
 
