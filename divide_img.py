@@ -62,13 +62,13 @@ from common import (
     whole_raster,
 )
 from geo import Grid, colour_table
-from layout import MASK_10M, RAW, TILES, TILES_CSV, tile_folders, tile_name, tile_path
+from layout import MASK_10M, RAW, TILES, TILES_CSV, count_column, tile_folders, tile_name, tile_path
 
 RECORD_NAME = "divide_img.json"
 CSV_COLUMNS = [
     *("name", "scene", "row_off", "col_off", "height", "width", "left", "bottom", "right", "top"),
     "nodata_fraction",
-    *(f"n{c}" for c in range(NUM_CLASSES)),  # pixels of each code; n0 = nodata
+    *(count_column(c) for c in range(NUM_CLASSES)),  # pixels of each code; n0 = nodata
 ]
 # Tile compression, lossless. The tiles are read thousands of times in training: ZSTD level 1 with the
 # horizontal predictor is as small as DEFLATE and decodes faster (README, Performance); "none" decodes
@@ -304,7 +304,7 @@ def process_tile(job: Job, row_off: int, col_off: int, img: np.ndarray, mask: np
         right=right,
         top=top,
         nodata_fraction=round(float(counts[0]) / mask.size, 6),
-        **{f"n{c}": int(n) for c, n in enumerate(counts)},
+        **{count_column(c): int(n) for c, n in enumerate(counts)},
     )
     row = {k: str(v) for k, v in row.items()}
     return Result(name, row, "existing" if existing else "written", unknown, reason is not None)

@@ -61,6 +61,11 @@ def parse_place(name: str) -> tuple[int, int]:
     return int(parts[1]), int(parts[2])
 
 
+def count_column(code: int) -> str:
+    """The tiles.csv column of the pixel count of class ``code`` in a tile (``n0``: nodata pixels)."""
+    return f"n{code}"
+
+
 def tile_path(folder: str | Path, name: str) -> Path:
     """The file of tile ``name`` (no suffix) in ``folder``."""
     return Path(folder) / f"{name}{SUFFIX}"

@@ -62,6 +62,7 @@ from layout import (
     SPLITS,
     TILES,
     TILES_CSV,
+    count_column,
     pair_names,
     parse_place,
     split_folders,
@@ -72,7 +73,7 @@ from layout import (
 )
 
 PLAN_FILE = "split.csv"
-PLAN_COLUMNS = ("name", "place", "block", "split", *(f"n{c}" for c in CODES))
+PLAN_COLUMNS = ("name", "place", "block", "split", *(count_column(c) for c in CODES))
 DEFAULT_BLOCK = 10
 MIN_BLOCKS = 20  # with the default --block, blocks shrink until the tiles form at least this many
 MISSING_PENALTY = 1000.0  # per class missing from a split (classes found in >= 3 blocks)
@@ -130,7 +131,7 @@ def counts_from_csv(csv_path: Path, size: int) -> dict[str, np.ndarray]:
     """
     if not csv_path.is_file():
         return {}
-    cols = [f"n{c}" for c in CODES]
+    cols = [count_column(c) for c in CODES]
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "name" not in reader.fieldnames:

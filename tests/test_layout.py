@@ -34,6 +34,7 @@ def test_tile_folders_sizes_and_names(tmp_path):
         with pytest.raises(ValueError):
             layout.parse_place(bad)
     assert layout.tile_path(img, name) == img / "s2_april_300_600.tif"
+    assert [layout.count_column(c) for c in (0, 12)] == ["n0", "n12"]
 
 
 def test_pairs_by_name_and_unpaired_tiles_named(tmp_path):
