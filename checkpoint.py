@@ -163,3 +163,13 @@ def check_resumable(ckpt: dict, path: Path, options: dict, keys: Sequence[str], 
             f"{path} was trained on other bands ({len(ckpt['bands'])}: {', '.join(ckpt['bands'])}) than the "
             f"tiles have now ({len(bands)}: {', '.join(bands)})"
         )
+
+
+def temperature_of(ckpt: dict, path: str | Path) -> tuple[float, str | None]:
+    """The temperature that calibrates a checkpoint's confidence (train.py fits it on the validation
+    split), and a note to show when the checkpoint was written before temperatures were: it then uses
+    1, the model's raw softmax."""
+    if "temperature" in ckpt:
+        return float(ckpt["temperature"]), None
+    note = f"{path} holds no fitted temperature (written before calibration): confidence is uncalibrated"
+    return 1.0, f"{note} (T = 1)"

@@ -11,12 +11,13 @@ flips of the input (none, left-right, up-down, both).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
 import distributed
+from calibration import probabilities
 from checkpoint import load_checkpoint
 from colormap import NODATA, comparison_figure, stretch_rgb
 from common import fail
@@ -80,21 +81,29 @@ def _short(names: Sequence[str], keep: int = 12) -> str:
     return " ".join(names) if len(names) <= keep else " ".join(names[:keep]) + f" ... ({len(names)} in all)"
 
 
+def flipped_logits(net: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> Iterator[torch.Tensor]:
+    """The model's float32 logits (B, 13, H, W) of ``x``; with ``tta``, of its four flips, each flipped
+    back onto the input's pixels."""
+    for dims in FLIPS if tta else FLIPS[:1]:
+        z = net(x.flip(dims) if dims else x).float()
+        yield z.flip(dims) if dims else z
+
+
 @torch.inference_mode()
-def class_probabilities(net: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+def class_probabilities(
+    net: torch.nn.Module, x: torch.Tensor, tta: bool = False, temperature: float = 1.0
+) -> torch.Tensor:
     """(B, C, H, W) normalised input -> (B, 13, H, W) float32 probabilities, channel k = code k.
 
-    A softmax over codes 1..12; code 0 (nodata) gets 0. With ``tta``, the mean over four flips.
+    A softmax over codes 1..12 of the logits divided by ``temperature`` (the checkpoint's, fitted on
+    the validation split: the top probability then means what it says); code 0 (nodata) gets 0. With
+    ``tta``, the mean over four flips.
     """
-    flips = FLIPS if tta else FLIPS[:1]
-    probs = None
-    for dims in flips:
-        p = net(x.flip(dims) if dims else x).float()
-        p[:, 1:] = p[:, 1:].softmax(dim=1)  # in place of the logits: no second (B, 13, H, W) buffer
-        p[:, 0] = 0
-        p = p.flip(dims) if dims else p
-        probs = p if probs is None else probs.add_(p)
-    return probs / len(flips) if len(flips) > 1 else probs
+    probs, n = None, 0
+    for z in flipped_logits(net, x, tta):
+        p = probabilities(z, temperature)
+        probs, n = (p if probs is None else probs.add_(p)), n + 1
+    return probs / n if n > 1 else probs
 
 
 def codes_from_probabilities(probs: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import io
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,14 @@ import torch
 from torch.utils.data import DataLoader
 
 import inference
-from checkpoint import load_checkpoint
+from calibration import (
+    ReliabilityCounts,
+    calibration_report,
+    coverage_figure,
+    probabilities,
+    reliability_figure,
+)
+from checkpoint import load_checkpoint, temperature_of
 from colormap import CLASSES, NUM_CLASSES, confusion_figure, rgb_band_indices
 from common import (
     ArgumentParser,
@@ -48,23 +56,44 @@ from distributed import DEVICES, configure_torch, pick_device
 from layout import tile_pairs
 from metrics import ConfusionMatrix, format_table
 from stats import Normalize
-from tiles import scan_tiles
+from tiles import TileInfo, scan_tiles
 
 GROUPS = ("best", "worst", "random")
 COMPARISONS = "comparisons"
 
 
+@dataclass
+class Evaluation:
+    """What one pass over a split accumulates: every metric derives from these."""
+
+    cm: ConfusionMatrix  # truth x prediction over every valid pixel
+    scores: list[dict]  # per tile: name, valid pixels, accuracy, mIoU
+    raw: ReliabilityCounts  # confidence against correctness, the model's own softmax (T = 1)
+    calibrated: ReliabilityCounts  # the same with the checkpoint's temperature
+
+
+def tile_scores(name: str, truth: torch.Tensor, pred: torch.Tensor) -> dict:
+    """A tile's valid pixels, accuracy and mIoU, from the tile's own confusion matrix."""
+    tile = ConfusionMatrix(NUM_CLASSES)
+    tile.update(truth, pred)
+    m = tile.compute()
+    return {"tile": name, "pixels": m["pixels"], "accuracy": m["overall_accuracy"], "miou": m["miou"]}
+
+
+@torch.inference_mode()
 def evaluate(
     net: torch.nn.Module,
     pairs: list[tuple[Path, Path]],
     stats: dict,
     device: torch.device,
     *,
+    temperature: float = 1.0,
     batch_size: int = 8,
     workers: int = 0,
     tta: bool = False,
-) -> tuple[ConfusionMatrix, list[dict]]:
-    """The split's confusion matrix over every valid pixel, and each tile's pixels, accuracy and mIoU."""
+) -> Evaluation:
+    """One pass over the split: the confusion matrix, each tile's scores, and the confidence's
+    calibration with and without ``temperature`` (the predicted codes do not depend on it)."""
     norm = Normalize(stats, device)
     loader = DataLoader(
         TileDataset(pairs, len(stats["mean"])),
@@ -73,26 +102,19 @@ def evaluate(
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    cm = ConfusionMatrix(NUM_CLASSES)
-    scores: list[dict] = []
+    ev = Evaluation(ConfusionMatrix(NUM_CLASSES), [], ReliabilityCounts(), ReliabilityCounts())
     with progress(total=len(pairs), desc="evaluating", unit="tile") as bar:
         for raw, y in loader:
-            pred = inference.predict_codes(net, norm(raw.to(device, non_blocking=True)), tta).cpu()
-            cm.update(y, pred)
+            logits = list(inference.flipped_logits(net, norm(raw.to(device, non_blocking=True)), tta))
+            for counts, t in ((ev.raw, 1.0), (ev.calibrated, temperature)):
+                probs = sum(probabilities(z, t) for z in logits) / len(logits)
+                counts.update(probs, y.to(probs.device))
+            pred = inference.codes_from_probabilities(probs).cpu()
+            ev.cm.update(y, pred)
             for b in range(len(y)):
-                tile = ConfusionMatrix(NUM_CLASSES)
-                tile.update(y[b], pred[b])
-                m = tile.compute()
-                scores.append(
-                    {
-                        "tile": pairs[len(scores)][0].stem,
-                        "pixels": m["pixels"],
-                        "accuracy": m["overall_accuracy"],
-                        "miou": m["miou"],
-                    }
-                )
+                ev.scores.append(tile_scores(pairs[len(ev.scores)][0].stem, y[b], pred[b]))
             bar.update(len(y))
-    return cm, scores
+    return ev
 
 
 def select_tiles(scores: list[dict], n: int, seed: int) -> list[tuple[str, int, int]]:
@@ -138,7 +160,7 @@ def scores_csv(scores: list[dict]) -> str:
     return buf.getvalue()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = ArgumentParser.for_script(__doc__)
     parser.add_argument(
         "--checkpoint", default=inference.DEFAULT_CHECKPOINT, help="checkpoint written by train.py"
@@ -166,6 +188,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random group of pictures")
     parser.add_argument(
+        "--review-accuracy",
+        type=float,
+        default=0.9,
+        help="report the confidence threshold above which the kept pixels reach this accuracy: the "
+        "pixels below it are the ones to send to human review (predict.py --review-below)",
+    )
+    parser.add_argument(
         "--rgb",
         type=int,
         nargs=3,
@@ -177,10 +206,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_range("--n", args.n, 0)
     check_range("--batch-size", args.batch_size, 1)
     check_range("--workers", args.workers, 0)
+    if not 0 < args.review_accuracy <= 1:
+        fail(f"--review-accuracy must be in (0, 1], not {args.review_accuracy}")
+    return args
 
-    device = pick_device(args.device)
-    configure_torch(device)
-    net, ckpt = load_checkpoint(args.checkpoint, device)
+
+def split_of(args: argparse.Namespace, ckpt: dict) -> tuple[list[tuple[Path, Path]], TileInfo, list[int]]:
+    """The split's tile pairs, what they share, and the picture bands; refused unless its bands are the
+    checkpoint's."""
     pairs = tile_pairs(args.data)
     with open_raster(pairs[0][0], "image tile") as first:  # the usual mistake, before the tile scan
         inference.check_bands(ckpt["bands"], first.descriptions, f"split {args.data}")
@@ -190,39 +223,47 @@ def main(argv: Sequence[str] | None = None) -> None:
         rgb = rgb_band_indices(info.descriptions, args.rgb)
     except ValueError as e:
         fail(f"{e}: {args.data}")
-    out = getattr(args, "out", None) or inference.results_folder(args.checkpoint)
+    return pairs, info, rgb
 
-    cm, scores = evaluate(
-        net, pairs, ckpt["stats"], device, batch_size=args.batch_size, workers=args.workers, tta=args.tta
-    )
-    metrics = cm.compute({c: CLASSES[c][0] for c in CLASSES})
+
+def build_report(args, ckpt: dict, ev: Evaluation, info: TileInfo, tiles: int, temperature: float) -> dict:
+    """metrics.json: the metrics, the confusion matrix, the calibration, what was evaluated."""
+    metrics = ev.cm.compute({c: CLASSES[c][0] for c in CLASSES})
     if metrics["pixels"] == 0:
         fail(f"no valid pixels in the tiles of {args.data} (every pixel is nodata in the image or the mask)")
-    report = {
+    calibration = calibration_report(ev.raw, ev.calibrated, temperature)
+    threshold = ev.calibrated.threshold_for_accuracy(args.review_accuracy)
+    calibration["review"] = {"accuracy": args.review_accuracy, "threshold": threshold}
+    if threshold is not None:  # what that threshold keeps
+        kept = ev.calibrated.coverage([threshold])[0]
+        calibration["review"].update(kept_share=kept["share"], kept_accuracy=kept["accuracy"])
+    return {
         **metrics,
         "confusion_matrix": {"rows": "truth", "columns": "prediction", "codes": list(range(NUM_CLASSES))}
-        | {"counts": cm.mat.tolist()},
+        | {"counts": ev.cm.mat.tolist()},
+        "calibration": calibration,
         "checkpoint": {
             "path": str(args.checkpoint),
+            "arch": ckpt["model_config"].get("arch", "unet"),
             "encoder": ckpt["model_config"]["encoder"],
             "bands": list(ckpt["bands"]),
             "epoch": ckpt.get("epoch"),
             "val_miou": ckpt.get("best_miou"),
+            "temperature": ckpt.get("temperature"),
         },
         "split": {
             "path": str(args.data),
-            "tiles": len(pairs),
+            "tiles": tiles,
             "tile_size": [info.height, info.width],
             "bands": list(info.descriptions),
         },
         "tta": args.tta,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "tile_scores.csv", scores_csv(scores))
-    title = f"{Path(args.data).name}: {metrics['pixels']:,} pixels, mIoU {metrics['miou']:.3f}"
-    save_figure(confusion_figure(cm.mat.numpy(), title), out / "confusion_matrix.png")
 
-    folder = out / COMPARISONS
+
+def write_comparisons(args, net, ckpt, pairs, scores, rgb, device, folder: Path) -> int:
+    """Image / truth / prediction pictures of the best, worst and random tiles; older pictures in the
+    folder go. The number written."""
     folder.mkdir(exist_ok=True)
     dataset, norm = TileDataset(pairs, len(ckpt["bands"])), Normalize(ckpt["stats"], device)
     written = set()
@@ -236,11 +277,55 @@ def main(argv: Sequence[str] | None = None) -> None:
     for old in folder.glob("*.png"):  # pictures of an earlier evaluation into the same folder
         if old.name not in written:
             old.unlink()
+    return len(written)
+
+
+def calibration_lines(report: dict) -> list[str]:
+    """What the calibration means for a reviewer, in two lines."""
+    cal, review = report["calibration"], report["calibration"]["review"]
+    ece = [cal[k]["ece"] for k in ("uncalibrated", "calibrated")]
+    lines = [f"confidence: expected calibration error {ece[0]:.3f} raw, {ece[1]:.3f} with temperature "
+             f"{cal['temperature']:.3f}"]  # fmt: skip
+    if review["threshold"] is None:
+        lines.append(f"no confidence threshold keeps pixels at accuracy {review['accuracy']:.2f}")
+    else:
+        share = review["kept_share"]
+        lines.append(
+            f"pixels with confidence >= {review['threshold']:.2f}: {share:.1%} of the split, accuracy "
+            f"{review['kept_accuracy']:.3f}; the rest ({1 - share:.1%}) is for human review"
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    configure_torch(device)
+    net, ckpt = load_checkpoint(args.checkpoint, device)
+    pairs, info, rgb = split_of(args, ckpt)
+    temperature, note = temperature_of(ckpt, args.checkpoint)
+    if note:  # after every check: bad input stays one line
+        print(note, file=sys.stderr)
+    out = getattr(args, "out", None) or inference.results_folder(args.checkpoint)
+
+    ev = evaluate(
+        net, pairs, ckpt["stats"], device, temperature=temperature, batch_size=args.batch_size,
+        workers=args.workers, tta=args.tta,
+    )  # fmt: skip
+    report = build_report(args, ckpt, ev, info, len(pairs), temperature)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "tile_scores.csv", scores_csv(ev.scores))
+    title = f"{Path(args.data).name}: {report['pixels']:,} pixels, mIoU {report['miou']:.3f}"
+    save_figure(confusion_figure(ev.cm.mat.numpy(), title), out / "confusion_matrix.png")
+    save_figure(reliability_figure(ev.raw, ev.calibrated, title, temperature), out / "reliability.png")
+    save_figure(coverage_figure(ev.calibrated, title), out / "coverage.png")
+    n = write_comparisons(args, net, ckpt, pairs, ev.scores, rgb, device, out / COMPARISONS)
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1) + "\n")  # last: all is written
 
-    print(format_table(metrics))
+    print(format_table(report))
+    print("\n".join(calibration_lines(report)))
     print(f"wrote {out / 'metrics.json'}, {out / 'confusion_matrix.png'}, {out / 'tile_scores.csv'}")
-    print(f"wrote {len(written)} comparison pictures in {folder}")
+    print(f"wrote {out / 'reliability.png'}, {out / 'coverage.png'}; {n} pictures in {out / COMPARISONS}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Reads   <data>/train/{img,mask}/*.tif and <data>/val/{img,mask}/*.tif (image and
         all tiles of a split share size, band count and dtype; band descriptions come from the tiles).
 Writes  in the run folder (--out, default runs/<encoder>):
           last.pt  after every epoch (and once before the first): everything --resume needs
-          best.pt  the epoch with the best validation mIoU (weights and metadata, no optimizer)
+          best.pt  the epoch with the best validation mIoU (weights and metadata, no optimizer), with the
+                   temperature that calibrates its confidence, fitted on that epoch's validation pixels
           events.out.tfevents.*  TensorBoard: Loss/train, Loss/val, LR, mIoU/val, IoU/<class name>,
                    Dice/<class name>, the row-normalised confusion matrix and a few validation tiles
         <data>/band_stats.json  the train split's band statistics, a cache (see stats.band_stats);
@@ -51,6 +52,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import colormap
+from calibration import TemperatureFit
 from checkpoint import (
     check_resumable,
     make_checkpoint,
@@ -83,6 +85,7 @@ from layout import tile_pairs
 from losses import CLASS_WEIGHTS, LOSSES, class_weights, make_criterion
 from metrics import ConfusionMatrix, format_table
 from model import ARCHS, build_model, predict_classes
+from resident import ResidentLoader, hold_tiles
 from stats import Normalize, band_stats
 from tile_cache import CACHE_DIR, build_tile_cache, release_tile_caches
 from tiles import TileInfo, check_tiles, scan_tiles
@@ -103,6 +106,7 @@ RECIPE = dict(
     rare_share=0.5,
     full_res=0,
 )
+TEMPERATURE_PIXELS = 200_000  # val pixels sampled to fit the temperature
 MIN_LR = 0.01  # --schedule cosine ends at this share of --lr
 # options that decide what a run computes: --resume refuses a last.pt written with other values
 RESUME_OPTIONS = ("arch", "encoder", "batch_size", "seed", "max_tiles", *RECIPE)
@@ -134,7 +138,13 @@ def build_parser() -> ArgumentParser:
         "(default mit_b2)",
     )
     p.add_argument("--epochs", type=int, default=100, help="total number of epochs (also when resuming)")
-    p.add_argument("--batch-size", type=int, default=12, help="tiles per batch (per process under torchrun)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=12,
+        help="tiles per batch, per process under torchrun; on a large GPU with --amp, 48 keeps it busy "
+        "(raise --lr with it, see --lr)",
+    )
     p.add_argument(
         "--lr",
         type=float,
@@ -164,7 +174,17 @@ def build_parser() -> ArgumentParser:
     )
     add_recipe_options(p)
     p.add_argument(
-        "--amp", action="store_true", help="on CUDA: bf16 autocast and channels_last (ignored on CPU)"
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast and channels_last memory: on by default on CUDA, where they are faster "
+        "(see the README's Performance section); --no-amp trains in float32 (TF32 matrix products)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (CUDA; the first steps compile it): faster steps; where it cannot "
+        "compile, one line says so and training goes on without it",
     )
     p.add_argument(
         "--rgb",
@@ -194,12 +214,15 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument(
         "--cache-tiles",
-        action="store_true",
-        help=f"decode the train and val tiles once into uncompressed memory-mapped arrays in "
-        f"DATA/{CACHE_DIR}/ (as much disk as the uncompressed tiles: 1.9 MB per 300 x 300 x 10 tile; "
-        "rebuilt when a tile changes) and read them from there: a copy instead of decoding each tile "
-        "every epoch, for a GPU whose step outruns the loader workers (with torchrun on several nodes, "
-        "DATA must be on a filesystem they share)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"decode the train and val tiles once into uncompressed arrays in DATA/{CACHE_DIR}/ (as much "
+        "disk as the uncompressed tiles: 1.9 MB per 300 x 300 x 10 tile; rebuilt when a tile changes) and "
+        "hold them in memory, on the GPU when they fit, else in host memory (sampling, transforms and "
+        "normalisation then run batch-wise on the device, no worker processes), else read them by memory "
+        "map; the run says which and why. On by default on CUDA, where decoding every tile every epoch "
+        "would starve the GPU; off elsewhere (--no-cache-tiles, --cache-tiles). With torchrun on several "
+        "nodes, DATA must be on a filesystem they share",
     )
     return p
 
@@ -304,6 +327,7 @@ class Setup:
     val_pairs: list[tuple[Path, Path]]
     bands: list[str]
     rgb: list[int]
+    tile_size: tuple[int, int]  # (height, width) of every tile
     net: nn.Module
     resumed: dict | None  # last.pt when resuming
 
@@ -370,7 +394,7 @@ def set_up(args: argparse.Namespace) -> Setup:
     """Devices, splits, bands and the model (new, or from last.pt with --resume): all checked."""
     proc = Proc.from_env()
     device = pick_device(args.device, proc)
-    precision = Precision.for_device(args.amp, device)
+    precision = Precision.for_device(args.amp is not False, device)
     if args.amp and not precision.amp and proc.main:
         print(f"--amp applies to CUDA only: training in float32 on {device}", file=sys.stderr)
     train_pairs, val_pairs, info = load_splits(args.data, args.max_tiles, args.seed)
@@ -392,7 +416,8 @@ def set_up(args: argparse.Namespace) -> Setup:
                 "(add --resume to continue it, or choose another --out)"
             )
         net, resumed = new_model(args, info.bands, rgb), None
-    return Setup(proc, device, precision, train_pairs, val_pairs, bands, rgb, net, resumed)
+    tile_size = (info.height, info.width)
+    return Setup(proc, device, precision, train_pairs, val_pairs, bands, rgb, tile_size, net, resumed)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -414,6 +439,7 @@ class Run:
     best_miou: float = -1.0
     best_epoch: int = 0
     saved: int = 0  # the epoch last.pt holds
+    temperature: float = 1.0  # divides the best weights' logits: their softmax is calibrated on val
     writer: object = field(default=None, repr=False)  # TensorBoard, rank 0 only
 
     def checkpoint(
@@ -433,6 +459,7 @@ class Run:
             val_loss=losses[1],
             best_miou=self.best_miou,
             best_epoch=self.best_epoch,
+            temperature=self.temperature,
             world_size=self.setup.proc.world,
         )
         if training:
@@ -475,6 +502,35 @@ def make_optimiser(args: argparse.Namespace, net: nn.Module, steps_per_epoch: in
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def compile_model(model: nn.Module, s: Setup) -> nn.Module:
+    """``torch.compile(model)``, compiled now on a batch of two random tiles (a failure is one line
+    here, not a traceback in the middle of an epoch), or the model as it was where it cannot compile.
+    The batch-norm statistics that the trial forward pass moves are put back, so --compile trains the
+    same weights."""
+    buffers = {k: v.clone() for k, v in s.net.named_buffers()}
+    channels, (height, width) = len(s.bands), s.tile_size
+    x = torch.randn(2, channels, height, width, device=s.device).contiguous(
+        memory_format=s.precision.memory_format
+    )
+    try:
+        compiled = torch.compile(model)
+        with s.precision.autocast(s.device):
+            compiled(x).float().sum().backward()
+    except Exception as e:  # any backend failure: no compiler, an unsupported device or op
+        if s.proc.main:
+            print(
+                f"--compile: torch.compile failed here ({first_line(e)}); training without it",
+                file=sys.stderr,
+            )
+        compiled = model
+    finally:
+        s.net.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for k, v in s.net.named_buffers():
+                v.copy_(buffers[k])
+    return compiled
+
+
 def start_run(args: argparse.Namespace, s: Setup, stats: dict, steps_per_epoch: int) -> Run:
     """The model on the device (wrapped for DDP under torchrun), the loss weights, the optimiser and
     its schedule; with --resume, last.pt's state restored."""
@@ -484,6 +540,8 @@ def start_run(args: argparse.Namespace, s: Setup, stats: dict, steps_per_epoch: 
         model = nn.parallel.DistributedDataParallel(
             net, device_ids=[s.device.index] if s.device.type == "cuda" else None
         )
+    if args.compile:
+        model = compile_model(model, s)
     optimizer, scheduler = make_optimiser(args, net, steps_per_epoch)
     weight = class_weights(stats["class_pixels"], args.class_weights)
     run = Run(args, s, stats, weight, model, optimizer, scheduler)
@@ -493,6 +551,7 @@ def start_run(args: argparse.Namespace, s: Setup, stats: dict, steps_per_epoch: 
         set_rng_state(s.resumed["rng"])
         run.epoch, run.best_miou = int(s.resumed["epoch"]), float(s.resumed["best_miou"])
         run.best_epoch, run.saved = int(s.resumed["best_epoch"]), run.epoch
+        run.temperature = float(s.resumed.get("temperature", 1.0))
     return run
 
 
@@ -500,8 +559,8 @@ def start_run(args: argparse.Namespace, s: Setup, stats: dict, steps_per_epoch: 
 class Data:
     """The loaders of a run and what validation pictures need."""
 
-    train: DataLoader
-    val: DataLoader
+    train: DataLoader | ResidentLoader
+    val: DataLoader | ResidentLoader
     sampler: EpochSampler
     val_tiles: TileDataset
     norm: Normalize
@@ -509,9 +568,11 @@ class Data:
 
 
 def make_data(args: argparse.Namespace, s: Setup, stats: dict) -> Data:
-    """Train and val loaders over this process's shards (from the tile cache with --cache-tiles)."""
+    """Train and val batches over this process's shards: from the tiles held in memory when they are
+    cached and fit (``resident``), else from worker processes reading the cache or the files."""
+    cached = args.cache_tiles if args.cache_tiles is not None else s.device.type == "cuda"
     caches: dict[str, Path | None] = {"train": None, "val": None}
-    if args.cache_tiles:  # built by rank 0 (or found), then opened by every process
+    if cached:  # built by rank 0 (or found), then opened by every process
         for split, pairs in (("train", s.train_pairs), ("val", s.val_pairs)):
             caches[split] = from_rank0(
                 lambda p=pairs, t=split: build_tile_cache(p, args.data / CACHE_DIR, t, max(args.workers, 1)),
@@ -523,9 +584,20 @@ def make_data(args: argparse.Namespace, s: Setup, stats: dict) -> Data:
     if args.sampler == "rare":
         weights = rare_class_weights(stats["tile_class_pixels"], args.rare_share)
     sampler = EpochSampler(len(train_ds), args.seed, s.proc, weights=weights)
-    train = make_loader(train_ds, sampler, args.batch_size, args.workers, s.device, args.seed + s.proc.rank)
     val_shard = list(range(s.proc.rank, len(val_ds), s.proc.world))  # no padding: every tile counted once
-    val = make_loader(val_ds, val_shard, args.batch_size, args.workers, s.device, args.seed)
+    held = None
+    if cached:
+        held, placement = hold_tiles([caches["train"], caches["val"]], s.device)
+        if s.proc.main:
+            print(placement.reason, flush=True)
+    if held is not None:
+        train = ResidentLoader(held[0], sampler, args.batch_size, s.device)
+        val = ResidentLoader(held[1], val_shard, args.batch_size, s.device)
+    else:
+        train = make_loader(
+            train_ds, sampler, args.batch_size, args.workers, s.device, args.seed + s.proc.rank
+        )
+        val = make_loader(val_ds, val_shard, args.batch_size, args.workers, s.device, args.seed)
     picks = sorted({round(i) for i in np.linspace(0, len(val_ds) - 1, min(args.log_tiles, len(val_ds)))})
     return Data(train, val, sampler, val_ds, Normalize(stats, s.device), picks)
 
@@ -604,11 +676,13 @@ def train_one_epoch(run: Run, data: Data, criterion: Callable, desc: str) -> flo
 
 
 @torch.no_grad()
-def evaluate(run: Run, data: Data, criterion: Callable) -> tuple[float, ConfusionMatrix]:
-    """Loss per tile and one confusion matrix over the whole val split, summed over all processes."""
+def evaluate(run: Run, data: Data, criterion: Callable) -> tuple[float, ConfusionMatrix, TemperatureFit]:
+    """Loss per tile and one confusion matrix over the whole val split, summed over all processes; and
+    a seeded sample of the val pixels' logits, to fit the temperature that calibrates the confidence."""
     s, net = run.setup, run.setup.net
     net.eval()
     cm = ConfusionMatrix(colormap.NUM_CLASSES, ignore_index=colormap.NODATA)
+    calibration = TemperatureFit(max_pixels=TEMPERATURE_PIXELS, seed=run.args.seed)
     loss_sum, tiles = 0.0, 0
     for raw, y in progress(data.val, desc="validation", unit="batch", leave=False, disable=not s.proc.main):
         x, y = to_device(raw, y, data.norm, s.device, s.precision.memory_format)
@@ -617,9 +691,11 @@ def evaluate(run: Run, data: Data, criterion: Callable) -> tuple[float, Confusio
         loss_sum += criterion(logits.float(), y).item() * len(x)
         tiles += len(x)
         cm.update(y, predict_classes(logits))
+        calibration.update(logits, y)
     cm.reduce_from_all_processes()
+    calibration.reduce_from_all_processes()
     loss_sum, tiles = sum_over_processes(loss_sum, tiles, device=s.device)
-    return loss_sum / max(tiles, 1), cm
+    return loss_sum / max(tiles, 1), cm, calibration
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -634,6 +710,7 @@ def log_epoch(
     w.add_scalar("Loss/train", losses[0], epoch)
     w.add_scalar("Loss/val", losses[1], epoch)
     w.add_scalar("LR", lr, epoch)
+    w.add_scalar("Temperature/best", run.temperature, epoch)
     if metrics["miou"] is not None:
         w.add_scalar("mIoU/val", metrics["miou"], epoch)
         w.add_scalar("mDice/val", metrics["mean_dice"], epoch)
@@ -707,15 +784,16 @@ def fit(args: argparse.Namespace, s: Setup) -> None:
                 data.sampler.set_epoch(epoch)
                 train_loss = train_one_epoch(run, data, criterion, f"epoch {epoch}/{args.epochs}")
                 sync_buffers(s.net)
-                val_loss, cm = evaluate(run, data, criterion)
+                val_loss, cm, calibration = evaluate(run, data, criterion)
                 lr = run.optimizer.param_groups[0]["lr"]  # the rate this epoch ended with
                 if args.schedule == "plateau":
                     run.scheduler.step(val_loss)
                 metrics = cm.compute(names)
                 miou = metrics["miou"] if metrics["miou"] is not None else 0.0
                 improved = miou > run.best_miou
-                if improved:
+                if improved:  # best.pt: these weights, and the temperature that calibrates them
                     run.best_miou, run.best_epoch = miou, epoch
+                    run.temperature = calibration.fit()
                 run.epoch = epoch
                 if s.proc.main:
                     log_epoch(run, data, (train_loss, val_loss), lr, metrics, cm)
@@ -740,7 +818,10 @@ def fit(args: argparse.Namespace, s: Setup) -> None:
     if s.proc.main:
         if metrics is not None:
             print(format_table(metrics))
-        print(f"best validation mIoU {run.best_miou:.4f} at epoch {run.best_epoch}: {args.out / 'best.pt'}")
+        print(
+            f"best validation mIoU {run.best_miou:.4f} at epoch {run.best_epoch}, confidence temperature "
+            f"{run.temperature:.3f} (fitted on val): {args.out / 'best.pt'}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -79,17 +79,21 @@ def prepare(seed: int, root: Path, tile: int) -> Path:
     return stacked
 
 
-def train_and_test(data: Path, out: Path, recipe: str, args: argparse.Namespace, seed: int) -> dict:
-    """train.py with the recipe's options, then test_model.py on the test split; its metrics.json."""
-    run, res = out / "runs" / f"{recipe}-{seed}", out / "results" / f"{recipe}-{seed}"
+def train_and_test(
+    data: Path, out: Path, tag: str, options: list, args: argparse.Namespace, seed: int
+) -> dict:
+    """train.py with ``options`` (and --epochs, --batch-size, --seed), then test_model.py on the test
+    split; its metrics.json, and the training's wall time in seconds under ``"train_seconds"``."""
+    run, res = out / "runs" / f"{tag}-{seed}", out / "results" / f"{tag}-{seed}"
     if not (res / "metrics.json").is_file():
         resume = ["--resume"] if (run / "last.pt").is_file() else []
-        common = ["--encoder", args.encoder, "--epochs", args.epochs, "--batch-size", args.batch_size]
+        common = ["--epochs", args.epochs, "--batch-size", args.batch_size, "--seed", seed]
         t0 = time.perf_counter()
-        step(["train.py", "--data", data, "--out", run, *common, "--seed", seed, *RECIPES[recipe], *resume])
+        step(["train.py", "--data", data, "--out", run, *common, *options, *resume])
         (run / "seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
         step(["test_model.py", "--checkpoint", run / "best.pt", "--data", data / "test", "--out", res])
-    return json.loads((res / "metrics.json").read_text())
+    seconds = float((run / "seconds.txt").read_text()) if (run / "seconds.txt").is_file() else None
+    return {**json.loads((res / "metrics.json").read_text()), "train_seconds": seconds}
 
 
 def pixels(split: Path, limit: int | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -147,6 +151,7 @@ def table(results: dict[str, list[dict]]) -> str:
     rows = [("test mIoU", lambda m: m["miou"]), ("overall accuracy", lambda m: m["overall_accuracy"])]
     rows += [(f"IoU {c} {name(c)}", lambda m, c=c: m["per_class"][str(c)]["iou"]) for c in CODES]
     rows += [("classes below 0.40", lambda m: sum((pc["iou"] or 0) < 0.4 for pc in m["per_class"].values()))]
+    rows += [("training s", lambda m: m.get("train_seconds"))]
     for label, get in rows:
         lines.append(f"| {label} | " + " | ".join(spread([get(m) for m in results[c]]) for c in cols) + " |")
     return "\n".join(lines)
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         data = prepare(seed, out, args.tile)
         for recipe in args.recipes:
-            results[recipe].append(train_and_test(data, out, recipe, args, seed))
+            options = ["--encoder", args.encoder, *RECIPES[recipe]]
+            results[recipe].append(train_and_test(data, out, recipe, options, args, seed))
         if not args.no_forest:
             results["random forest"].append(random_forest(data, out, seed, args.forest_samples))
     summary = {"seeds": args.seeds, "epochs": args.epochs, "encoder": args.encoder, "results": results}

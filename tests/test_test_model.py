@@ -70,7 +70,9 @@ def test_writes_every_promised_file_and_nothing_else(run):
     pictures = [f for f in files if f.startswith("comparisons/")]
     assert [f for f in files if f not in pictures] == [
         "confusion_matrix.png",
+        "coverage.png",
         "metrics.json",
+        "reliability.png",
         "tile_scores.csv",
     ]
     # 6 tiles with valid pixels: 2 best, 2 worst, 2 random, each once
@@ -78,7 +80,7 @@ def test_writes_every_promised_file_and_nothing_else(run):
     assert groups == ["best", "best", "random", "random", "worst", "worst"]
     assert len({f.split("_", 2)[2] for f in pictures}) == 6
     assert not any(f.startswith("comparisons/") and f"t{TILES - 1}.png" in f for f in files), "empty tile"
-    for f in ["confusion_matrix.png", *pictures]:
+    for f in ["confusion_matrix.png", "coverage.png", "reliability.png", *pictures]:
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.rglob("*.partial"))
 
@@ -215,3 +217,21 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, ckpt, case, needles)
     res = run_script("test_model.py", "--checkpoint", checkpoint, "--data", split, "--out", out, *extra)
     assert_one_line_error(res, *needles)
     assert not out.exists()
+
+
+def test_calibration_is_reported_and_an_old_checkpoint_says_it_is_uncalibrated(run):
+    """metrics.json's calibration: the temperature (1 for a checkpoint written before temperatures,
+    which the run says), ECE before and after, the reliability and coverage tables, and the threshold
+    that sends the least-confident pixels to review."""
+    out, res = run
+    cal = json.loads((out / "metrics.json").read_text())["calibration"]
+    assert "holds no fitted temperature" in res.stderr and cal["temperature"] == 1.0
+    raw, calibrated = cal["uncalibrated"], cal["calibrated"]
+    assert raw["ece"] == pytest.approx(calibrated["ece"])  # T = 1: nothing to change
+    assert 0 <= raw["ece"] <= 1 and raw["pixels"] > 0
+    shares = [row["share"] for row in calibrated["coverage"]]
+    assert shares[0] == pytest.approx(1.0) and shares == sorted(shares, reverse=True)
+    review = cal["review"]
+    if review["threshold"] is not None:
+        assert review["kept_accuracy"] >= review["accuracy"]
+    assert "expected calibration error" in res.stdout

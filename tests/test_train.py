@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +241,8 @@ def test_torchrun_two_processes_on_cpu(tmp_path, cache):
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [torchrun, "--standalone", "--nproc_per_node", 2, ROOT / "train.py", "--data", data, "--out", out]
     cmd += [*FAST, "--epochs", 2, *cache]
+    if cache:  # and the other architecture
+        cmd += ["--arch", "segformer", "--encoder", "mit_b0"]
     res = subprocess.run([str(c) for c in cmd], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     names = sorted(p.name for p in out.iterdir())
@@ -321,6 +324,11 @@ def test_resume_and_run_folder_mistakes(tmp_path, capsys, monkeypatch):
     assert "nothing to resume" in error([*base, "--resume"])
     assert not out.exists()
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty torch cache, no network
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
     msg = error([*base, "--weights", "imagenet"])
     assert "encoder weights not found" in msg and "resnet18" in msg and "--weights none" in msg
     assert not out.exists()
@@ -332,6 +340,9 @@ def test_resume_and_run_folder_mistakes(tmp_path, capsys, monkeypatch):
         [*base, "--resume", "--encoder", "resnet34"]
     )
     assert "--seed 0 (now 1)" in error([*base, "--resume", "--seed", "1"])
+    msg = error([*base, "--resume", "--arch", "segformer", "--encoder", "mit_b0"])
+    assert "other options: --arch unet (now segformer)" in msg
+    assert "not an encoder of --arch unet" in error([*base, "--encoder", "mit_b0"])
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
     # the same run folder, but the tiles now have other bands
@@ -450,3 +461,62 @@ def test_cache_tiles_trains_exactly_as_from_the_files(tmp_path):
         and now != set(built)
         and {n for n in now if n.startswith("val")} == {n for n in built if n.startswith("val")}
     )
+
+
+def test_segformer_trains_resumes_exactly_and_its_checkpoint_evaluates_and_maps(tmp_path):
+    """--arch segformer: a run stopped after epoch 1 and resumed ends with the weights of one run
+    (bitwise on CPU); its checkpoint describes the architecture, so test_model.py and predict.py need
+    no option; a SegFormer run resumed as a U-Net is refused."""
+    data = make_data(tmp_path / "data")
+    seg = ["--data", data, *FAST, "--arch", "segformer", "--encoder", "mit_b0", "--full-res", "8"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run([*seg, "--out", a, "--epochs", 2]) == 0
+    assert run([*seg, "--out", b, "--epochs", 1]) == 0
+    assert run([*seg, "--out", b, "--epochs", 2, "--resume"]) == 0
+    ka, kb = read_checkpoint(a / "last.pt"), read_checkpoint(b / "last.pt")
+    assert ka["model_config"]["arch"] == "segformer" and ka["model_config"]["full_res"] == 8
+    assert same_state(ka["model"], kb["model"]) and ka["metrics"] == kb["metrics"]
+    assert run(["--data", data, "--out", b, *FAST, "--epochs", 3, "--resume"]) == 2  # --arch unet
+
+    import test_model
+
+    assert run_main(test_model.main, ["--checkpoint", str(a / "best.pt"), "--data", str(data / "val"),
+                                      "--out", str(tmp_path / "res"), "--workers", "0"]) == 0  # fmt: skip
+    assert (tmp_path / "res" / "metrics.json").is_file()
+    scene = tmp_path / "scene.tif"
+    rng = np.random.default_rng(0)
+    write_raster(
+        scene, rng.integers(1, 3000, (4, 70, 90)).astype(np.uint16), descriptions=("B2", "B3", "B4", "B8")
+    )
+    res = subprocess.run(
+        [sys.executable, ROOT / "predict.py", "--checkpoint", a / "best.pt", "--image", scene,
+         "--out", tmp_path / "map.tif", "--window", "64", "--overlap", "16"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    with __import__("rasterio").open(tmp_path / "map.tif") as m:
+        codes = m.read(1)
+    assert codes.shape == (70, 90) and codes.min() >= 1 and codes.max() <= 12
+
+
+def test_compile_trains_the_same_weights_or_falls_back_in_one_line(tmp_path, capsys, monkeypatch):
+    """--compile's trial step leaves no trace (batch-norm statistics put back, no gradient kept), and a
+    torch.compile that fails is one line, then training goes on without it."""
+    data = make_data(tmp_path / "data")
+    common = ["--data", data, *FAST, "--epochs", 1]
+    assert run([*common, "--out", tmp_path / "plain"]) == 0
+    monkeypatch.setattr(torch, "compile", lambda model: model)  # compiles to itself: the trial step runs
+    assert run([*common, "--out", tmp_path / "same", "--compile"]) == 0
+    a, b = read_checkpoint(tmp_path / "plain/last.pt"), read_checkpoint(tmp_path / "same/last.pt")
+    assert same_state(a["model"], b["model"])
+
+    def broken(model):
+        raise RuntimeError("no C++ compiler\nmore detail")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    capsys.readouterr()
+    assert run([*common, "--out", tmp_path / "fallback", "--compile"]) == 0
+    err = [ln for ln in displayed(capsys.readouterr().err) if "--compile" in ln]
+    assert err == ["--compile: torch.compile failed here (no C++ compiler); training without it"]
+    c = read_checkpoint(tmp_path / "fallback/last.pt")
+    assert same_state(a["model"], c["model"])
