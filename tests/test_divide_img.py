@@ -93,6 +93,34 @@ def test_tiles_equal_the_scene_windows_they_name_with_their_own_georeferencing(t
             assert m.crs == rasterio.crs.CRS.from_epsg(32631)
 
 
+def test_tiles_stay_right_when_chunks_are_short_and_writers_slow(tmp_path, scene, monkeypatch):
+    """A chunk's buffer is reused two chunks later: never while a tile cut from it is still being written."""
+    import random
+    import time
+
+    img_path, mask_path, data, codes = scene
+    monkeypatch.setattr(divide_img, "CHUNK_BYTES", 10 * 16 * 16 * 2 * 3)  # at most 3 tiles a chunk
+    process_tile = divide_img.process_tile
+
+    def slow(*args):
+        time.sleep(random.random() * 0.005)
+        return process_tile(*args)
+
+    monkeypatch.setattr(divide_img, "process_tile", slow)
+    args = ["--images", str(img_path), "--mask", str(mask_path), "--size", "16", "--stride", "10"]
+    out = run(tmp_path, *args, "--workers", "3", "--max-nodata", "1")
+    tiles = names(out / "img16")
+    assert len(tiles) == 7 * 10  # chunks of 3, 3, 2 and 2 tiles in each row of 10
+    for name in tiles:
+        r, c = map(int, name.rsplit("_", 2)[1:])
+        with (
+            rasterio.open(out / "img16" / f"{name}.tif") as t,
+            rasterio.open(out / "mask16" / f"{name}.tif") as m,
+        ):
+            np.testing.assert_array_equal(t.read(), data[:, r : r + 16, c : c + 16])
+            np.testing.assert_array_equal(m.read(1), codes[r : r + 16, c : c + 16])
+
+
 def test_edge_tiles_are_shifted_back_to_cover_the_scene_or_dropped(tmp_path, scene):
     img_path, mask_path, *_ = scene
     out = run(tmp_path, "--images", str(img_path), "--mask", str(mask_path), "--size", "32")
