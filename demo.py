@@ -41,8 +41,8 @@ def step(args: Sequence[str]) -> None:
     print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    p = ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: Sequence[str] | None):
+    p = ArgumentParser.for_script(__doc__)
     p.add_argument("--size", type=int, default=3000, help="demo scene size in 10 m pixels")
     p.add_argument(
         "--tile",
@@ -67,105 +67,71 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=ROOT,
         help="folder that receives data/, runs/ and results/",
     )
-    args = p.parse_args(argv)
-    t0 = time.perf_counter()
-    root = args.root.resolve()  # the steps run in ROOT: paths relative to it when inside it
-    base = Path(os.path.relpath(root, ROOT)) if root.is_relative_to(ROOT) else root
-    data = base / "data"
+    return p.parse_args(argv)
+
+
+def prepare(args, data: Path, roots: dict[str, Path]) -> list[Path]:
+    """The demo scenes, the 10 m mask, and each mode's tiles, split and rare-class copies; the scenes."""
     raw = data / "raw"
     scenes = [raw / "s2_april.tif", raw / "s2_august.tif"]
-
     step(["make_demo_data.py", "--out", raw, "--size", args.size, "--seed", args.seed])
-    step(
-        [
-            "rescale_mask.py",
-            "--mask",
-            raw / "landcover_1m.tif",
-            "--like",
-            scenes[0],
-            "--out",
-            data / "mask_10m.tif",
-            "--method",
-            "weighted",
-        ]
-    )
-
-    roots = {"april": data, "august": data / "august", "stacked": data / "stacked"}
+    mask = data / "mask_10m.tif"
+    rescale = ["--like", scenes[0], "--out", mask, "--method", "weighted"]
+    step(["rescale_mask.py", "--mask", raw / "landcover_1m.tif", *rescale])
     for mode in args.modes:
         root, images = roots[mode], [scenes[i] for i in MODES[mode]]
         stack = ["--stack"] if len(images) > 1 else []
-        step(
-            [
-                "divide_img.py",
-                "--images",
-                *images,
-                "--mask",
-                data / "mask_10m.tif",
-                "--out",
-                root / "tiles",
-                "--size",
-                args.tile,
-                *stack,
-            ]
-        )
+        tiles = ["--out", root / "tiles", "--size", args.tile, *stack]
+        step(["divide_img.py", "--images", *images, "--mask", mask, *tiles])
         step(["move_images.py", "--tiles", root / "tiles", "--out", root, "--seed", args.seed])
         # a higher threshold than the default 0.05 keeps the demo's epochs short
         step(["create_new_images.py", "--train", root / "train", "--threshold", 0.1])
+    return scenes
 
-    scores = {}
-    for mode in args.modes:
-        root, run, res = roots[mode], base / f"runs/demo-{mode}", base / f"results/demo-{mode}"
-        resume = ["--resume"] if (ROOT / run / "last.pt").is_file() else []  # the steps' paths are ROOT's
-        step(
-            [
-                "train.py",
-                "--data",
-                root,
-                "--out",
-                run,
-                "--encoder",
-                args.encoder,
-                "--epochs",
-                args.epochs,
-                "--batch-size",
-                args.batch_size,
-                "--seed",
-                args.seed,
-                "--class-weights",
-                "sqrt",
-                *resume,
-            ]
-        )
-        step(["test_model.py", "--checkpoint", run / "best.pt", "--data", root / "test", "--out", res])
-        test = json.loads((ROOT / res / "metrics.json").read_text())
-        val = test.get("checkpoint", {}).get("val_miou")
-        scores[mode] = {"val": val, "test": test["miou"], "run": run, "results": res}
 
-    chosen = max(scores, key=lambda m: scores[m]["val"] if scores[m]["val"] is not None else -1)
+def train_and_test(args, mode: str, root: Path, base: Path) -> dict:
+    """train.py with its default recipe (resumed if a run was interrupted), then test_model.py on the
+    test split; the validation and test mIoU and where the run and its results are."""
+    run, res = base / f"runs/demo-{mode}", base / f"results/demo-{mode}"
+    resume = ["--resume"] if (ROOT / run / "last.pt").is_file() else []  # the steps' paths are ROOT's
+    options = ["--encoder", args.encoder, "--epochs", args.epochs, "--batch-size", args.batch_size]
+    step(["train.py", "--data", root, "--out", run, *options, "--seed", args.seed, *resume])
+    step(["test_model.py", "--checkpoint", run / "best.pt", "--data", root / "test", "--out", res])
+    test = json.loads((ROOT / res / "metrics.json").read_text())
+    val = test.get("checkpoint", {}).get("val_miou")
+    return {"val": val, "test": test["miou"], "run": run, "results": res}
+
+
+def report(scores: dict, chosen: str, base: Path, minutes: float) -> None:
     res = scores[chosen]["results"]
-    images = [scenes[i] for i in MODES[chosen]]
-    step(
-        [
-            "predict.py",
-            "--checkpoint",
-            scores[chosen]["run"] / "best.pt",
-            "--image",
-            *images,
-            "--out",
-            res / "landcover_demo.tif",
-        ]
-    )
-
-    print("\n== Demo finished in %.1f min ==" % ((time.perf_counter() - t0) / 60))
+    print(f"\n== Demo finished in {minutes:.1f} min ==")
     for mode, s in scores.items():
         val = "n/a" if s["val"] is None else f"{s['val']:.3f}"
         print(f"  {mode:8s} validation mIoU {val}   test mIoU {s['test']:.3f}")
     print(f"Chosen mode: {chosen} (better validation mIoU). Test mIoU {scores[chosen]['test']:.3f}")
     print(f"  metrics:           {res / 'metrics.json'}")
     print(f"  confusion matrix:  {res / 'confusion_matrix.png'}")
+    print(f"  calibration:       {res / 'reliability.png'}, {res / 'coverage.png'}")
     print(f"  comparison images: {res / 'comparisons'}/")
     print(f"  land-cover map:    {res / 'landcover_demo.tif'} (preview {res / 'landcover_demo.png'})")
+    print(f"  confidence map:    {res / 'landcover_demo_confidence.tif'}")
     print(f"  TensorBoard:       .venv/bin/tensorboard --logdir {base / 'runs'}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    root = args.root.resolve()  # the steps run in ROOT: paths relative to it when inside it
+    base = Path(os.path.relpath(root, ROOT)) if root.is_relative_to(ROOT) else root
+    data = base / "data"
+    roots = {"april": data, "august": data / "august", "stacked": data / "stacked"}
+    scenes = prepare(args, data, roots)
+    scores = {mode: train_and_test(args, mode, roots[mode], base) for mode in args.modes}
+    chosen = max(scores, key=lambda m: scores[m]["val"] if scores[m]["val"] is not None else -1)
+    images = [scenes[i] for i in MODES[chosen]]
+    out = scores[chosen]["results"] / "landcover_demo.tif"
+    step(["predict.py", "--checkpoint", scores[chosen]["run"] / "best.pt", "--image", *images, "--out", out])
+    report(scores, chosen, base, (time.perf_counter() - t0) / 60)
 
 
 if __name__ == "__main__":

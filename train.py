@@ -117,12 +117,38 @@ DEFAULT_OUT = "runs/<encoder>"  # e.g. runs/resnet50: the same command finds its
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser.for_script(__doc__)
+    add_run_options(p)
+    add_model_options(p)
+    add_recipe_options(p)
+    add_speed_options(p)
+    add_logging_options(p)
+    return p
+
+
+def add_run_options(p: ArgumentParser) -> None:
+    """The run: its data, its folder, its seed, when it stops."""
     p.add_argument("--data", default="data", help="folder holding the train/ and val/ splits")
     p.add_argument(
         "--out",
         default=DEFAULT_OUT,
         help="run folder for checkpoints and TensorBoard logs (--resume finds it)",
     )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
+    p.add_argument("--epochs", type=int, default=100, help="total number of epochs (also when resuming)")
+    p.add_argument(
+        "--patience", type=int, default=0, help="stop after N epochs without a better mIoU (0: never)"
+    )
+    p.add_argument(
+        "--max-tiles",
+        type=int,
+        default=0,
+        help="use a seeded sample of at most N tiles per split (smoke runs)",
+    )
+
+
+def add_model_options(p: ArgumentParser) -> None:
+    """The model and its initialisation."""
     p.add_argument(
         "--arch",
         default="unet",
@@ -137,28 +163,6 @@ def build_parser() -> ArgumentParser:
         help="unet: resnet18|resnet34|resnet50 (default resnet50); segformer: mit_b0|mit_b1|mit_b2 "
         "(default mit_b2)",
     )
-    p.add_argument("--epochs", type=int, default=100, help="total number of epochs (also when resuming)")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=12,
-        help="tiles per batch, per process under torchrun; on a large GPU with --amp, 48 keeps it busy "
-        "(raise --lr with it, see --lr)",
-    )
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=RECIPE["lr"],
-        help="peak learning rate (reached after the warm-up with --schedule cosine); scale it with the "
-        "batch size (about sqrt(batch / 12) x 1e-3)",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=default_workers(),
-        help="DataLoader worker processes per training process (by default the node's cores shared among "
-        "its training processes, at most 16)",
-    )
     p.add_argument(
         "--weights",
         default="none",
@@ -167,12 +171,20 @@ def build_parser() -> ArgumentParser:
         "torchvision ResNet state dict, or for segformer to the MiT ImageNet weights as their authors "
         "publish them (mit_b0.pth ...). The first convolution is adapted to the band count",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+
+
+def add_speed_options(p: ArgumentParser) -> None:
+    """Where and how fast it trains (the same weights whatever these say, except the precision)."""
     p.add_argument(
         "--device", default="auto", choices=DEVICES, help="where to train (auto: the GPU when CUDA has one)"
     )
-    add_recipe_options(p)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=12,
+        help="tiles per batch, per process under torchrun; on a large GPU with --amp, 48 keeps it busy "
+        "(raise --lr with it, see --lr)",
+    )
     p.add_argument(
         "--amp",
         action=argparse.BooleanOptionalAction,
@@ -186,6 +198,29 @@ def build_parser() -> ArgumentParser:
         help="torch.compile the model (CUDA; the first steps compile it): faster steps; where it cannot "
         "compile, one line says so and training goes on without it",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="DataLoader worker processes per training process (by default the node's cores shared among "
+        "its training processes, at most 16)",
+    )
+    p.add_argument(
+        "--cache-tiles",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"decode the train and val tiles once into uncompressed arrays in DATA/{CACHE_DIR}/ (as much "
+        "disk as the uncompressed tiles: 1.9 MB per 300 x 300 x 10 tile; rebuilt when a tile changes) and "
+        "hold them in memory, on the GPU when they fit, else in host memory (sampling, transforms and "
+        "normalisation then run batch-wise on the device, no worker processes), else read them by memory "
+        "map; the run says which and why. On by default on CUDA, where decoding every tile every epoch "
+        "would starve the GPU; off elsewhere (--no-cache-tiles, --cache-tiles). With torchrun on several "
+        "nodes, DATA must be on a filesystem they share",
+    )
+
+
+def add_logging_options(p: ArgumentParser) -> None:
+    """TensorBoard pictures."""
     p.add_argument(
         "--rgb",
         type=int,
@@ -203,34 +238,19 @@ def build_parser() -> ArgumentParser:
         "(0: never)",
     )
     p.add_argument("--log-tiles", type=int, default=4, help="how many validation tiles to picture")
-    p.add_argument(
-        "--patience", type=int, default=0, help="stop after N epochs without a better mIoU (0: never)"
-    )
-    p.add_argument(
-        "--max-tiles",
-        type=int,
-        default=0,
-        help="use a seeded sample of at most N tiles per split (smoke runs)",
-    )
-    p.add_argument(
-        "--cache-tiles",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help=f"decode the train and val tiles once into uncompressed arrays in DATA/{CACHE_DIR}/ (as much "
-        "disk as the uncompressed tiles: 1.9 MB per 300 x 300 x 10 tile; rebuilt when a tile changes) and "
-        "hold them in memory, on the GPU when they fit, else in host memory (sampling, transforms and "
-        "normalisation then run batch-wise on the device, no worker processes), else read them by memory "
-        "map; the run says which and why. On by default on CUDA, where decoding every tile every epoch "
-        "would starve the GPU; off elsewhere (--no-cache-tiles, --cache-tiles). With torchrun on several "
-        "nodes, DATA must be on a filesystem they share",
-    )
-    return p
 
 
 def add_recipe_options(p: ArgumentParser) -> None:
     """How the model learns. The defaults (``RECIPE``) are the best recipe measured on the demo data
     (bench/recipe.py; the README's ablation table says what each choice bought)."""
     g = p.add_argument_group("recipe (defaults: the best measured, see the README)")
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=RECIPE["lr"],
+        help="peak learning rate (reached after the warm-up with --schedule cosine); scale it with the "
+        "batch size (about sqrt(batch / 12) x 1e-3)",
+    )
     g.add_argument(
         "--loss",
         default=RECIPE["loss"],
