@@ -17,8 +17,8 @@ from checkpoints import image_of, label_map, trained_checkpoint
 from helpers import S2_BANDS, assert_one_line_error, run_script, write_raster
 
 import inference
-from checkpoint import load_checkpoint
 import predict
+from checkpoint import load_checkpoint
 from colormap import CODES, gdal_colour_table
 from common import run_main
 from stats import Normalize
