@@ -304,8 +304,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     net, ckpt = load_checkpoint(args.checkpoint, device)
     pairs, info, rgb = split_of(args, ckpt)
     temperature, note = temperature_of(ckpt, args.checkpoint)
-    if note:  # after every check: bad input stays one line
-        print(note, file=sys.stderr)
     out = getattr(args, "out", None) or inference.results_folder(args.checkpoint)
 
     ev = evaluate(
@@ -324,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     print(format_table(report))
     print("\n".join(calibration_lines(report)))
+    if note:  # on stdout, with the results: stderr is for errors, one line
+        print(note)
     print(f"wrote {out / 'metrics.json'}, {out / 'confusion_matrix.png'}, {out / 'tile_scores.csv'}")
     print(f"wrote {out / 'reliability.png'}, {out / 'coverage.png'}; {n} pictures in {out / COMPARISONS}")
 

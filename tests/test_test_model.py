@@ -225,7 +225,7 @@ def test_calibration_is_reported_and_an_old_checkpoint_says_it_is_uncalibrated(r
     that sends the least-confident pixels to review."""
     out, res = run
     cal = json.loads((out / "metrics.json").read_text())["calibration"]
-    assert "holds no fitted temperature" in res.stderr and cal["temperature"] == 1.0
+    assert "holds no fitted temperature" in res.stdout and cal["temperature"] == 1.0
     raw, calibrated = cal["uncalibrated"], cal["calibrated"]
     assert raw["ece"] == pytest.approx(calibrated["ece"])  # T = 1: nothing to change
     assert 0 <= raw["ece"] <= 1 and raw["pixels"] > 0
