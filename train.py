@@ -780,6 +780,41 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def stop_early(run: Run, epoch: int) -> bool:
+    """--patience: stop when that many epochs went by without a better validation mIoU."""
+    patience = run.args.patience
+    if not patience or epoch - 1 - run.best_epoch < patience:
+        return False
+    if run.setup.proc.main:
+        print(
+            f"stopping early: no better mIoU for {patience} epochs "
+            f"(best {run.best_miou:.4f}, epoch {run.best_epoch})"
+        )
+    return True
+
+
+def end_epoch(run: Run, epoch: int, val_loss: float, metrics: dict, calibration: TemperatureFit) -> bool:
+    """The epoch is done: the plateau schedule learns its validation loss, and a better mIoU makes these
+    weights the best, with the temperature fitted on its validation pixels. Whether it improved."""
+    if run.args.schedule == "plateau":
+        run.scheduler.step(val_loss)
+    miou = metrics["miou"] if metrics["miou"] is not None else 0.0
+    improved = miou > run.best_miou
+    if improved:
+        run.best_miou, run.best_epoch = miou, epoch
+        run.temperature = calibration.fit()
+    run.epoch = epoch
+    return improved
+
+
+def epoch_line(run: Run, losses: tuple[float, float], lr: float, metrics: dict, improved: bool) -> str:
+    miou = metrics["miou"] if metrics["miou"] is not None else 0.0
+    return (
+        f"epoch {run.epoch}/{run.args.epochs}  train loss {losses[0]:.4f}  val loss {losses[1]:.4f}  "
+        f"mIoU {miou:.4f}  lr {lr:.3g}" + ("  (best)" if improved else "")
+    )
+
+
 def fit(args: argparse.Namespace, s: Setup) -> None:
     """The recipe: set up once, then per epoch train, validate, log and save."""
     stats = train_statistics(args, s)
@@ -793,12 +828,7 @@ def fit(args: argparse.Namespace, s: Setup) -> None:
     try:
         with sigterm_as_interrupt():
             for epoch in range(run.epoch + 1, args.epochs + 1):
-                if args.patience and epoch - 1 - run.best_epoch >= args.patience:
-                    if s.proc.main:
-                        print(
-                            f"stopping early: no better mIoU for {args.patience} epochs "
-                            f"(best {run.best_miou:.4f}, epoch {run.best_epoch})"
-                        )
+                if stop_early(run, epoch):
                     break
                 seed_everything(derive_seed(args.seed, epoch, s.proc.rank))
                 data.sampler.set_epoch(epoch)
@@ -806,23 +836,12 @@ def fit(args: argparse.Namespace, s: Setup) -> None:
                 sync_buffers(s.net)
                 val_loss, cm, calibration = evaluate(run, data, criterion)
                 lr = run.optimizer.param_groups[0]["lr"]  # the rate this epoch ended with
-                if args.schedule == "plateau":
-                    run.scheduler.step(val_loss)
                 metrics = cm.compute(names)
-                miou = metrics["miou"] if metrics["miou"] is not None else 0.0
-                improved = miou > run.best_miou
-                if improved:  # best.pt: these weights, and the temperature that calibrates them
-                    run.best_miou, run.best_epoch = miou, epoch
-                    run.temperature = calibration.fit()
-                run.epoch = epoch
+                improved = end_epoch(run, epoch, val_loss, metrics, calibration)
                 if s.proc.main:
                     log_epoch(run, data, (train_loss, val_loss), lr, metrics, cm)
                     save_epoch(run, metrics, (train_loss, val_loss), improved)
-                    print(
-                        f"epoch {epoch}/{args.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-                        f"mIoU {miou:.4f}  lr {lr:.3g}" + ("  (best)" if improved else ""),
-                        flush=True,
-                    )
+                    print(epoch_line(run, (train_loss, val_loss), lr, metrics, improved), flush=True)
                 barrier()
     except KeyboardInterrupt:
         if s.proc.main:
