@@ -253,7 +253,7 @@ def plan_epoch(draws: Iterable, batch_size: int, n: int, square: bool) -> EpochP
 
 def gather_rows(src: torch.Tensor, idx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``src[idx]`` along the first dim, into ``out`` when given. On the host a row is one memcpy
-    through numpy (which releases the GIL; torch's CPU index_select is several times slower on
+    through numpy (which releases the GIL; torch's CPU index_select is slower on
     tiles); on a GPU, index_select."""
     if src.device.type != "cpu":
         return torch.index_select(src, 0, idx.to(src.device), out=out)
