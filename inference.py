@@ -16,12 +16,10 @@ from pathlib import Path
 
 import torch
 
-import distributed
 from calibration import probabilities
-from checkpoint import load_checkpoint
 from colormap import NODATA, comparison_figure, stretch_rgb
 from common import fail
-from distributed import Precision, configure_torch
+from distributed import Precision
 from model import predict_classes
 from stats import Normalize
 from tiles import valid_pixels
@@ -35,15 +33,6 @@ GENERIC_BAND = re.compile(r"^(band\s*\d+)?$", re.IGNORECASE)  # "", "band3": a b
 def results_folder(checkpoint: str | Path) -> Path:
     """The default results folder of a checkpoint: results/<its run folder> (runs/x/best.pt: results/x)."""
     return Path("results") / Path(checkpoint).resolve().parent.name
-
-
-def pick_device(name: str) -> torch.device:  # TEMPORARY, until predict.py imports distributed's
-    device = distributed.pick_device(name)
-    configure_torch(device)
-    return device
-
-
-load_model = load_checkpoint  # TEMPORARY, until predict.py imports checkpoint's
 
 
 def _band_name(description: str | None) -> str:

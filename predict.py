@@ -1,25 +1,43 @@
-"""Map a whole scene with a trained checkpoint: a land-cover GeoTIFF on the scene's grid and a PNG preview.
+"""Map a whole scene with a trained checkpoint: a land-cover GeoTIFF on the scene's grid, the confidence of
+every pixel beside it, and PNG previews.
 
 Reads: a checkpoint (train.py's best.pt) and one scene; for a model trained on stacked scenes, every
-scene it was trained on, in the training order (checked against the checkpoint's band descriptions,
-``s2_april:B4`` ...; the file names without .tif must be the scene names the checkpoint lists).
+scene it was trained on, in the training order. Scenes are matched to the checkpoint by position and
+bands, not by file name: their number, each scene's band count and, where the file names its bands, the
+band names in order (the checkpoint's ``s2_april:B4`` against the file's ``B4``), so that another
+year's or region's mosaics map as well; a file named otherwise than the checkpoint's scene is one line
+on stdout. The checkpoint's own scene names given in another order are refused.
 Writes: ``--out MAP.tif``: uint8 codes 1..12 on the scene's exact grid (CRS, transform, size), nodata 0
 where the input has no data (every band 0, in every scene), tiled 512 x 512, DEFLATE, the class colour
 table, the class names (band metadata, and ``MAP.tif.aux.xml`` category names, which QGIS and GDAL show
-as labels), internal overviews made with mode resampling; and ``MAP.png``, a preview with a legend of
-the classes present (unless --no-preview). Everything is written under a ``.partial`` name first: a
-MAP.tif that exists is complete, overviews and preview included.
+as labels), internal overviews made with mode resampling; ``MAP_confidence.tif``: uint8 on the same grid
+and in the same layout, the probability of the mapped class in percent (0-100, rounded), nodata 255
+exactly where the map is nodata, internal overviews made with average resampling (a zoomed-out pixel
+shows the mean confidence of the pixels it covers, which for a calibrated checkpoint is the share of
+them expected right; mode or nearest would show one pixel's value); with ``--review-below P``,
+``MAP_review.tif``: 1 where the confidence is below P % (pixels for a human to review), 0 elsewhere,
+255 nodata, same grid. Previews (unless --no-preview): ``MAP.png`` with a legend of the classes present
+and ``MAP_confidence.png`` with a colour bar. The probabilities are a softmax of the logits divided by
+the checkpoint's temperature (train.py fits it on the validation split, so that a confidence of 80 % is
+right about 80 % of the time); a checkpoint without one uses 1 and says so on stdout. Every file is
+written under a ``.partial`` name first and the rasters are renamed only once all are complete, the map
+last: a MAP.tif that exists is complete, confidence, review mask, overviews and previews included.
 
 The scene is never read whole. It is read in chunks of one row of windows by 4096 columns (one thread,
 in order; GDAL decodes a chunk's blocks in parallel), cut into windows of --window pixels at least
 --overlap pixels apart (--workers threads find their valid pixels), normalised like the training tiles
 on the model's device and predicted in batches. The class probabilities of the windows are blended with
-a weight that ramps linearly to zero over the --overlap pixels at each window edge, so no seam shows,
-and each finished row of windows is written as it comes, in whole rows of output blocks. Memory: a chunk
-per scene (42 MB for 10 bands), a few batches of windows, the model, the blended sums of the overlap
-rows across the scene's width (13 float16 values per pixel of those rows: 50 MB for 30000 px and
---overlap 64), a row of output blocks (uint8) and a fixed 256 MB GDAL cache. Only the overlap sums and
-the output row depend on the scene, and only on its width.
+a weight that ramps linearly to zero over the --overlap pixels at each window edge, so no seam shows.
+The code of a pixel is the best class of the blended probabilities at T = 1, so a temperature never
+changes the map (an average of probabilities at another T may rank classes differently where windows,
+or flips, disagree); its confidence is that class's weighted mean probability at the checkpoint's
+temperature, blended beside them when it is not 1. Blending runs on the model's device; each finished
+row of windows is copied to host memory without waiting for the device and written, in whole rows of
+output blocks, while the device computes the next batch. Memory: a chunk per scene (42 MB for 10
+bands), a few batches of windows, the model, the blended sums of the overlap rows across the scene's
+width (13 float16 values per pixel of those rows, 26 with a temperature: 50 or 100 MB for 30000 px and
+--overlap 64), a row of output blocks per raster (uint8) and a fixed 256 MB GDAL cache. Only the
+overlap sums and the output rows depend on the scene, and only on its width.
 """
 
 from __future__ import annotations
@@ -31,6 +49,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -40,7 +59,9 @@ import torch
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+import distributed
 import inference
+from checkpoint import load_checkpoint, temperature_of
 from colormap import CLASSES, CODES, NODATA, NUM_CLASSES, PALETTE, gdal_colour_table, legend_handles
 from common import (
     ArgumentParser,
@@ -63,6 +84,10 @@ from tiles import valid_pixels
 OVERVIEW_MIN = 256  # overviews are added until the smallest fits in this many pixels
 GDAL_CACHE_MB = 256  # a fixed GDAL block cache: reading and writing never hold more than this
 CHUNK = 4096  # columns read at once (see SceneReader)
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+CONFIDENCE_NODATA = 255  # nodata of the confidence and review rasters (0 is a confidence and a flag)
+REVIEW_COLOURS = {0: (0, 0, 0, 0), 1: (230, 0, 77, 255), CONFIDENCE_NODATA: (0, 0, 0, 0)}
+CONFIDENCE_CMAP = "viridis"  # perceptually uniform, readable in grey and by colour-blind readers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,14 +104,16 @@ def scene_prefixes(bands: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(b.split(":", 1)[0] for b in bands))
 
 
-def check_scenes(bands: Sequence[str], scenes: Sequence[tuple[Path, Sequence[str | None]]]) -> None:
-    """Fail unless the scenes (path, band descriptions) are the ones the checkpoint's ``bands`` describe.
+def check_scenes(bands: Sequence[str], scenes: Sequence[tuple[Path, Sequence[str | None]]]) -> str | None:
+    """Fail unless the scenes (path, band descriptions) match the checkpoint's ``bands`` by position and
+    bands; the line to show when a file is not named as the checkpoint's scene, else None.
 
-    A single-scene checkpoint takes one scene with its bands; a stacked one takes its scenes, named as in
-    the checkpoint (file name without .tif), in the same order, each with its bands.
+    A single-scene checkpoint takes one scene with its bands; a stacked one takes as many scenes as it
+    names, scene k with the band part of the checkpoint's bands of scene k (``s2_april:B4`` -> ``B4``:
+    a scene file names its bands without a scene). File names do not decide (another year's mosaics
+    carry other names), except that the checkpoint's own scene names in another order are refused.
     """
     prefixes = scene_prefixes(bands)
-    stems = [p.stem for p, _ in scenes]
     if not prefixes:
         if len(scenes) != 1:
             fail(
@@ -94,27 +121,27 @@ def check_scenes(bands: Sequence[str], scenes: Sequence[tuple[Path, Sequence[str
                 f"{' '.join(str(p) for p, _ in scenes)}"
             )
         inference.check_bands(bands, scenes[0][1], f"scene {scenes[0][0]}")
-        return
+        return None
     order = " ".join(f"{p}.tif" for p in prefixes)
     if len(scenes) != len(prefixes):
         fail(
             f"the checkpoint stacks {len(prefixes)} scenes ({order}, in that order), got {len(scenes)}: "
             f"{' '.join(str(p) for p, _ in scenes)}"
         )
-    if stems != prefixes:
-        if sorted(stems) == sorted(prefixes):
-            fail(
-                f"scenes given in the wrong order: {' '.join(stems)}; "
-                f"the checkpoint stacks {order} in that order"
-            )
-        k = next(i for i, (s, p) in enumerate(zip(stems, prefixes, strict=True)) if s != p)
+    stems = [p.stem for p, _ in scenes]
+    if stems != prefixes and sorted(stems) == sorted(prefixes):
         fail(
-            f"scene {scenes[k][0]} is not the checkpoint's scene {k + 1} ({prefixes[k]}.tif); it stacks "
-            f"{order}, in that order"
+            f"scenes given in the wrong order: {' '.join(stems)}; the checkpoint stacks {order} in that order"
         )
     for (path, descriptions), prefix in zip(scenes, prefixes, strict=True):
         expected = [b.split(":", 1)[1] for b in bands if b.split(":", 1)[0] == prefix]
         inference.check_bands(expected, descriptions, f"scene {path}")
+    renamed = [
+        f"scene {k} is {path.name}, the checkpoint was trained on {prefix}.tif"
+        for k, ((path, _), prefix) in enumerate(zip(scenes, prefixes, strict=True), start=1)
+        if path.stem != prefix
+    ]
+    return "; ".join(renamed) + ": matched by position and bands" if renamed else None
 
 
 def check_grids(scenes: Sequence[rasterio.io.DatasetReader]) -> None:
@@ -150,13 +177,119 @@ def ramp(n: int, overlap: int) -> torch.Tensor:
     return (edge / max(overlap, 1)).clamp(max=1.0)
 
 
+@torch.inference_mode()
+def window_probabilities(
+    net: torch.nn.Module, x: torch.Tensor, tta: bool = False, temperature: float = 1.0
+) -> torch.Tensor:
+    """(B, C, H, W) normalised input -> (B, 13, H, W) probabilities at T = 1, channel k = code k; when
+    ``temperature`` is not 1, followed by the probabilities at that temperature: (B, 26, H, W).
+
+    The map's codes come from the first 13 blended channels, the confidence from the last 13. Both come
+    from one forward pass (``inference.class_probabilities`` gives one temperature's); with ``tta``,
+    each is the mean over the four flips.
+    """
+    temperatures = (1.0,) if temperature == 1 else (1.0, temperature)
+    total, n = None, 0
+    for z in inference.flipped_logits(net, x, tta):  # the forward passes, on all threads
+        with one_cpu_thread(z.device):
+            p = code_probabilities(z, temperatures)
+            total, n = (p if total is None else total.add_(p)), n + 1
+    return total.div_(n) if n > 1 else total
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Torch's CPU work in one thread (the model's forward keeps all): probabilities and blending are
+    short passes over memory, and a pass split over threads waits for each to be scheduled, which on
+    cores shared with other work costs more than the pass itself (bench/predict.py shows it); in one
+    thread, too, no CPU time goes to threads spinning at the end of each pass."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def code_probabilities(logits: torch.Tensor, temperatures: Sequence[float]) -> torch.Tensor:
+    """(B, 13, H, W) logits -> (B, 13 * len(temperatures), H, W): ``calibration.probabilities`` at each
+    temperature in turn (a softmax over codes 1..12 of the logits / T; code 0 gets 0).
+
+    The same numbers to float rounding, computed in place in one buffer (exp(z - max) / sum): on the CPU
+    torch's softmax across channels and the copies into one buffer cost more.
+    """
+    z = logits[:, 1:].float()
+    top = z.amax(dim=1, keepdim=True)
+    out = z.new_empty((z.shape[0], NUM_CLASSES * len(temperatures), *z.shape[2:]))
+    for k, t in enumerate(temperatures):
+        out[:, k * NUM_CLASSES].zero_()
+        p = out[:, k * NUM_CLASSES + 1 : (k + 1) * NUM_CLASSES]
+        torch.sub(z, top, out=p)
+        if t != 1:
+            p.div_(t)
+        p.exp_()
+        p.div_(p.sum(dim=1, keepdim=True))
+    return out
+
+
+def codes_and_confidence(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blended sums (13 or 26, H, W) -> codes (H, W) uint8 1..12 and confidence (H, W) uint8 percent.
+
+    The code is the best of codes 1..12 in the first 13 channels, the first on ties (as
+    ``model.predict_classes``; found with amax, which is far faster on the CPU than max with indices);
+    its confidence is its share of the last 13 (the same channels without a temperature). Each window's
+    probabilities sum to 1, so the blended ones sum to the sum of the weights, and the share is the
+    weighted mean of the windows' probabilities of that code.
+    """
+    scores = sums[1:NUM_CLASSES]
+    best = scores.amax(dim=0)
+    rank = torch.arange(NUM_CLASSES - 1, 0, -1, dtype=torch.uint8, device=sums.device)[:, None, None]
+    codes = (NUM_CLASSES - ((scores == best) * rank).amax(dim=0)).clamp_(1, NUM_CLASSES - 1)  # NaN: 12
+    calibrated = sums[-NUM_CLASSES:]
+    if sums.shape[0] > NUM_CLASSES:
+        best = calibrated.gather(0, codes[None].long())[0]
+    share = best / calibrated.sum(dim=0)
+    confidence = share.mul_(100).round_().nan_to_num_(0.0).clamp_(0, 100).to(torch.uint8)
+    return codes, confidence
+
+
+class PendingRows:
+    """Finished rows on their way from the model's device: codes and confidence are copied to host
+    memory without waiting (on CUDA into pinned memory, an event marking the end of the copy), so that
+    the device goes on with the next batch; ``wait`` sets nodata where the input has none."""
+
+    def __init__(self, row0: int, codes: torch.Tensor, confidence: torch.Tensor, valid: np.ndarray):
+        self.row0, self.valid = row0, valid
+        cuda = codes.device.type == "cuda"
+        self.host = [t.to("cpu", non_blocking=cuda) for t in (codes, confidence)]
+        self.copied = None
+        if cuda:
+            self.copied = torch.cuda.Event()
+            self.copied.record()  # on the stream that computed the rows and queued the copies
+
+    def wait(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """``(row0, codes, confidence)``: (n, width) uint8, nodata 0 and 255 where the input has no data."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        codes, confidence = (t.numpy() for t in self.host)
+        return (
+            self.row0,
+            np.where(self.valid, codes, NODATA).astype(np.uint8, copy=False),
+            np.where(self.valid, confidence, CONFIDENCE_NODATA).astype(np.uint8, copy=False),
+        )
+
+
 class Blender:
-    """Blends window probabilities, given in raster order, into finished rows of class codes.
+    """Blends window probabilities, given in raster order, into finished rows of codes and confidence.
 
     Holds the weighted sums of the columns a window shares with the next one (``left``) and of the rows
-    a row of windows shares with the next row (``carry``, across the scene's width).
-    Pixels are finished once no later window covers them; their code is the argmax of the summed
-    weighted probabilities (the sum of weights is the same for every class, so it need not be divided).
+    a row of windows shares with the next row (``carry``, across the scene's width), on the device of
+    the probabilities, with the codes and confidence of the row of windows being finished; the valid
+    pixels of that row stay on the host. Pixels are finished once no later window covers them
+    (``codes_and_confidence``).
     """
 
     def __init__(
@@ -170,13 +303,24 @@ class Blender:
         self.overlap = overlap
         self.weight: torch.Tensor | None = None
         self.carry: torch.Tensor | None = None
-        self.counts = np.zeros(NUM_CLASSES, dtype=np.int64)  # pixels of each code in the map
+        self.left: torch.Tensor | None = None
 
-    def add(self, i: int, j: int, probs: torch.Tensor, valid: np.ndarray) -> tuple[int, np.ndarray] | None:
-        """Add window (i, j): probs (13, h, w) on the model's device, valid (h, w) bool.
+    def start_row(self, i: int, probs: torch.Tensor) -> None:
+        """Empty sums and strips for row ``i`` of windows."""
+        r0, r1, device = self.rows[i], self.row_ends[i], probs.device
+        self.left = None
+        self.codes = torch.empty((r1 - r0, self.width), dtype=torch.uint8, device=device)
+        self.confidence = torch.empty_like(self.codes)
+        self.valid = np.zeros((r1 - r0, self.width), dtype=bool)
+        shape = (probs.shape[0], r0 + self.win[0] - r1, self.width)
+        last = i == len(self.rows) - 1
+        self.next_carry = None if last else torch.zeros(shape, dtype=torch.float16, device=device)
 
-        Returns ``(row0, codes)`` when the window ends a row of windows: the finished rows from ``row0``,
-        (n, width) uint8 with nodata 0.
+    def add(self, i: int, j: int, probs: torch.Tensor, valid: np.ndarray) -> PendingRows | None:
+        """Add window (i, j): probs (13 or 26, h, w) on the model's device (weighted in place: it is
+        used up), valid (h, w) bool.
+
+        Returns the finished rows when the window ends a row of windows.
         """
         h, w = self.win
         if self.weight is None or self.weight.device != probs.device:
@@ -185,34 +329,24 @@ class Blender:
             )
         r0, r1 = self.rows[i], self.row_ends[i]
         c0, c1 = self.cols[j], self.col_ends[j]
-        last_row = i == len(self.rows) - 1
-        if j == 0:  # a new row of windows
-            self.left = None
-            self.strip = np.zeros((r1 - r0, self.width), dtype=np.uint8)
-            self.next_carry = (
-                None
-                if last_row
-                else torch.zeros(
-                    (probs.shape[0], r0 + h - r1, self.width), dtype=torch.float16, device=probs.device
-                )
-            )
-        acc = probs * self.weight
+        if j == 0:
+            self.start_row(i, probs)
+        acc = probs.mul_(self.weight)
         if self.left is not None:  # the sums the previous window left on the columns shared with this one
             acc[:, :, : self.left.shape[2]] += self.left
         # columns [c0, c1) of this row of windows are finished: no later window of the row covers them
         chunk = acc[:, :, : c1 - c0]
         if self.carry is not None:  # the sums the row of windows above left on the rows shared with it
             chunk[:, : self.carry.shape[1]] += self.carry[:, :, c0:c1].float()
-        codes = inference.codes_from_probabilities(chunk[None, :, : r1 - r0])[0].cpu().numpy()
-        self.strip[:, c0:c1] = np.where(valid[: r1 - r0, : c1 - c0], codes, NODATA)
+        self.codes[:, c0:c1], self.confidence[:, c0:c1] = codes_and_confidence(chunk[:, : r1 - r0])
+        self.valid[:, c0:c1] = valid[: r1 - r0, : c1 - c0]
         if self.next_carry is not None:
             self.next_carry[:, :, c0:c1] = chunk[:, r1 - r0 :].half()
         self.left = acc[:, :, c1 - c0 :]
         if j < len(self.cols) - 1:
             return None
         self.carry = self.next_carry
-        self.counts += np.bincount(self.strip.ravel(), minlength=NUM_CLASSES)
-        return r0, self.strip
+        return PendingRows(r0, self.codes, self.confidence, self.valid)
 
 
 class SceneReader:
@@ -269,22 +403,25 @@ def predict_scene(
     stats: dict,
     height: int,
     width: int,
-    write: Callable[[int, np.ndarray], None],
+    write: Callable[[int, np.ndarray, np.ndarray], None],
     *,
     window: int = 512,
     overlap: int = 64,
     batch_size: int = 4,
     tta: bool = False,
+    temperature: float = 1.0,
     device: torch.device | str = "cpu",
     workers: int = 2,
     show_progress: bool = True,
 ) -> np.ndarray:
-    """Predict a ``height`` x ``width`` scene window by window; ``write(row0, codes)`` gets finished rows.
+    """Predict a ``height`` x ``width`` scene window by window; ``write(row0, codes, confidence)`` gets
+    finished rows in order ((n, width) uint8, see ``PendingRows.wait``).
 
     ``read(r, c, h, w)`` returns a window's bands as stored, called in raster order from one thread;
     ``workers`` threads find each window's valid pixels, and each batch crosses to ``device`` as stored
-    and is normalised there with the checkpoint's ``stats`` (mean, std), as in training. Returns the
-    pixel count of every code 0..12 in the map.
+    and is normalised there with the checkpoint's ``stats`` (mean, std), as in training. The rows a
+    batch finishes are written after the next batch is queued, so that on a GPU writing overlaps the
+    model. Returns the pixel count of every code 0..12 in the map.
     """
     device = torch.device(device)
     win = (min(window, height), min(window, width))
@@ -294,19 +431,30 @@ def predict_scene(
     norm = Normalize(stats, device)
     items = [(rows[i], cols[j], *win) for i, j in windows]
     loads = prefetch(items, read, workers, 2 * batch_size + workers)
+    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+
+    def flush(finished: list[PendingRows]) -> None:
+        for pending in finished:
+            row0, codes, confidence = pending.wait()
+            counts[:] += np.bincount(codes.ravel(), minlength=NUM_CLASSES)
+            write(row0, codes, confidence)
+
     bar = progress(total=len(windows), desc="predicting", unit="window", disable=not show_progress)
-    with bar, contextlib.closing(loads):  # on an error: the threads stop, then the bar ends
+    # on an error: the threads stop, then the bar ends
+    with bar, contextlib.closing(loads), torch.inference_mode():
+        finished: list[PendingRows] = []
         for b in range(0, len(windows), batch_size):
             batch = windows[b : b + batch_size]
             raws, valids = zip(*(next(loads) for _ in batch), strict=True)
             x = norm(torch.from_numpy(np.stack(raws)).to(device, non_blocking=True))
-            probs = inference.class_probabilities(net, x, tta)
-            for (i, j), p, valid in zip(batch, probs, valids, strict=True):
-                done = blender.add(i, j, p, valid)
-                if done is not None:
-                    write(*done)
+            probs = window_probabilities(net, x, tta, temperature)
+            with one_cpu_thread(device):
+                done = [blender.add(i, j, p, v) for (i, j), p, v in zip(batch, probs, valids, strict=True)]
+                flush(finished)  # the previous batch's rows, while the device works on this batch
+            finished = [d for d in done if d is not None]
             bar.update(len(batch))
-    return blender.counts
+        flush(finished)
+    return counts
 
 
 class BlockWriter:
@@ -316,19 +464,85 @@ class BlockWriter:
         self.dst, self.block = dst, block
         self.row0, self.buf = 0, np.zeros((0, dst.width), dtype=np.uint8)
 
-    def __call__(self, row0: int, codes: np.ndarray) -> None:
+    def __call__(self, row0: int, values: np.ndarray) -> None:
         assert row0 == self.row0 + len(self.buf), "rows must come in order"
-        self.buf = np.concatenate([self.buf, codes]) if len(self.buf) else codes.copy()
+        self.buf = np.concatenate([self.buf, values]) if len(self.buf) else values.copy()
         end = self.row0 + len(self.buf)
         upto = end if end == self.dst.height else (end // self.block) * self.block
         if upto > self.row0:
             n = upto - self.row0
-            self.dst.write(self.buf[:n], 1, window=Window(0, self.row0, self.dst.width, n))
+            try:
+                self.dst.write(self.buf[:n], 1, window=Window(0, self.row0, self.dst.width, n))
+            except OSError as e:  # a full disk: name this raster (several are written at once)
+                e.filename = e.filename or self.dst.name
+                raise
             self.row0, self.buf = upto, self.buf[n:]
 
 
+class MapWriters:
+    """Writes finished rows to the map, its confidence and (with ``review_below``) its review mask, each
+    through its own ``BlockWriter``; sums what the summary reports."""
+
+    def __init__(self, dsts: Sequence[rasterio.io.DatasetWriter], review_below: float | None):
+        self.writers = [BlockWriter(d) for d in dsts]
+        self.review_below = review_below
+        self.valid = 0  # mapped pixels
+        self.confidence_sum = 0  # their confidence, percent
+        self.flagged = 0  # those below review_below
+
+    def __call__(self, row0: int, codes: np.ndarray, confidence: np.ndarray) -> None:
+        valid = codes != NODATA
+        layers = [codes, confidence]
+        if self.review_below is not None:
+            flag = (confidence < self.review_below) & valid
+            layers.append(np.where(valid, flag, CONFIDENCE_NODATA).astype(np.uint8))
+            self.flagged += int(np.count_nonzero(flag))
+        self.valid += int(np.count_nonzero(valid))
+        self.confidence_sum += int(confidence.sum(where=valid, dtype=np.int64))
+        for writer, layer in zip(self.writers, layers, strict=True):
+            writer(row0, layer)
+
+
 # ---------------------------------------------------------------------------------------------
-# The map file, its class names and its preview
+# The map's files, their metadata and previews
+
+
+@dataclass(frozen=True)
+class MapFiles:
+    """The files of one map, named after ``--out MAP.tif``."""
+
+    map: Path
+
+    def beside(self, suffix: str, ext: str | None = None) -> Path:
+        return self.map.with_name(f"{self.map.stem}{suffix}{ext or self.map.suffix}")
+
+    @property
+    def confidence(self) -> Path:
+        return self.beside("_confidence")
+
+    @property
+    def review(self) -> Path:
+        return self.beside("_review")
+
+    @property
+    def preview(self) -> Path:
+        return self.map.with_suffix(".png")
+
+    @property
+    def confidence_preview(self) -> Path:
+        return self.beside("_confidence", ".png")
+
+    @property
+    def categories(self) -> Path:
+        return self.map.with_name(self.map.name + ".aux.xml")
+
+    def rasters(self, review: bool) -> list[Path]:
+        """The GeoTIFFs written, the map first (it is renamed into place last)."""
+        return [self.map, self.confidence, *([self.review] if review else [])]
+
+    def all(self, review: bool, preview: bool) -> list[Path]:
+        pictures = [self.preview, self.confidence_preview] if preview else []
+        return [*self.rasters(review), *pictures, self.categories]
 
 
 def overview_factors(height: int, width: int) -> list[int]:
@@ -348,19 +562,57 @@ def category_names_xml() -> str:
     )
 
 
-def write_preview(map_path: Path, out_png: Path, counts: np.ndarray, title: str, size: int = 1024) -> None:
-    """A PNG of the map (read decimated from its overviews) in the class colours, legend with areas."""
+def describe_rasters(
+    dsts: Sequence[rasterio.io.DatasetWriter], tags: dict, temperature: float, review_below: float | None
+) -> None:
+    """Colour tables, band descriptions and tags of the map, its confidence and its review mask."""
+    for dst in dsts:
+        dst.update_tags(**tags)
+    dsts[0].write_colormap(1, gdal_colour_table())
+    dsts[0].set_band_description(1, "land-cover class code")
+    dsts[0].update_tags(1, **{f"CLASS_{c}": CLASSES[c][0] for c in range(NUM_CLASSES)})
+    dsts[1].set_band_description(1, f"confidence of the mapped class, percent (temperature {temperature:g})")
+    dsts[1].set_band_unit(1, "%")
+    if review_below is not None:
+        dsts[2].write_colormap(1, REVIEW_COLOURS)
+        dsts[2].set_band_description(1, f"1: confidence below {review_below:g} %, for review; 0: not")
+        dsts[2].update_tags(1, REVIEW_BELOW=f"{review_below:g}")
+
+
+def decimated(path: Path, size: int, resampling: Resampling, masked: bool = False) -> np.ndarray:
+    """Band 1 of a raster read at most ``size`` pixels wide or high (from its overviews)."""
+    with rasterio.open(path) as src:
+        scale = max(src.height, src.width) / size
+        shape = (
+            (max(1, round(src.height / scale)), max(1, round(src.width / scale))) if scale > 1 else src.shape
+        )
+        return src.read(1, out_shape=shape, resampling=resampling, masked=masked)
+
+
+def save_figure(fig, out_png: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
+def figure_for(shape: tuple[int, int]):
+    """A figure and axes for a picture of ``shape``, 7 inches wide."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with rasterio.open(map_path) as src:
-        scale = max(src.height, src.width) / size
-        shape = (
-            (max(1, round(src.height / scale)), max(1, round(src.width / scale))) if scale > 1 else src.shape
-        )
-        codes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+    size = (7.0, min(10.0, max(2.0, 7.0 * shape[0] / shape[1])))
+    fig, ax = plt.subplots(figsize=size, layout="constrained")
+    ax.set_axis_off()
+    return fig, ax
+
+
+def write_preview(map_path: Path, out_png: Path, counts: np.ndarray, title: str, size: int = 1024) -> None:
+    """A PNG of the map (read decimated from its overviews) in the class colours, legend with areas."""
+    codes = decimated(map_path, size, Resampling.nearest)
     rgba = np.concatenate(
         [PALETTE[codes], np.where(codes == NODATA, 0, 255).astype(np.uint8)[..., None]], axis=2
     )
@@ -369,75 +621,86 @@ def write_preview(map_path: Path, out_png: Path, counts: np.ndarray, title: str,
     handles = legend_handles(present)
     for hd, c in zip(handles, present, strict=True):
         hd.set_label(f"{hd.get_label()} ({100 * counts[c] / total:.1f}%)")
-    fig, ax = plt.subplots(
-        figsize=(7.0, min(10.0, max(2.0, 7.0 * shape[0] / shape[1]))), layout="constrained"
-    )
+    fig, ax = figure_for(codes.shape)
     ax.imshow(rgba, interpolation="nearest")
     ax.set_title(title, fontsize=10)
-    ax.set_axis_off()
     if handles:
         fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, out_png)
+
+
+def write_confidence_preview(path: Path, out_png: Path, title: str, size: int = 1024) -> None:
+    """A PNG of the confidence raster (decimated from its average overviews), nodata transparent, with a
+    colour bar of 0-100 %."""
+    import matplotlib
+
+    confidence = decimated(path, size, Resampling.average, masked=True)
+    fig, ax = figure_for(confidence.shape)
+    cmap = matplotlib.colormaps[CONFIDENCE_CMAP].with_extremes(bad=(0, 0, 0, 0))
+    image = ax.imshow(confidence, cmap=cmap, vmin=0, vmax=100, interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="confidence of the mapped class (%)")
+    save_figure(fig, out_png)
+
+
+OVERVIEW_RESAMPLING = (Resampling.mode, Resampling.average, Resampling.mode)  # map, confidence, review
+
+
+def gdal_env(workers: int) -> rasterio.Env:
+    """GDAL's settings for reading the scenes and writing the rasters: a fixed block cache, a chunk's
+    blocks decoded in parallel, overviews compressed and tiled like the rasters."""
+    return rasterio.Env(
+        GDAL_CACHEMAX=GDAL_CACHE_MB,
+        GDAL_NUM_THREADS=max(workers, 1),
+        COMPRESS_OVERVIEW="DEFLATE",
+        GDAL_TIFF_OVR_BLOCKSIZE=MAP_BLOCK,
+    )
 
 
 def write_map(
     net: torch.nn.Module,
     scene_paths: Sequence[Path],
     stats: dict,
-    out: Path,
+    files: MapFiles,
     *,
-    window: int,
-    overlap: int,
-    batch_size: int,
-    tta: bool,
-    device: torch.device,
-    workers: int,
+    scene_options: dict,
+    review_below: float | None,
     preview: bool,
     tags: dict,
-) -> np.ndarray:
-    """Predict the scenes into ``out`` (and its preview and category names), atomically; class counts."""
+) -> tuple[np.ndarray, MapWriters]:
+    """Predict the scenes (``scene_options``: ``predict_scene``'s) into the map, its confidence and its
+    review mask, with previews and category names; the rasters are renamed into place once all are
+    complete, the map last. Returns the class counts and the writers' sums."""
     reader = SceneReader(scene_paths)
     with rasterio.open(scene_paths[0]) as src:
-        profile = map_profile(Grid.of(src), NODATA)
-    env = rasterio.Env(
-        GDAL_CACHEMAX=GDAL_CACHE_MB,
-        GDAL_NUM_THREADS=max(workers, 1),  # decoding a chunk's blocks in parallel
-        COMPRESS_OVERVIEW="DEFLATE",
-        GDAL_TIFF_OVR_BLOCKSIZE=MAP_BLOCK,
-    )
-    with env, atomic_path(out) as tmp:
+        grid = Grid.of(src)
+    temperature = scene_options["temperature"]
+    with gdal_env(scene_options["workers"]), contextlib.ExitStack() as placed:
+        tmps = [placed.enter_context(atomic_path(p)) for p in files.rasters(review_below is not None)]
+        nodata = (NODATA, CONFIDENCE_NODATA, CONFIDENCE_NODATA)
         try:
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write_colormap(1, gdal_colour_table())
-                dst.set_band_description(1, "land-cover class code")
-                dst.update_tags(**tags)
-                dst.update_tags(1, **{f"CLASS_{c}": CLASSES[c][0] for c in range(NUM_CLASSES)})
-                counts = predict_scene(
-                    net,
-                    reader,
-                    stats,
-                    profile["height"],
-                    profile["width"],
-                    BlockWriter(dst),
-                    window=window,
-                    overlap=overlap,
-                    batch_size=batch_size,
-                    tta=tta,
-                    device=device,
-                    workers=workers,
-                )
-                dst.build_overviews(overview_factors(dst.height, dst.width), Resampling.mode)
-                dst.update_tags(ns="rio_overview", resampling="mode")
+            with contextlib.ExitStack() as opened:
+                dsts = [
+                    opened.enter_context(rasterio.open(tmp, "w", **map_profile(grid, nd)))
+                    for tmp, nd in zip(tmps, nodata, strict=False)
+                ]
+                describe_rasters(dsts, tags, temperature, review_below)
+                writers = MapWriters(dsts, review_below)
+                counts = predict_scene(net, reader, stats, grid.height, grid.width, writers, **scene_options)
+                for dst, how in zip(dsts, OVERVIEW_RESAMPLING, strict=False):
+                    dst.build_overviews(overview_factors(grid.height, grid.width), how)
+                    dst.update_tags(ns="rio_overview", resampling=how.name)
         finally:
             reader.close()
-        check_written(tmp)  # a full disk leaves a short file without an error from GDAL
+        for tmp in tmps:
+            check_written(tmp)  # a full disk leaves a short file without an error from GDAL
         if preview:
-            title = f"{out.name}: {' + '.join(p.name for p in scene_paths)}"
-            write_preview(tmp, out.with_suffix(".png"), counts, title)
-        atomic_write_text(out.with_name(out.name + ".aux.xml"), category_names_xml())
-    return counts
+            title = f"{files.map.name}: {' + '.join(p.name for p in scene_paths)}"
+            write_preview(tmps[0], files.preview, counts, title)
+            title = f"{files.confidence.name}: confidence of the mapped class, temperature {temperature:g}"
+            write_confidence_preview(tmps[1], files.confidence_preview, title)
+        atomic_write_text(files.categories, category_names_xml())
+    return counts, writers
 
 
 def area_table(counts: np.ndarray, pixel_area_m2: float) -> str:
@@ -449,6 +712,19 @@ def area_table(counts: np.ndarray, pixel_area_m2: float) -> str:
             ha = counts[c] * pixel_area_m2 / 1e4
             lines.append(f"{c:>4}  {CLASSES[c][0][:42]:<42} {ha:>14,.1f} {100 * counts[c] / total:>6.2f}")
     lines.append(f"nodata pixels: {int(counts[NODATA]):,}")
+    return "\n".join(lines)
+
+
+def confidence_summary(sums: MapWriters, temperature: float, review_below: float | None) -> str:
+    """The mean confidence of the mapped pixels and, with ``review_below``, the share flagged."""
+    valid = max(sums.valid, 1)
+    mean = sums.confidence_sum / valid
+    lines = [f"confidence of the mapped class: mean {mean:.1f}% (temperature {temperature:g})"]
+    if review_below is not None:
+        lines.append(
+            f"for review (confidence below {review_below:g}%): {sums.flagged:,} pixels, "
+            f"{100 * sums.flagged / valid:.2f}% of the mapped pixels"
+        )
     return "\n".join(lines)
 
 
@@ -470,14 +746,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=argparse.SUPPRESS,
         nargs="+",
         type=Path,
-        help="the scene(s) to map; for a stacked model every scene it was trained on, in that order "
-        "(default: data/raw/<scene>.tif for each scene the checkpoint names, else data/raw/s2_april.tif)",
+        help="the scene(s) to map; for a stacked model as many as it was trained on, in that order, matched "
+        "by position and bands, whatever their names (default: data/raw/<scene>.tif for each scene the "
+        "checkpoint names, else data/raw/s2_april.tif)",
     )
     parser.add_argument(
         "--out",
         default=argparse.SUPPRESS,
         type=Path,
-        help="the map to write (.tif); the preview goes beside it as .png "
+        help="the map to write (.tif); beside it MAP_confidence.tif (uint8: the mapped class's probability "
+        "in percent, calibrated with the checkpoint's temperature; 255 nodata), the previews MAP.png and "
+        "MAP_confidence.png, and with --review-below MAP_review.tif "
         "(default: results/<run folder of the checkpoint>/landcover_<scene(s)>.tif)",
     )
     parser.add_argument("--window", type=int, default=512, help="window size in pixels (square)")
@@ -486,16 +765,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=4, help="windows per model call")
     parser.add_argument("--tta", action="store_true", help="average predictions over 4 flips (4x slower)")
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs"
-    )
+    parser.add_argument("--device", choices=distributed.DEVICES, default="auto", help="where the model runs")
     parser.add_argument(
         "--workers",
         type=int,
-        default=min(8, os.cpu_count() or 1),
+        default=DEFAULT_WORKERS,
         help="threads preparing windows (their valid pixels; 0: all in the main thread)",
     )
-    parser.add_argument("--no-preview", action="store_true", help="do not write the PNG preview")
+    parser.add_argument(
+        "--review-below",
+        type=float,
+        default=None,
+        metavar="P",
+        help="also write MAP_review.tif: 1 where the confidence is below P %% (1-100; pixels for a human "
+        "to review), 0 elsewhere, 255 nodata; and print the share of mapped pixels flagged",
+    )
+    parser.add_argument(
+        "--no-preview", action="store_true", help="write neither PNG preview (map, confidence)"
+    )
     args = parser.parse_args(argv)
     check_range("--window", args.window, 32)
     check_range("--overlap", args.overlap, 0)
@@ -503,67 +790,85 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         fail(f"--overlap must be smaller than --window ({args.window}), got {args.overlap}")
     check_range("--batch-size", args.batch_size, 1)
     check_range("--workers", args.workers, 0)
+    if args.review_below is not None:
+        check_range("--review-below", args.review_below, 1, 100)
     return args
 
 
-def check_inputs(bands: Sequence[str], images: Sequence[Path]) -> tuple[int, int, float]:
-    """Fail unless the scenes are the checkpoint's, on one grid; their height, width and pixel area (m²)."""
+def check_inputs(bands: Sequence[str], images: Sequence[Path]) -> tuple[int, int, float, str | None]:
+    """Fail unless the scenes match the checkpoint and share one grid; their height, width, pixel area
+    (m²) and the line saying which scenes are named otherwise than the checkpoint's (or None)."""
     scenes = [open_raster(p, "scene") for p in images]
     try:
-        check_scenes(bands, [(Path(s.name), s.descriptions) for s in scenes])
+        renamed = check_scenes(bands, [(Path(s.name), s.descriptions) for s in scenes])
         check_grids(scenes)
-        return scenes[0].height, scenes[0].width, abs(scenes[0].transform.a * scenes[0].transform.e)
+        t = scenes[0].transform
+        return scenes[0].height, scenes[0].width, abs(t.a * t.e), renamed
     finally:
         for s in scenes:
             s.close()
 
 
-def output_path(args: argparse.Namespace, images: Sequence[Path]) -> Path:
-    """``--out``, or the default beside the checkpoint's run; it must be a .tif that is not an input."""
+def output_files(args: argparse.Namespace, images: Sequence[Path]) -> MapFiles:
+    """``--out``, or the default beside the checkpoint's run: a .tif whose files overwrite no input scene
+    and no folder."""
     stem = "+".join(p.stem for p in images)
     out = getattr(args, "out", None) or inference.results_folder(args.checkpoint) / f"landcover_{stem}.tif"
     if out.suffix.lower() not in (".tif", ".tiff"):
         fail(f"--out must end with .tif or .tiff (the preview goes beside it as .png): {out}")
-    if any(out.resolve() == Path(p).resolve() for p in images):
-        fail(f"--out would overwrite an input scene: {out}")
-    return out
+    files = MapFiles(out)
+    inputs = {Path(p).resolve() for p in images}
+    for path in files.all(args.review_below is not None, not args.no_preview):
+        if path.resolve() in inputs:
+            fail(f"--out would overwrite an input scene: {path}")
+        if path.is_dir():
+            fail(f"--out: {path} is a folder, where the map's file would go")
+    return files
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    device = inference.pick_device(args.device)
-    net, ckpt = inference.load_model(args.checkpoint, device)  # a broken checkpoint fails first
+    device = distributed.pick_device(args.device)
+    distributed.configure_torch(device)
+    net, ckpt = load_checkpoint(args.checkpoint, device)  # a broken checkpoint fails first
+    temperature, note = temperature_of(ckpt, args.checkpoint)
     images = getattr(args, "image", None) or default_images(ckpt["bands"])
-    height, width, pixel_area = check_inputs(ckpt["bands"], images)
-    out = output_path(args, images)
+    height, width, pixel_area, renamed = check_inputs(ckpt["bands"], images)
+    files = output_files(args, images)
+    for line in (renamed, note):
+        if line:
+            print(line, flush=True)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    files.map.parent.mkdir(parents=True, exist_ok=True)
+    t0, cpu0 = time.perf_counter(), time.process_time()
     tags = {
         "checkpoint": str(args.checkpoint),
         "scenes": " ".join(str(p) for p in images),
         "window": str(args.window),
         "overlap": str(args.overlap),
         "tta": str(args.tta),
+        "temperature": f"{temperature:g}",
     }
-    counts = write_map(
-        net,
-        images,
-        ckpt["stats"],
-        out,
+    scene_options = dict(
         window=args.window,
         overlap=args.overlap,
         batch_size=args.batch_size,
         tta=args.tta,
+        temperature=temperature,
         device=device,
         workers=args.workers,
-        preview=not args.no_preview,
-        tags=tags,
     )
+    review, preview = args.review_below is not None, not args.no_preview
+    counts, sums = write_map(
+        net, images, ckpt["stats"], files, scene_options=scene_options, review_below=args.review_below,
+        preview=preview, tags=tags,
+    )  # fmt: skip
     print(area_table(counts, pixel_area))
-    print(f"wrote {out} ({width} x {height} px, {time.perf_counter() - t0:.1f} s)")
-    if not args.no_preview:
-        print(f"wrote {out.with_suffix('.png')}")
+    print(confidence_summary(sums, temperature, args.review_below))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    print(f"wrote {files.map} ({width} x {height} px, {wall:.1f} s, {cpu:.1f} CPU s)")
+    for path in files.all(review, preview)[1:-1]:  # the category names go without saying
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

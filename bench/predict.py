@@ -1,15 +1,21 @@
-"""Benchmark predict.py: whole-scene maps of generated scenes against the bare model forward.
+"""Benchmark predict.py: whole-scene maps (with their confidence) of generated scenes against reading
+the scene's windows once plus the bare model forward over them.
 
 For each --sizes scene (default 3000 x 3000 and 6000 x 6000, 10 bands uint16, DEFLATE + predictor 2,
 512 x 512 blocks, a Catalonia-like mix of classes with texture and noise, nodata outside a ragged
-coast): predict.py runs in a child process, then the bare model forward over the same number of
-windows of the same size and batch in another child (same encoder, device and threads, inputs already
-on the device: nothing but ``net(x)``). Reported: windows/s of both, the ratio of predict.py's own time
-(reading, normalising, blending, writing, overviews, preview) to the bare forward (target <= 1.25),
-the CPU seconds of both processes (imports included; steadier than wall time when other jobs share
-the cores), and the peak RSS of every child (os.wait4; target: the larger scene within
-1.1x of the smaller). The encoder is random-init (speed does not depend on the weights). With
---repeat N both run N times, alternated, and the fastest of each counts (cores shared with other jobs).
+coast; generated once, in a child), three child processes run in turn: predict.py (writing the map,
+its confidence raster, their overviews and, unless --no-preview, both previews; the checkpoint holds a
+fitted --temperature, so the calibrated confidence is blended beside the map's probabilities as for a
+checkpoint of train.py); a reader that reads the scene's windows once as predict.py does
+(``predict.SceneReader`` in raster order, under predict.py's GDAL settings, nothing else); and the
+bare model forward over the same number of windows of the same size and batch (same encoder, device
+and threads, inputs already on the device: nothing but ``net(x)``). Each child times its own work,
+wall and CPU seconds (all its threads), imports and model loading excluded. Reported: the three
+times, predict.py's wall and CPU-time ratios to read + bare forward (the CPU-time one is steadier when
+other jobs share the cores; target <= 1.15 on CPU), and the peak RSS of every child (os.wait4, which
+counts from the parent's size at the fork: this process stays small; target: predict.py's on the
+larger scene within 1.1x of the smaller). The encoder is random-init (speed does not depend on the
+weights). With --repeat N the three run N times, alternated, and the fastest of each counts.
 predict.py's time includes its one-time costs (first batch, CUDA start-up), the bare forward's not.
 
 Writes only under bench/out/predict/ (git-ignored): the scenes (cached), the checkpoint, the maps.
@@ -121,7 +127,8 @@ def make_scene(path: Path, size: int, seed: int = 0) -> None:
     os.replace(tmp, path)
 
 
-def make_checkpoint_file(path: Path, encoder: str) -> None:
+def make_checkpoint_file(path: Path, encoder: str, temperature: float) -> None:
+    """A random-init checkpoint; with a temperature other than 1, one as train.py writes now."""
     import torch
 
     from checkpoint import make_checkpoint
@@ -130,7 +137,8 @@ def make_checkpoint_file(path: Path, encoder: str) -> None:
     torch.manual_seed(0)
     net = build_model(encoder, 10, 13)
     stats = {"mean": SPECTRA.mean(0).tolist(), "std": (SPECTRA.std(0) + 300).tolist()}
-    torch.save(make_checkpoint(net, list(BANDS), stats), path)
+    extra = {} if temperature == 1 else {"temperature": temperature}
+    torch.save(make_checkpoint(net, list(BANDS), stats, **extra), path)
 
 
 def spawn(cmd: list[str], env: dict) -> tuple[float, float, str, float]:
@@ -146,6 +154,16 @@ def spawn(cmd: list[str], env: dict) -> tuple[float, float, str, float]:
     return wall, usage.ru_maxrss / 1024, (OUT / "child.out").read_text(), usage.ru_utime + usage.ru_stime
 
 
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    return OUT / f"ckpt_{args.encoder}_T{args.temperature:g}.pt"
+
+
+def workers_of(args: argparse.Namespace) -> int:
+    import predict
+
+    return predict.DEFAULT_WORKERS if args.workers is None else args.workers
+
+
 def bare_forward(args: argparse.Namespace) -> None:
     """Child mode: load the checkpoint as predict.py does, time net(x) over --bare windows."""
     import torch
@@ -155,24 +173,47 @@ def bare_forward(args: argparse.Namespace) -> None:
 
     device = pick_device(args.device)
     configure_torch(device)
-    net, _ = load_checkpoint(OUT / f"ckpt_{args.encoder}.pt", device)
+    net, _ = load_checkpoint(checkpoint_path(args), device)
     x = torch.randn(args.batch_size, 10, args.window, args.window, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
         if device.type == "cuda":
             net(x)  # warm-up (CUDA start-up, cudnn autotuning), excluded from the time
             sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         done = 0
         while done < args.bare:
             n = min(args.batch_size, args.bare - done)
             net(x[:n])
             done += n
         sync()
-    print(f"forward {time.perf_counter() - t0:.3f}")
+    print(f"forward {time.perf_counter() - t0:.3f} s, {time.process_time() - c0:.3f} CPU s")
+
+
+def read_windows(args: argparse.Namespace) -> None:
+    """Child mode: read every window of the scene --read once, as predict.py reads them, and nothing more."""
+    import rasterio
+
+    import predict
+
+    scene = Path(args.read)
+    with rasterio.open(scene) as src:
+        height, width = src.height, src.width
+    win = (min(args.window, height), min(args.window, width))
+    rows = predict.window_starts(height, win[0], args.overlap)
+    cols = predict.window_starts(width, win[1], args.overlap)
+    reader = predict.SceneReader([scene])
+    t0, c0 = time.perf_counter(), time.process_time()
+    with predict.gdal_env(workers_of(args)):
+        nbytes = sum(reader(r, c, *win).nbytes for r in rows for c in cols)
+    reader.close()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"read {wall:.3f} s, {cpu:.3f} CPU s ({len(rows) * len(cols)} windows, {nbytes / 1e9:.2f} GB)")
 
 
 def parse_args() -> argparse.Namespace:
+    from distributed import DEVICES
+
     p = ArgumentParser.for_script(__doc__)
     p.add_argument("--encoder", default="resnet50", choices=("resnet18", "resnet34", "resnet50"))
     p.add_argument("--sizes", type=int, nargs="+", default=[3000, 6000], help="scene sizes (square)")
@@ -182,74 +223,97 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--workers", type=int, default=None, help="predict.py reader threads (default: its own)%(default).0s"
     )
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--no-preview", action="store_true", help="predict.py without its PNG preview")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=1.5,
+        help="the checkpoint's fitted temperature (1: a checkpoint written before calibration)",
+    )
+    p.add_argument("--no-preview", action="store_true", help="predict.py without its PNG previews")
     p.add_argument("--repeat", type=int, default=1, help="runs of each (alternated); the fastest counts")
-    p.add_argument("--bare", type=int, default=0, help=argparse.SUPPRESS)  # child mode
+    p.add_argument("--bare", type=int, default=0, help=argparse.SUPPRESS)  # child mode: the forward
+    p.add_argument("--read", default=None, help=argparse.SUPPRESS)  # child mode: reading the scene
+    p.add_argument("--make-scene", type=int, default=0, help=argparse.SUPPRESS)  # child mode: a scene
     return p.parse_args()
 
 
-def bench_size(args: argparse.Namespace, ckpt: Path, size: int) -> tuple:
-    """predict.py and the bare forward on the scene of ``size``, ``--repeat`` times each, alternated:
-    (size, windows, best times, best CPU s, peak RSS of each)."""
+TIMES = r"([\d.]+) s, ([\d.]+) CPU s"  # what each child prints of its work: wall and CPU seconds
+
+
+def child_commands(args: argparse.Namespace, scene: Path, size: int, n: int) -> dict[str, list[str]]:
+    """The three children's command lines: predict.py, the reader, the bare forward (``n`` windows)."""
+    w = min(args.window, size)
+    workers = ["--workers", args.workers] if args.workers is not None else []
+    me = [sys.executable, "bench/predict.py", "--encoder", args.encoder, "--window", w, *workers]
+    me += ["--overlap", args.overlap, "--batch-size", args.batch_size, "--device", args.device]
+    me += ["--temperature", args.temperature]
+    cmd = [sys.executable, "predict.py", "--checkpoint", checkpoint_path(args), "--image", scene]
+    cmd += ["--out", OUT / f"map_{scene.stem}.tif", "--window", args.window, "--overlap", args.overlap]
+    cmd += ["--batch-size", args.batch_size, "--device", args.device, *workers]
+    cmd += ["--no-preview"] if args.no_preview else []
+    commands = {"predict": cmd, "read": [*me, "--read", scene], "bare": [*me, "--bare", n]}
+    return {k: [str(c) for c in v] for k, v in commands.items()}
+
+
+def bench_size(args: argparse.Namespace, size: int) -> dict:
+    """predict.py, the reader and the bare forward on the scene of ``size``, ``--repeat`` times each,
+    alternated: the best wall and CPU seconds of each, and the largest peak RSS of each."""
     import predict  # for the window count only
 
     scene = OUT / f"scene_{size}.tif"
-    if not scene.exists():
-        t = time.perf_counter()
-        make_scene(scene, size)
-        print(f"generated {scene} ({scene.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.0f} s")
-    w = min(args.window, size)
-    n = len(predict.window_starts(size, w, args.overlap)) ** 2
-    out = OUT / f"map_{size}.tif"
-    cmd = [sys.executable, "predict.py", "--checkpoint", ckpt, "--image", scene, "--out", out]
-    cmd += ["--window", args.window, "--overlap", args.overlap, "--batch-size", args.batch_size]
-    cmd += ["--device", args.device, "--no-preview"] if args.no_preview else ["--device", args.device]
-    cmd += ["--workers", args.workers] if args.workers is not None else []
-    bare = [sys.executable, "bench/predict.py", "--bare", n, "--encoder", args.encoder, "--window", w]
-    bare += ["--batch-size", args.batch_size, "--device", args.device]
-    env = dict(os.environ)
-    runs = []
-    for k in range(args.repeat):  # alternated, so that both see the same load on shared cores
-        wall_p, rss_p, text, cpu_p = spawn([str(c) for c in cmd], env)
-        work_p = float(re.search(r"px, ([\d.]+) s\)", text).group(1))
-        _, rss_b, text, cpu_b = spawn([str(c) for c in bare], env)
-        work_b = float(re.search(r"forward ([\d.]+)", text).group(1))
-        runs.append((work_p, work_b, wall_p, cpu_p, cpu_b, rss_p, rss_b))
+    if not scene.exists():  # in a child: a child's peak RSS starts at its parent's (fork, then exec)
+        wall, *_ = spawn([sys.executable, "bench/predict.py", "--make-scene", str(size)], dict(os.environ))
+        print(f"generated {scene} ({scene.stat().st_size / 1e6:.0f} MB) in {wall:.0f} s")
+    n = len(predict.window_starts(size, min(args.window, size), args.overlap)) ** 2
+    commands = child_commands(args, scene, size, n)
+    runs = {k: [] for k in commands}
+    for k in range(args.repeat):  # alternated, so that all see the same load on shared cores
+        for name, cmd in commands.items():
+            _, rss, text, _ = spawn(cmd, dict(os.environ))
+            wall, cpu = map(float, re.search(TIMES, text).groups())
+            runs[name].append((wall, cpu, rss))
         print(
-            f"{size} run {k + 1}: {n} windows, predict.py {work_p:.1f} s ({cpu_p:.0f} CPU s), "
-            f"bare forward {work_b:.1f} s ({cpu_b:.0f} CPU s)",
+            f"{size} run {k + 1}: {n} windows; "
+            + ", ".join(f"{name} {r[-1][0]:.1f} s ({r[-1][1]:.1f} CPU s)" for name, r in runs.items()),
             flush=True,
         )
-    work_p, work_b, wall_p, cpu_p, cpu_b = (min(r[i] for r in runs) for i in range(5))  # least disturbed
-    rss_p, rss_b = (max(r[i] for r in runs) for i in (5, 6))
-    return size, n, work_p, work_b, wall_p, cpu_p, cpu_b, rss_p, rss_b
+    best = {
+        name: (min(r[0] for r in rs), min(r[1] for r in rs), max(r[2] for r in rs))
+        for name, rs in runs.items()
+    }
+    return {"size": size, "windows": n, **best}
 
 
-def print_table(args: argparse.Namespace, rows: list[tuple]) -> None:
+def print_table(args: argparse.Namespace, rows: list[dict]) -> None:
     import torch
 
     cuda = args.device != "cpu" and torch.cuda.is_available()
     dev = f"cuda ({torch.cuda.get_device_name()})" if cuda else "cpu"
     print(
         f"\nencoder {args.encoder}, window {args.window}, overlap {args.overlap}, batch {args.batch_size}, "
-        f"device {dev}, torch threads {torch.get_num_threads()}, {os.cpu_count()} cores"
+        f"device {dev}, temperature {args.temperature:g}, torch threads {torch.get_num_threads()}, "
+        f"{os.cpu_count()} cores"
     )
     print(
-        f"{'scene':>11} {'windows':>7} {'predict s':>9} {'bare s':>7} {'win/s':>6} {'bare win/s':>10} "
-        f"{'ratio':>6} {'CPU s':>6} {'bare CPU s':>10} {'CPU ratio':>9} "
-        f"{'RSS predict MB':>14} {'RSS bare MB':>11}"
+        f"{'scene':>11} {'windows':>7} {'read s':>7} {'bare s':>7} {'predict s':>9} {'wall ratio':>10} "
+        f"{'read CPU s':>10} {'bare CPU s':>10} {'predict CPU s':>13} {'CPU ratio':>9} "
+        f"{'peak MB predict / read / bare':>29}"
     )
-    for size, n, wp, wb, _, cp, cb, rp, rb in rows:
+    for r in rows:
+        (rw, rc, rm), (bw, bc, bm), (pw, pc, pm) = r["read"], r["bare"], r["predict"]
         print(
-            f"{size:>5}x{size:<5} {n:>7} {wp:>9.1f} {wb:>7.1f} {n / wp:>6.2f} {n / wb:>10.2f} "
-            f"{wp / wb:>6.2f} {cp:>6.0f} {cb:>10.0f} {cp / cb:>9.2f} {rp:>14.0f} {rb:>11.0f}"
+            f"{r['size']:>5}x{r['size']:<5} {r['windows']:>7} {rw:>7.1f} {bw:>7.1f} {pw:>9.1f} "
+            f"{pw / (rw + bw):>10.2f} {rc:>10.1f} {bc:>10.1f} {pc:>13.1f} {pc / (rc + bc):>9.2f} "
+            f"{f'{pm:.0f} / {rm:.0f} / {bm:.0f}':>29}"
         )
+    cpu = max(r["predict"][1] / (r["read"][1] + r["bare"][1]) for r in rows)
+    wall = max(r["predict"][0] / (r["read"][0] + r["bare"][0]) for r in rows)
+    line = f"worst CPU-time ratio {cpu:.2f} (target <= 1.15 on CPU), worst wall ratio {wall:.2f}"
     if len(rows) > 1:
-        print(
-            f"peak RSS of predict.py, largest / smallest scene: {rows[-1][7] / rows[0][7]:.3f} "
-            f"(target <= 1.1); worst time ratio {max(r[2] / r[3] for r in rows):.2f} (target <= 1.25)"
-        )
+        memory = rows[-1]["predict"][2] / rows[0]["predict"][2]
+        line = f"peak RSS of predict.py, largest / smallest scene: {memory:.3f} (target <= 1.1); {line}"
+    print(line)
 
 
 def main() -> None:
@@ -257,10 +321,13 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     if args.bare:
         return bare_forward(args)
-    ckpt = OUT / f"ckpt_{args.encoder}.pt"
-    if not ckpt.exists():
-        make_checkpoint_file(ckpt, args.encoder)
-    print_table(args, [bench_size(args, ckpt, size) for size in args.sizes])
+    if args.read:
+        return read_windows(args)
+    if args.make_scene:
+        return make_scene(OUT / f"scene_{args.make_scene}.tif", args.make_scene)
+    if not checkpoint_path(args).exists():
+        make_checkpoint_file(checkpoint_path(args), args.encoder, args.temperature)
+    print_table(args, [bench_size(args, size) for size in args.sizes])
 
 
 if __name__ == "__main__":

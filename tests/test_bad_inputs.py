@@ -325,6 +325,17 @@ def b_arch_bands(tmp, base):
     return {"bad": checkpoint(tmp / "other.pt", BANDS4, config={"in_channels": 10})}
 
 
+def b_confidence_dir(tmp, base):
+    """A folder where predict.py's confidence raster would go."""
+    (tmp / "maps" / "m_confidence.tif").mkdir(parents=True)
+    return {}
+
+
+def b_renamed_august_4_bands(tmp, base):
+    """Another year's August mosaic, named otherwise, with 4 of the checkpoint's 10 bands."""
+    return {"bad": scene(tmp / "2019_august.tif", 3, bands=4)}
+
+
 # ---------------------------------------------------------------------------------------------
 # The table
 
@@ -455,6 +466,14 @@ CASES = [
     ("predict.py", "--window 0", None, [*PREDICT, S2, "--window", "0"], ["--window"]),
     ("predict.py", "--out under a file", b_file_in_the_way,
      [*PREDICT, S2, "--out", "{bad}/m.tif"], ["afile"]),
+    ("predict.py", "a folder where the confidence raster goes", b_confidence_dir,
+     [*PREDICT, S2], ["m_confidence.tif", "folder"]),
+    ("predict.py", "stacked model, a renamed 2nd scene of 4 bands", b_renamed_august_4_bands,
+     [*PREDICT, "{base}/ckpt/stack.pt", "--image", APRIL, "{bad}"], ["2019_august.tif", "4 bands", "10"]),
+    ("predict.py", "--review-below 0", None,
+     [*PREDICT, S2, "--review-below", "0"], ["--review-below", ">= 1"]),
+    ("predict.py", "--review-below 101", None,
+     [*PREDICT, S2, "--review-below", "101"], ["--review-below", "<= 100"]),
 ]  # fmt: skip
 
 

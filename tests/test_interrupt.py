@@ -146,7 +146,8 @@ def test_killed_stage_then_rerun_equals_an_uninterrupted_run(runner, chain, tmp_
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Untrained resnet18 checkpoints (any fixed weights make a reproducible map): one for a scene's
-    10 bands, one for the two scenes stacked."""
+    10 bands, written before temperatures were (T = 1), one for the two scenes stacked, with a fitted
+    temperature (the confidence is then blended beside the map's probabilities)."""
     root = tmp_path_factory.mktemp("ckpt")
     out = {}
     for name, bands in (
@@ -156,33 +157,44 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
         torch.manual_seed(0)
         net = build_model("resnet18", len(bands), 13)
         stats = {"mean": [1500.0] * len(bands), "std": [800.0] * len(bands)}
-        torch.save(make_checkpoint(net, bands, stats), root / f"{name}.pt")
+        extra = {"temperature": 1.7} if name == "stack" else {}
+        torch.save(make_checkpoint(net, bands, stats, **extra), root / f"{name}.pt")
         out[name] = root / f"{name}.pt"
     return out
 
 
 def predict_args(chain: Path, checkpoints: dict[str, Path], mode: str, folder: Path) -> list:
+    """The stacked run also writes the review mask."""
     scenes = [chain / "raw" / "s2_april.tif"] + ([chain / "raw" / "s2_august.tif"] if mode == "stack" else [])
-    return ["--checkpoint", checkpoints[mode], "--image", *scenes, "--out", folder / "map.tif", *PREDICT]
+    review = ["--review-below", "50"] if mode == "stack" else []
+    out = ["--out", folder / "map.tif"]
+    return ["--checkpoint", checkpoints[mode], "--image", *scenes, *out, *PREDICT, *review]
+
+
+PREDICT_FILES = {"map.tif", "map.png", "map.tif.aux.xml", "map_confidence.tif", "map_confidence.png"}
 
 
 @pytest.fixture(scope="module")
 def maps(chain, checkpoints, runner, tmp_path_factory) -> dict[str, Path]:
-    """The uninterrupted predictions, single scene and stacked."""
+    """The uninterrupted predictions, single scene and stacked; every file is compared byte for byte
+    after a kill and a re-run, the confidence raster and the review mask included."""
     out = {}
     for mode in ("single", "stack"):
         out[mode] = tmp_path_factory.mktemp(f"map_{mode}")
         runner.run_ok("predict.py", *predict_args(chain, checkpoints, mode, out[mode]))
-        assert set(files(out[mode])) == {"map.tif", "map.png", "map.tif.aux.xml"}
+        review = {"map_review.tif"} if mode == "stack" else set()
+        assert set(files(out[mode])) == PREDICT_FILES | review
     return out
 
 
 @pytest.mark.parametrize(
     ("mode", "target", "n", "when"),
     [
-        ("single", "inference.class_probabilities", 3, "after"),  # rows of the map written, not all
-        ("single", "os.replace", 2, "after"),  # preview and category names in place, the map not
-        ("stack", "os.replace", 1, "before"),  # the map and its preview written, nothing renamed
+        ("single", "inference.flipped_logits", 4, "after"),  # part of the map and confidence blended
+        ("single", "os.replace", 2, "after"),  # both previews in place, the rasters not
+        ("single", "os.replace", 4, "after"),  # the confidence renamed into place, the map not
+        ("stack", "os.replace", 1, "before"),  # the rasters and a preview written, nothing renamed
+        ("stack", "os.replace", 4, "after"),  # the review mask in place, the confidence and map not
     ],
 )
 def test_killed_predict_then_rerun_equals_an_uninterrupted_run(
@@ -193,6 +205,9 @@ def test_killed_predict_then_rerun_equals_an_uninterrupted_run(
     assert "map.tif" not in files(tmp_path) and files(tmp_path)  # some output, no map that looks finished
     runner.run_ok("predict.py", *args)
     assert files(tmp_path) == files(maps[mode])
+    if (target, n) == ("os.replace", 4):  # and a run after a finished one changes nothing (once per mode)
+        runner.run_ok("predict.py", *args)
+        assert files(tmp_path) == files(maps[mode])
 
 
 # ---------------------------------------------------------------------------------------------

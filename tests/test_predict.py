@@ -1,5 +1,7 @@
 """predict.py: whole-scene maps on the scene's grid, no seams, nodata, colour table, overviews, preview;
-stacked scenes in the checkpoint's order; bad input refused with one line and nothing written.
+the confidence raster beside the map (calibrated by the checkpoint's temperature, which never changes a
+code) and the review mask; stacked scenes matched to the checkpoint by position and bands, whatever their
+names; bad input refused with one line and nothing written.
 
 A resnet18 trained for a few CPU seconds on easy synthetic spectra (tests/checkpoints.py) predicts
 scenes of a few hundred pixels whose size is not a multiple of the window.
@@ -8,6 +10,8 @@ scenes of a few hundred pixels whose size is not a multiple of the window.
 from __future__ import annotations
 
 import itertools
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +22,10 @@ from helpers import S2_BANDS, assert_one_line_error, run_script, write_raster
 
 import inference
 import predict
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, make_checkpoint
 from colormap import CODES, gdal_colour_table
 from common import run_main
+from model import build_model
 from stats import Normalize
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -66,7 +71,9 @@ def test_map_is_on_the_scene_grid_with_nodata_colours_names_overviews_and_previe
         *("--batch-size", 3, "--device", "cpu"),
     )
     assert res.returncode == 0, res.stderr
-    assert outputs(tmp_path) == ["map.png", "map.tif", "map.tif.aux.xml"]
+    assert outputs(tmp_path) == [
+        "map.png", "map.tif", "map.tif.aux.xml", "map_confidence.png", "map_confidence.tif"
+    ]  # fmt: skip
     with rasterio.open(path) as src, rasterio.open(out) as m:
         assert (m.crs, m.transform, m.width, m.height) == (src.crs, src.transform, src.width, src.height)
         assert m.count == 1 and m.dtypes[0] == "uint8" and m.nodata == 0
@@ -78,6 +85,7 @@ def test_map_is_on_the_scene_grid_with_nodata_colours_names_overviews_and_previe
             assert table[code] == rgba
         assert m.tags(1)["CLASS_12"] == "Watercourses and water bodies"
         got = m.read(1)
+        grid = (m.crs, m.transform, m.shape)
     nodata = ~np.any(img != 0, axis=0)
     assert np.array_equal(got == 0, nodata), "nodata exactly where every band is 0"
     assert set(np.unique(got[~nodata])) <= set(CODES)
@@ -86,21 +94,48 @@ def test_map_is_on_the_scene_grid_with_nodata_colours_names_overviews_and_previe
     aux = (tmp_path / "map.tif.aux.xml").read_text()
     assert "<Category>Herbaceous crops</Category>" in aux and aux.count("<Category>") == 13
     assert "Forest" in res.stdout and "wrote" in res.stdout
+    assert "no fitted temperature" in res.stdout and "temperature" not in res.stderr  # an old checkpoint
+    check_confidence_raster(tmp_path / "map_confidence.tif", got, grid)
+    assert (tmp_path / "map_confidence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def predict_array(net, stats, img, **kw) -> np.ndarray:
-    """predict.predict_scene over an in-memory scene: the map as an array."""
+def check_confidence_raster(path, codes: np.ndarray, grid) -> np.ndarray:
+    """The confidence raster is on the map's grid, uint8 0..100, nodata 255 exactly where the map is 0,
+    laid out like the map, with average overviews; returns its pixels."""
+    with rasterio.open(path) as c:
+        assert (c.crs, c.transform, c.shape) == grid
+        assert c.count == 1 and c.dtypes[0] == "uint8" and c.nodata == 255
+        assert c.profile["tiled"] and c.block_shapes[0] == (512, 512)
+        assert c.compression is not None and c.compression.name.lower() == "deflate"
+        assert c.overviews(1) and c.tags(ns="rio_overview")["resampling"] == "average"
+        assert "confidence" in c.descriptions[0]
+        conf = c.read(1)
+        overview = c.read(1, out_shape=(c.height // 2, c.width // 2))
+    assert np.array_equal(conf == 255, codes == 0), "nodata exactly where the map has none"
+    assert conf[codes != 0].max() <= 100
+    assert set(np.unique(overview)) <= set(range(101)) | {255}
+    return conf
+
+
+def predict_maps(net, stats, img, **kw) -> tuple[np.ndarray, np.ndarray]:
+    """predict.predict_scene over an in-memory scene: the map and its confidence as arrays."""
     h, w = img.shape[1:]
-    out = np.full((h, w), 255, dtype=np.uint8)
+    out = np.full((2, h, w), 254, dtype=np.uint8)  # 254: never written
 
     def read(r, c, wh, ww):
         return img[:, r : r + wh, c : c + ww]
 
-    def write(row0, codes):
-        out[row0 : row0 + len(codes)] = codes
+    def write(row0, codes, confidence):
+        out[:, row0 : row0 + len(codes)] = codes, confidence
 
     predict.predict_scene(net, read, stats, h, w, write, show_progress=False, **kw)
-    return out
+    assert (out != 254).all(), "every pixel written"
+    return out[0], out[1]
+
+
+def predict_array(net, stats, img, **kw) -> np.ndarray:
+    """The map alone."""
+    return predict_maps(net, stats, img, **kw)[0]
 
 
 def test_no_seams_window_edges_agree_with_a_window_centred_on_them(ckpt, scene):
@@ -219,8 +254,117 @@ def test_memory_holds_the_overlap_rows_not_the_scene():
                 if t is not None:
                     biggest = max(biggest, t.numel())
             if done is not None:
-                assert done[1].shape[0] <= 128
+                assert done.valid.shape[0] <= 128
     assert biggest <= 13 * 128 * w
+
+
+# ---------------------------------------------------------------------------------------------
+# Confidence (issue 14)
+
+
+def with_temperature(ckpt, path, temperature: float):
+    """A copy of a checkpoint holding a fitted temperature, as train.py's best.pt does."""
+    c = torch.load(ckpt, weights_only=True)
+    c["temperature"] = temperature
+    torch.save(c, path)
+    return path
+
+
+def test_confidence_is_higher_where_the_model_is_right(ckpt):
+    """A noisy scene, so that the model is wrong on some pixels: they must have the lower confidence."""
+    rng = np.random.default_rng(5)
+    labels = label_map(H, W, rng, block=37)
+    labels[:40, :50] = 0
+    img = image_of(labels, rng, noise=300.0)
+    net, c = load_checkpoint(ckpt, torch.device("cpu"))
+    codes, conf = predict_maps(net, c["stats"], img, window=WINDOW, overlap=OVERLAP, workers=0)
+    valid = labels != 0
+    assert np.array_equal(codes == 0, ~valid) and np.array_equal(conf == 255, ~valid)
+    right, wrong = valid & (codes == labels), valid & (codes != labels)
+    assert wrong.sum() > 200 and right.sum() > 50 * wrong.sum(), (right.sum(), wrong.sum())
+    assert conf[right].mean() > conf[wrong].mean() + 5, (conf[right].mean(), conf[wrong].mean())
+
+
+def test_temperature_moves_the_confidence_and_never_the_codes(tmp_path, ckpt, scene, capsys):
+    argv = ["--image", scene[0], "--window", WINDOW, "--overlap", OVERLAP, "--device", "cpu", "--no-preview"]
+    maps = {}
+    for t in (None, 2.0, 0.5):
+        ck = ckpt if t is None else with_temperature(ckpt, tmp_path / f"t{t}.pt", t)
+        out = tmp_path / f"t{t}" / "m.tif"
+        assert run_main(predict.main, list(map(str, [*argv, "--checkpoint", ck, "--out", out]))) == 0
+        printed = capsys.readouterr().out
+        assert ("no fitted temperature" in printed) == (t is None), printed  # an old checkpoint says so
+        assert f"(temperature {t or 1:g})" in printed
+        with rasterio.open(out) as m, rasterio.open(out.with_name("m_confidence.tif")) as c:
+            maps[t] = m.read(1), c.read(1)
+            assert c.tags()["temperature"] == f"{t or 1:g}"
+    codes, conf = maps[None]
+    valid = codes != 0
+    for t in (2.0, 0.5):
+        assert np.array_equal(maps[t][0], codes), f"T = {t} changed the map"
+    assert maps[2.0][1][valid].mean() < conf[valid].mean() - 5, "softer probabilities: lower confidence"
+    assert maps[0.5][1][valid].mean() > conf[valid].mean() + 5, "sharper probabilities: higher confidence"
+
+
+class FourFlips(torch.nn.Module):
+    """Class 6 mildly likely in three quadrants of its input, class 3 very likely in the bottom-right one.
+
+    Under TTA every pixel is seen once in each quadrant: the mean of the four passes' probabilities
+    picks class 3 at T = 1 and class 6 at T = 0.2 (a vote of the sharpened passes).
+    """
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        logits = torch.zeros(b, 13, h, w)
+        logits[:, 6] = 1.0
+        logits[:, 6, h // 2 :, w // 2 :] = 0.0
+        logits[:, 3, h // 2 :, w // 2 :] = 5.0
+        return logits
+
+
+def test_a_temperature_never_changes_a_code_under_tta_and_blending():
+    img = np.full((10, 96, 160), 1000, dtype=np.uint16)
+    stats = {"mean": [0.0] * 10, "std": [1.0] * 10}
+    x = torch.zeros(1, 10, 64, 64)
+    one = inference.codes_from_probabilities(inference.class_probabilities(FourFlips(), x, tta=True))
+    sharp = inference.codes_from_probabilities(inference.class_probabilities(FourFlips(), x, True, 0.2))
+    assert (one == 3).all() and (sharp == 6).all(), "the test can fail: T changes the TTA argmax"
+    kw = dict(window=64, overlap=16, batch_size=3, tta=True, workers=0)
+    codes, conf = predict_maps(FourFlips(), stats, img, **kw)
+    codes_t, conf_t = predict_maps(FourFlips(), stats, img, temperature=0.2, **kw)
+    assert (codes == 3).all() and np.array_equal(codes_t, codes)
+    p3 = (np.exp(5) / (np.exp(5) + 11) + 3 / (np.e + 11)) / 4  # the mean probability of class 3, T = 1
+    p3_sharp = (1 / (1 + 11 * np.exp(-25)) + 3 / (np.exp(5) + 11)) / 4  # at T = 0.2
+    assert np.abs(conf.astype(int) - round(100 * p3)).max() <= 1, (np.unique(conf), p3)
+    assert np.abs(conf_t.astype(int) - round(100 * p3_sharp)).max() <= 1, (np.unique(conf_t), p3_sharp)
+
+
+def test_review_mask_flags_the_pixels_below_the_threshold(tmp_path, ckpt, scene, capsys):
+    path = scene[0]
+    out = tmp_path / "m.tif"
+    argv = ["--checkpoint", ckpt, "--image", path, "--out", out, "--window", WINDOW, "--overlap", OVERLAP]
+    argv += ["--device", "cpu", "--review-below", "40"]
+    assert run_main(predict.main, list(map(str, argv))) == 0
+    printed = capsys.readouterr().out
+    assert set(outputs(tmp_path)) >= {"m.tif", "m_confidence.tif", "m_review.tif", "m_confidence.png"}
+    with rasterio.open(out) as m, rasterio.open(tmp_path / "m_review.tif") as r:
+        codes, review = m.read(1), r.read(1)
+        assert (r.crs, r.transform, r.shape, r.dtypes[0], r.nodata) == (
+            m.crs,
+            m.transform,
+            m.shape,
+            "uint8",
+            255,
+        )
+        assert r.overviews(1) and r.tags(1)["REVIEW_BELOW"] == "40"
+    with rasterio.open(tmp_path / "m_confidence.tif") as c:
+        conf = c.read(1)
+    valid = codes != 0
+    assert np.array_equal(review, np.where(valid, conf < 40, 255).astype(np.uint8))
+    flagged = int((review == 1).sum())
+    assert 0 < flagged < valid.sum(), "some pixels flagged, not all"
+    share = 100 * flagged / valid.sum()
+    assert f"{flagged:,} pixels, {share:.2f}% of the mapped pixels" in printed, printed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +391,7 @@ def test_stacked_model_maps_the_scenes_in_order(tmp_path, stacked, capsys):
     out = tmp_path / "m.tif"
     argv = ["--checkpoint", ck, "--image", a, b, "--out", out, "--window", WINDOW, "--device", "cpu"]
     assert run_main(predict.main, list(map(str, [*argv, "--no-preview"]))) == 0
-    assert outputs(tmp_path) == ["m.tif", "m.tif.aux.xml"]
+    assert outputs(tmp_path) == ["m.tif", "m.tif.aux.xml", "m_confidence.tif"]
     with rasterio.open(out) as m:
         got = m.read(1)
     valid = labels != 0
@@ -274,6 +418,105 @@ def test_stacked_model_refuses_wrong_order_or_count(tmp_path, stacked, capsys, o
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and "s2_april.tif s2_august.tif" in err[0], err
     assert outputs(tmp_path) == []
+
+
+def stacked_argv(ck, images, out) -> list[str]:
+    argv = ["--checkpoint", ck, "--image", *images, "--out", out, "--window", WINDOW, "--device", "cpu"]
+    return list(map(str, [*argv, "--no-preview"]))
+
+
+def test_stacked_model_maps_the_same_scenes_under_other_names_identically(tmp_path, stacked, capsys):
+    """Another year's mosaics carry other names: matched by position and bands, said in one line."""
+    ck, a, b, _ = stacked
+    renamed = [shutil.copy(a, tmp_path / "2019_april.tif"), shutil.copy(b, tmp_path / "2019_august.tif")]
+    pixels, notes = [], []
+    for name, images in (("same", [a, b]), ("renamed", renamed)):
+        out = tmp_path / name / "m.tif"
+        assert run_main(predict.main, stacked_argv(ck, images, out)) == 0
+        captured = capsys.readouterr()
+        notes.append([ln for ln in captured.out.splitlines() if "matched by position" in ln])
+        assert "matched by position" not in captured.err
+        with rasterio.open(out) as m, rasterio.open(out.with_name("m_confidence.tif")) as c:
+            pixels.append([m.read(1).tobytes(), c.read(1).tobytes(), c.read(1, out_shape=(75, 92)).tobytes()])
+    assert pixels[0] == pixels[1], "the same map and confidence, byte for byte"
+    assert notes == [
+        [],
+        [
+            "scene 1 is 2019_april.tif, the checkpoint was trained on s2_april.tif; scene 2 is "
+            "2019_august.tif, the checkpoint was trained on s2_august.tif: matched by position and bands"
+        ],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (("s2_april", "s2_august"), None),
+        (
+            ("2019_april", "s2_august"),
+            "scene 1 is 2019_april.tif, the checkpoint was trained on s2_april.tif: "
+            "matched by position and bands",
+        ),
+        (("s2_august", "s2_april"), "wrong order"),  # the checkpoint's own names, swapped: a mistake
+    ],
+)
+def test_check_scenes_matches_by_position_and_bands(names, expected):
+    from common import InputError
+
+    bands = [f"{s}:{b}" for s in ("s2_april", "s2_august") for b in S2_BANDS]
+    scenes = [(Path(f"/x/{n}.tif"), list(S2_BANDS)) for n in names]
+    if expected == "wrong order":
+        with pytest.raises(InputError, match="wrong order"):
+            predict.check_scenes(bands, scenes)
+    else:
+        assert predict.check_scenes(bands, scenes) == expected
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """An (untrained) stacked checkpoint of 10 April bands and 4 August bands, and such scenes, named
+    otherwise than the checkpoint's."""
+    folder = tmp_path_factory.mktemp("mixed")
+    august_bands = ("B2", "B3", "B4", "B8")
+    bands = [f"s2_april:{b}" for b in S2_BANDS] + [f"s2_august:{b}" for b in august_bands]
+    torch.manual_seed(0)
+    stats = {"mean": [1000.0] * 14, "std": [500.0] * 14}
+    torch.save(make_checkpoint(build_model("resnet18", 14, 13), bands, stats), folder / "mixed.pt")
+    _, img = scene_data(3)
+    a = write_raster(folder / "2019_april.tif", img, descriptions=S2_BANDS)
+    b = write_raster(folder / "2019_august.tif", img[:4], descriptions=august_bands)
+    return folder / "mixed.pt", a, b
+
+
+@pytest.mark.parametrize(
+    ("case", "needles"),
+    [
+        ("other band names", ["2019_august.tif", "band 1 is B3, the checkpoint expects B2"]),
+        ("other band order", ["2019_august.tif", "band 9 is B12, the checkpoint expects B11"]),
+        ("another band count", ["2019_august.tif", "has 4 bands", "expects 10"]),
+        ("scenes swapped", ["2019_august.tif", "has 4 bands", "expects 10"]),
+    ],
+)
+def test_renamed_scenes_with_other_bands_are_refused(tmp_path, stacked, mixed, capsys, case, needles):
+    ck, a, _, _ = stacked
+    _, img = scene_data(2)
+    if case == "other band names":
+        b = write_raster(tmp_path / "2019_august.tif", img, descriptions=("B3", *S2_BANDS[1:]))
+    elif case == "other band order":
+        b = write_raster(tmp_path / "2019_august.tif", img, descriptions=(*S2_BANDS[:8], "B12", "B11"))
+    elif case == "another band count":
+        b = write_raster(tmp_path / "2019_august.tif", img[:4], descriptions=S2_BANDS[:4])
+    else:
+        ck, b, a = mixed  # August's 4 bands first, April's 10 second
+    before = outputs(tmp_path)
+    assert run_main(predict.main, stacked_argv(ck, [a, b], tmp_path / "maps" / "m.tif")) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, err
+    for n in needles:
+        assert n in err[0], (n, err[0])
+    assert "matched by position" not in captured.out
+    assert outputs(tmp_path) == before
 
 
 def test_stacked_scenes_on_different_grids_are_refused(tmp_path, stacked, capsys):
@@ -397,6 +640,29 @@ def test_a_damaged_scene_block_stops_with_one_line_and_no_map(tmp_path, ckpt, ca
     assert outputs(tmp_path / "maps") == []
 
 
+@pytest.mark.parametrize("nth", [1, 2])
+def test_a_full_disk_names_the_raster_and_leaves_nothing(tmp_path, ckpt, scene, capsys, monkeypatch, nth):
+    """The map and its confidence are written side by side: the n-th write fails as on a full disk."""
+    import errno
+
+    calls, write = [0], rasterio.io.DatasetWriter.write
+
+    def full(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == nth:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio.io.DatasetWriter, "write", full)
+    out = tmp_path / "maps" / "m.tif"
+    argv = ["--checkpoint", ckpt, "--image", scene[0], "--out", out, "--window", WINDOW, "--device", "cpu"]
+    assert run_main(predict.main, list(map(str, argv))) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    name = "m.tif" if nth == 1 else "m_confidence.tif"  # the map's row of blocks first, then the confidence
+    assert f"{out.with_name(name)}): No space" in err, err
+    assert outputs(tmp_path / "maps") == []
+
+
 # ---------------------------------------------------------------------------------------------
 # inference.py, shared with test_model.py
 
@@ -435,3 +701,26 @@ def test_check_bands(expected, found, ok):
     else:
         with pytest.raises(InputError, match="split x"):
             inference.check_bands(expected, found, "split x")
+
+
+def test_window_probabilities_are_calibrations_and_codes_follow_predict_classes():
+    from calibration import probabilities
+    from model import predict_classes
+
+    torch.manual_seed(0)
+    z = torch.randn(2, 13, 37, 53) * 4
+    for t in (1.0, 1.7):
+        p = predict.code_probabilities(z, (t,))
+        assert torch.allclose(p, probabilities(z, t), atol=1e-6) and (p[:, 0] == 0).all()
+    both = predict.code_probabilities(z, (1.0, 0.5))
+    assert both.shape == (2, 26, 37, 53)
+    assert torch.allclose(both[:, 13:], probabilities(z, 0.5), atol=1e-6)
+    # ties: the first best code, as predict_classes; NaN sums: still a code 1..12
+    sums = both[0].clone()
+    sums[5, :10] = sums[9, :10] = 2.0
+    sums[3, 10:12] = float("nan")
+    codes, conf = predict.codes_and_confidence(sums)
+    want = predict_classes(sums[None, :13])[0]
+    assert torch.equal(codes[12:].long(), want[12:]) and (codes[:10] == 5).all()
+    assert codes.dtype == conf.dtype == torch.uint8 and codes.min() >= 1 and codes.max() <= 12
+    assert conf.max() <= 100
