@@ -318,6 +318,18 @@ def check_written(path: str | os.PathLike) -> None:
         raise _write_error(path)
 
 
+def unwritten(paths: Sequence[str | os.PathLike]) -> OSError:
+    """The OSError for a GDAL error raised while writing ``paths`` (an overview or a header that did not
+    fit on the disk raises a bare GDAL error): the first raster that is not whole is named, else the
+    first. On a full disk it is ENOSPC, so run_main reports one line."""
+    for path in paths:
+        try:
+            check_written(path)
+        except OSError as e:
+            return e
+    return _write_error(paths[0])
+
+
 def _write_error(path: str | os.PathLike) -> OSError:
     """The OSError of a raster GDAL could not write: ENOSPC when the disk is (nearly) full, else EIO."""
     code = errno.ENOSPC if shutil.disk_usage(Path(path).parent).free < 1 << 20 else errno.EIO

@@ -56,6 +56,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 import rasterio
 import torch
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
@@ -75,6 +76,7 @@ from common import (
     progress,
     read_pixels,
     run_main,
+    unwritten,
 )
 from geo import MAP_BLOCK, Grid, map_profile
 from layout import RAW
@@ -657,6 +659,16 @@ def gdal_env(workers: int) -> rasterio.Env:
     )
 
 
+@contextlib.contextmanager
+def gdal_write_errors(paths: Sequence[Path]) -> Iterator[None]:
+    """GDAL errors raised while the rasters are written (building overviews on a full disk raises a bare
+    CPLE error, not an OSError) become the OSError that names the raster it left short."""
+    try:
+        yield
+    except (rasterio.errors.RasterioIOError, CPLE_BaseError) as e:
+        raise unwritten(paths) from e
+
+
 def write_map(
     net: torch.nn.Module,
     scene_paths: Sequence[Path],
@@ -679,7 +691,7 @@ def write_map(
         tmps = [placed.enter_context(atomic_path(p)) for p in files.rasters(review_below is not None)]
         nodata = (NODATA, CONFIDENCE_NODATA, CONFIDENCE_NODATA)
         try:
-            with contextlib.ExitStack() as opened:
+            with gdal_write_errors(tmps), contextlib.ExitStack() as opened:
                 dsts = [
                     opened.enter_context(rasterio.open(tmp, "w", **map_profile(grid, nd)))
                     for tmp, nd in zip(tmps, nodata, strict=False)
