@@ -1,4 +1,4 @@
-"""Losses of the segmentation model: per-class weights, cross-entropy, focal, soft Dice.
+"""Losses of the segmentation model: per-class weights, cross-entropy, focal, soft Dice, Lovasz.
 
 Bottom floor: imports nothing of ours. Every loss takes float32 logits (N, K, H, W) and int64 targets
 (N, H, W) and a (K,) weight per class; nodata has weight 0, so its pixels never count.
@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("ce", "focal", "dice", "ce+dice")
+LOSSES = ("ce", "focal", "dice", "ce+dice", "ce+lovasz")
 CLASS_WEIGHTS = ("none", "inverse", "sqrt")
 FOCAL_GAMMA = 2.0
 
@@ -54,18 +54,45 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) 
     return ((1 - dice) * w).sum() / w.sum().clamp_min(1e-12)
 
 
+def lovasz_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Lovasz-softmax (Berman et al., 2018): the convex surrogate of 1 - IoU of each class present in
+    the batch's valid pixels, averaged with the class weights. IoU is what the map is judged by, and a
+    thin class's IoU moves as much as a wide one's."""
+    k = logits.shape[1]
+    valid = (weight[target] > 0).flatten()
+    probs = logits.softmax(dim=1).permute(0, 2, 3, 1).reshape(-1, k)[valid]
+    labels = target.flatten()[valid]
+    present = [c for c in labels.unique().tolist() if weight[c] > 0]
+    if not present:
+        return logits.sum() * 0.0
+    losses = []
+    for c in present:
+        fg = (labels == c).to(probs.dtype)
+        errors, order = (fg - probs[:, c]).abs().sort(descending=True)
+        fg = fg[order]
+        inter = fg.sum() - fg.cumsum(0)
+        union = fg.sum() + (1 - fg).cumsum(0)
+        jaccard = 1 - inter / union  # the IoU loss of predicting the first i pixels of the order as c
+        grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        losses.append(errors @ grad)
+    w = weight[present]
+    return (torch.stack(losses) * w).sum() / w.sum()
+
+
 def make_criterion(kind: str, weight: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The loss ``fn(logits, target)``: float32 logits (N, 13, H, W), int64 targets (N, H, W)."""
 
     def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = logits.new_zeros(())
-        if kind in ("ce", "ce+dice"):
+        if kind in ("ce", "ce+dice", "ce+lovasz"):
             loss = loss + weighted_mean(F.cross_entropy(logits, target, reduction="none"), target, weight)
         if kind == "focal":
             logp = F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
             loss = loss + weighted_mean(-((1 - logp.exp()) ** FOCAL_GAMMA) * logp, target, weight)
         if kind in ("dice", "ce+dice"):
             loss = loss + dice_loss(logits, target, weight)
+        if kind == "ce+lovasz":
+            loss = loss + lovasz_loss(logits, target, weight)
         return loss
 
     return criterion

@@ -255,7 +255,7 @@ def add_recipe_options(p: ArgumentParser) -> None:
         "--loss",
         default=RECIPE["loss"],
         choices=LOSSES,
-        help="cross-entropy, focal (gamma 2), soft Dice, or CE + Dice",
+        help="cross-entropy, focal (gamma 2), soft Dice, CE + Dice, or CE + Lovasz-softmax (IoU surrogate)",
     )
     g.add_argument(
         "--class-weights",

@@ -48,7 +48,9 @@ RECIPES: dict[str, list[str]] = {  # each row adds one change to the one above i
     "full-res": [*PREVIOUS, *COSINE, "--full-res", "32"],
     "sqrt": [*PREVIOUS, *COSINE, "--full-res", "32", "--class-weights", "sqrt"],
     "rare": [*PREVIOUS, *COSINE, "--full-res", "32", "--class-weights", "sqrt", "--sampler", "rare"],
-    "dice": [*PREVIOUS, *COSINE, "--full-res", "32", "--class-weights", "sqrt", "--sampler", "rare", *DICE],
+    "dice": [*PREVIOUS, *COSINE, "--full-res", "32", "--class-weights", "sqrt", *DICE],
+    "lovasz": [*PREVIOUS, *COSINE, "--full-res", "32", "--class-weights", "sqrt", "--loss", "ce+lovasz"],
+    "inverse": [*PREVIOUS, *COSINE, "--full-res", "32", "--class-weights", "inverse"],
     "default": [],
 }
 

@@ -370,39 +370,6 @@ def test_resume_and_run_folder_mistakes(tmp_path, capsys, monkeypatch):
 # The pieces
 
 
-def test_class_weights():
-    pixels = [500, 600, 0, 300, 0, 0, 100] + [0] * 6  # code 0 (nodata) must not count
-    none = train.class_weights(pixels, "none")
-    assert none[0] == 0 and torch.all(none[1:] == 1)
-    inv = train.class_weights(pixels, "inverse")
-    present = [1, 3, 6]
-    assert inv[0] == 0 and inv[2] == 0 and inv[12] == 0
-    assert inv[present].mean().item() == pytest.approx(1.0)
-    assert inv[6] / inv[1] == pytest.approx(6.0) and inv[3] / inv[1] == pytest.approx(2.0)
-    sq = train.class_weights(pixels, "sqrt")
-    assert sq[6] / sq[1] == pytest.approx(6**0.5) and sq[present].mean().item() == pytest.approx(1.0)
-
-
-@pytest.mark.parametrize("kind", train.LOSSES)
-def test_losses_ignore_nodata_and_never_give_nan(kind):
-    torch.manual_seed(0)
-    weight = train.class_weights([0] + [1] * 12, "none")
-    criterion = train.make_criterion(kind, weight)
-    logits = torch.randn(2, 13, 8, 8, requires_grad=True)
-    target = torch.randint(1, 13, (2, 8, 8))
-    target[:, :3] = 0
-    loss = criterion(logits, target)
-    changed = logits.detach().clone()
-    changed[:, :, :3] = torch.randn(2, 13, 3, 8) * 10  # nodata pixels: anything
-    assert criterion(changed, target).item() == pytest.approx(loss.item(), rel=1e-5)
-    loss.backward()
-    assert torch.all(logits.grad[:, :, :3] == 0)
-    empty = criterion(logits, torch.zeros_like(target))  # a batch without a valid pixel
-    assert torch.isfinite(empty) and empty.item() == 0
-    perfect = torch.full((2, 13, 8, 8), -20.0).scatter(1, target.unsqueeze(1), 20.0)
-    assert criterion(perfect, target).item() < 0.01 < loss.item()
-
-
 def test_sampler_shards_and_depends_only_on_seed_and_epoch():
     n = 11
     shards = []
