@@ -81,6 +81,11 @@ def tile_scores(name: str, truth: torch.Tensor, pred: torch.Tensor) -> dict:
 
 
 @torch.inference_mode()
+def blend(logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """The mean over the flips of their probabilities at ``temperature``."""
+    return sum(probabilities(z, temperature) for z in logits) / len(logits)
+
+
 def evaluate(
     net: torch.nn.Module,
     pairs: list[tuple[Path, Path]],
@@ -106,9 +111,10 @@ def evaluate(
     with progress(total=len(pairs), desc="evaluating", unit="tile") as bar:
         for raw, y in loader:
             logits = list(inference.flipped_logits(net, norm(raw.to(device, non_blocking=True)), tta))
-            for counts, t in ((ev.raw, 1.0), (ev.calibrated, temperature)):
-                probs = sum(probabilities(z, t) for z in logits) / len(logits)
-                counts.update(probs, y.to(probs.device))
+            target = y.to(device)
+            probs = blend(logits, 1.0)  # the codes come from T = 1, as predict.py's
+            ev.raw.update(probs, target)
+            ev.calibrated.update(probs if temperature == 1.0 else blend(logits, temperature), target)
             pred = inference.codes_from_probabilities(probs).cpu()
             ev.cm.update(y, pred)
             for b in range(len(y)):

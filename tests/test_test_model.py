@@ -24,6 +24,7 @@ from colormap import CLASSES, CODES
 from common import run_main
 from dataset import TileDataset
 from layout import tile_pairs
+from metrics import ConfusionMatrix
 from stats import Normalize
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -235,3 +236,19 @@ def test_calibration_is_reported_and_an_old_checkpoint_says_it_is_uncalibrated(r
     if review["threshold"] is not None:
         assert review["kept_accuracy"] >= review["accuracy"]
     assert "expected calibration error" in res.stdout
+
+
+def test_codes_with_flips_are_predict_py_codes_whatever_the_temperature(ckpt, split):
+    """With --tta the scores are of the codes predict.py maps (the T = 1 blend of the flips): a
+    temperature only changes the confidence, never which code a pixel gets."""
+    cpu = torch.device("cpu")
+    net, c = load_checkpoint(ckpt, cpu)
+    pairs = tile_pairs(split)
+    ds, norm = TileDataset(pairs, len(c["bands"])), Normalize(c["stats"])
+    expected = ConfusionMatrix(len(CLASSES))
+    for i in range(len(ds)):
+        raw, y = ds[i]
+        expected.update(y[None], inference.predict_codes(net, norm(raw[None]), tta=True))
+    for t in (1.0, 0.05):
+        ev = test_model.evaluate(net, pairs, c["stats"], cpu, temperature=t, tta=True, batch_size=3)
+        assert torch.equal(ev.cm.mat, expected.mat), t
