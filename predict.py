@@ -573,7 +573,8 @@ def describe_rasters(
     dsts[0].write_colormap(1, gdal_colour_table())
     dsts[0].set_band_description(1, "land-cover class code")
     dsts[0].update_tags(1, **{f"CLASS_{c}": CLASSES[c][0] for c in range(NUM_CLASSES)})
-    dsts[1].set_band_description(1, f"confidence of the mapped class, percent (temperature {temperature:g})")
+    what = f"confidence of the mapped class, percent (temperature {temperature:.3g})"
+    dsts[1].set_band_description(1, what)
     dsts[1].set_band_unit(1, "%")
     if review_below is not None:
         dsts[2].write_colormap(1, REVIEW_COLOURS)
@@ -709,7 +710,7 @@ def write_map(
         if preview:
             title = f"{files.map.name}: {' + '.join(p.name for p in scene_paths)}"
             write_preview(tmps[0], files.preview, counts, title)
-            title = f"{files.confidence.name}: confidence of the mapped class, temperature {temperature:g}"
+            title = f"{files.confidence.name}: confidence of the mapped class, temperature {temperature:.3g}"
             write_confidence_preview(tmps[1], files.confidence_preview, title)
         atomic_write_text(files.categories, category_names_xml())
     return counts, writers
@@ -731,7 +732,7 @@ def confidence_summary(sums: MapWriters, temperature: float, review_below: float
     """The mean confidence of the mapped pixels and, with ``review_below``, the share flagged."""
     valid = max(sums.valid, 1)
     mean = sums.confidence_sum / valid
-    lines = [f"confidence of the mapped class: mean {mean:.1f}% (temperature {temperature:g})"]
+    lines = [f"confidence of the mapped class: mean {mean:.1f}% (temperature {temperature:.3g})"]
     if review_below is not None:
         lines.append(
             f"for review (confidence below {review_below:g}%): {sums.flagged:,} pixels, "

@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="demo seeds (tune on 0 only)")
     p.add_argument("--recipes", nargs="+", default=["previous", "default"], choices=list(RECIPES))
     p.add_argument("--epochs", type=int, default=5, help="the budget: epochs of every recipe")
-    p.add_argument("--encoder", default="resnet18", help="the model of every recipe")
+    p.add_argument("--arch", default="unet", choices=["unet", "segformer"], help="the model of every recipe")
+    p.add_argument("--encoder", default="resnet18", help="its encoder")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--tile", type=int, default=150, help="tile size (the demo's)")
     p.add_argument("--forest-samples", type=int, default=300_000, help="train pixels for the random forest")
@@ -178,11 +179,13 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         data = prepare(seed, out, args.tile)
         for recipe in args.recipes:
-            options = ["--encoder", args.encoder, *RECIPES[recipe]]
-            results[recipe].append(train_and_test(data, out, recipe, options, args, seed))
+            options = ["--arch", args.arch, "--encoder", args.encoder, *RECIPES[recipe]]
+            tag = recipe if args.arch == "unet" else f"{args.encoder}-{recipe}"
+            results[recipe].append(train_and_test(data, out, tag, options, args, seed))
         if not args.no_forest:
             results["random forest"].append(random_forest(data, out, seed, args.forest_samples))
-    summary = {"seeds": args.seeds, "epochs": args.epochs, "encoder": args.encoder, "results": results}
+    summary = {"seeds": args.seeds, "epochs": args.epochs, "arch": args.arch, "encoder": args.encoder}
+    summary["results"] = results
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(
         f"\nseeds {args.seeds}, {args.encoder}, {args.epochs} epochs, tile {args.tile} (mean ± sd over seeds)"

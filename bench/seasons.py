@@ -1,4 +1,4 @@
-"""April only, August only, or both stacked: the same U-Net, epochs and seed, scored on one test split.
+"""April only, August only, or both stacked: the same model, epochs and seed, scored on one test split.
 
 Runs ``demo.py --modes april august stacked`` (the pipeline's own scripts, as a user runs them, with
 the demo's settings) under --root, checks that the three modes got the same spatial split (every
@@ -6,7 +6,9 @@ place in the same split in every mode), then prints test mIoU and per-class IoU 
 writes them to ``<root>/summary.json``. Writes only under --root (default bench/out/seasons,
 git-ignored); re-running after an interruption resumes. Usage:
 
-    python bench/seasons.py [--epochs 5] [--encoder resnet18] [--tile 150]
+    python bench/seasons.py [--arch segformer] [--encoder mit_b0] [--epochs 7] [--tile 150]
+
+Model, encoder and epochs left out are the demo's own defaults.
 """
 
 from __future__ import annotations
@@ -38,12 +40,15 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=ROOT / "bench/out/seasons")
     p.add_argument("--size", type=int, default=3000)
     p.add_argument("--tile", type=int, default=150)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--arch", help="model (default: the demo's)")
+    p.add_argument("--encoder", help="its encoder (default: the demo's)")
+    p.add_argument("--epochs", type=int, help="epochs of each mode (default: the demo's)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    settings = ["--size", args.size, "--tile", args.tile, "--epochs", args.epochs]
-    settings += ["--encoder", args.encoder, "--seed", args.seed, "--root", args.root.resolve()]
+    settings = ["--size", args.size, "--tile", args.tile, "--seed", args.seed, "--root", args.root.resolve()]
+    for option in ("arch", "encoder", "epochs"):
+        if getattr(args, option) is not None:
+            settings += [f"--{option}", getattr(args, option)]
     cmd = [sys.executable, "demo.py", "--modes", *MODES, *map(str, settings)]
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
@@ -54,8 +59,9 @@ def main() -> None:
     results = {m: json.loads((args.root / f"results/demo-{m}/metrics.json").read_text()) for m in MODES}
 
     n_test = sum(s == "test" for s in split["april"].values())
+    ck = results["stacked"]["checkpoint"]
     print(
-        f"\n{args.encoder}, {args.epochs} epochs, tile {args.tile}, seed {args.seed}, "
+        f"\n{ck['arch']} {ck['encoder']}, tile {args.tile}, seed {args.seed}, "
         f"{n_test} test places (the same in every mode); {minutes:.1f} min in all"
     )
     print(f"{'':44s} {'April':>8s} {'August':>8s} {'stacked':>8s}")
