@@ -58,6 +58,17 @@ def outputs(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
+def assert_refused(argv: list[str], capsys, needles) -> str:
+    """predict.main(argv) exits 2 with one line on stderr holding every needle; returns its stdout."""
+    assert run_main(predict.main, argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, err
+    for n in needles:
+        assert n in err[0], (n, err[0])
+    return captured.out
+
+
 # ---------------------------------------------------------------------------------------------
 # The map
 
@@ -509,13 +520,8 @@ def test_renamed_scenes_with_other_bands_are_refused(tmp_path, stacked, mixed, c
     else:
         ck, b, a = mixed  # August's 4 bands first, April's 10 second
     before = outputs(tmp_path)
-    assert run_main(predict.main, stacked_argv(ck, [a, b], tmp_path / "maps" / "m.tif")) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip().splitlines()
-    assert len(err) == 1, err
-    for n in needles:
-        assert n in err[0], (n, err[0])
-    assert "matched by position" not in captured.out
+    out = assert_refused(stacked_argv(ck, [a, b], tmp_path / "maps" / "m.tif"), capsys, needles)
+    assert "matched by position" not in out
     assert outputs(tmp_path) == before
 
 
@@ -607,13 +613,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, ckpt, scene, capsys,
         args["--out"] = str(scene[0])
     before = outputs(tmp_path)
     argv = [x for kv in args.items() for x in kv] + extra
-    assert run_main(predict.main, argv) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip().splitlines()
-    assert len(err) == 1, err
-    for n in needles:
-        assert n in err[0], (n, err[0])
-    assert "this ran" not in captured.out
+    assert "this ran" not in assert_refused(argv, capsys, needles)
     assert outputs(tmp_path) == before and not (tmp_path / "maps").exists()
 
 
