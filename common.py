@@ -284,24 +284,28 @@ def blocks_past_end(ds) -> int:
 
 
 @contextlib.contextmanager
-def whole_raster(path: str | os.PathLike) -> Iterator[None]:
-    """Around writing a raster at ``path`` with GDAL (inside ``atomic_path``, around ``rasterio.open``):
-    a write GDAL could not finish, e.g. on a full disk, becomes an OSError naming the file, before the
-    file is renamed into place. GDAL raises only "Write failed" for what it cannot write at once, and for
-    what it writes when the file is closed it prints its errors and leaves a short file without raising:
-    so the closed file is opened again and checked (its header only: no pixel is read).
+def whole_raster(*paths: str | os.PathLike) -> Iterator[None]:
+    """Around writing rasters at ``paths`` with GDAL (inside ``atomic_path``, around ``rasterio.open``):
+    a write GDAL could not finish, e.g. on a full disk, becomes an OSError naming the raster it left
+    short, before anything is renamed into place. GDAL raises only "Write failed" for what it cannot
+    write at once, a bare CPLE error for an overview or header that does not fit, and for what it writes
+    when the file is closed it prints its errors and leaves a short file without raising: so each
+    closed file is opened again and checked (its header only: no pixel is read).
 
         with atomic_path(out) as tmp, whole_raster(tmp), rasterio.open(tmp, "w", **profile) as dst:
     """
     import rasterio
+    from rasterio._err import CPLE_BaseError
 
     try:
         yield
-    except rasterio.errors.RasterioIOError as e:
-        if not (str(e).startswith("Write failed") or str(path) in str(e)):  # reading an input failed
+    except (rasterio.errors.RasterioIOError, CPLE_BaseError) as e:
+        about_writing = isinstance(e, CPLE_BaseError) or str(e).startswith("Write failed")
+        if not (about_writing or any(str(p) in str(e) for p in paths)):  # reading an input failed
             raise
-        raise _write_error(path) from e
-    check_written(path)
+        raise unwritten(paths) from e
+    for path in paths:
+        check_written(path)
 
 
 def check_written(path: str | os.PathLike) -> None:
@@ -319,9 +323,8 @@ def check_written(path: str | os.PathLike) -> None:
 
 
 def unwritten(paths: Sequence[str | os.PathLike]) -> OSError:
-    """The OSError for a GDAL error raised while writing ``paths`` (an overview or a header that did not
-    fit on the disk raises a bare GDAL error): the first raster that is not whole is named, else the
-    first. On a full disk it is ENOSPC, so run_main reports one line."""
+    """The OSError for a GDAL error raised while writing ``paths``: the first raster that is not whole
+    is named, else the first. On a full disk it is ENOSPC, so run_main reports one line."""
     for path in paths:
         try:
             check_written(path)

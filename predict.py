@@ -56,7 +56,6 @@ from xml.sax.saxutils import escape
 import numpy as np
 import rasterio
 import torch
-from rasterio._err import CPLE_BaseError
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
@@ -69,14 +68,13 @@ from common import (
     atomic_path,
     atomic_write_text,
     check_range,
-    check_written,
     fail,
     open_raster,
     ordered_map,
     progress,
     read_pixels,
     run_main,
-    unwritten,
+    whole_raster,
 )
 from geo import MAP_BLOCK, Grid, map_profile
 from layout import RAW
@@ -660,16 +658,6 @@ def gdal_env(workers: int) -> rasterio.Env:
     )
 
 
-@contextlib.contextmanager
-def gdal_write_errors(paths: Sequence[Path]) -> Iterator[None]:
-    """GDAL errors raised while the rasters are written (building overviews on a full disk raises a bare
-    CPLE error, not an OSError) become the OSError that names the raster it left short."""
-    try:
-        yield
-    except (rasterio.errors.RasterioIOError, CPLE_BaseError) as e:
-        raise unwritten(paths) from e
-
-
 def write_map(
     net: torch.nn.Module,
     scene_paths: Sequence[Path],
@@ -692,7 +680,7 @@ def write_map(
         tmps = [placed.enter_context(atomic_path(p)) for p in files.rasters(review_below is not None)]
         nodata = (NODATA, CONFIDENCE_NODATA, CONFIDENCE_NODATA)
         try:
-            with gdal_write_errors(tmps), contextlib.ExitStack() as opened:
+            with whole_raster(*tmps), contextlib.ExitStack() as opened:
                 dsts = [
                     opened.enter_context(rasterio.open(tmp, "w", **map_profile(grid, nd)))
                     for tmp, nd in zip(tmps, nodata, strict=False)
@@ -705,8 +693,6 @@ def write_map(
                     dst.update_tags(ns="rio_overview", resampling=how.name)
         finally:
             reader.close()
-        for tmp in tmps:
-            check_written(tmp)  # a full disk leaves a short file without an error from GDAL
         if preview:
             title = f"{files.map.name}: {' + '.join(p.name for p in scene_paths)}"
             write_preview(tmps[0], files.preview, counts, title)

@@ -167,3 +167,32 @@ def test_ordered_map_raises_the_first_error_and_starts_nothing_after_it():
 
     with pytest.raises(common.InputError, match="chunk 2"):
         list(common.ordered_map(lambda i: i, items(), threads=2, ahead=2))
+
+
+def test_whole_raster_names_the_raster_left_short(tmp_path):
+    """Of several rasters written together (predict.py's map, confidence and review mask), a GDAL error
+    while writing, even a bare CPLE error (an overview on a full disk), or a short file left without an
+    error, is the OSError naming the raster that is not whole; an error reading an input passes."""
+    import numpy as np
+    import rasterio
+    from helpers import write_raster
+    from rasterio._err import CPLE_AppDefinedError
+
+    whole, short = tmp_path / "map.tif", tmp_path / "confidence.tif"
+    for path in (whole, short):
+        write_raster(path, np.arange(256 * 256, dtype=np.uint16).reshape(256, 256), tiled=True)
+    with open(short, "r+b") as f:
+        f.truncate(short.stat().st_size // 2)
+
+    with pytest.raises(OSError) as caught, common.whole_raster(whole, short):
+        raise CPLE_AppDefinedError(1, 1, "TIFFAppendToStrip:Write error at scanline 0")
+    assert caught.value.filename == str(short) and "could not be written" in str(caught.value)
+    with pytest.raises(OSError) as caught, common.whole_raster(whole, short):
+        pass  # GDAL printed its errors at close and raised nothing
+    assert caught.value.filename == str(short)
+
+    reading = rasterio.errors.RasterioIOError(f"{tmp_path / 'scene.tif'}: not recognized as a raster")
+    with pytest.raises(rasterio.errors.RasterioIOError), common.whole_raster(whole):
+        raise reading
+    with common.whole_raster(whole):
+        pass
