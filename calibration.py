@@ -82,14 +82,46 @@ def _golden_section(f: Callable[[float], float], lo: float, hi: float, tol: floa
     return (a + b) / 2
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``x * c mod 2**32`` for int64 ``x`` in [0, 2**32) and a 32-bit constant, in two 16-bit halves so
+    that no product leaves int64: the same bits on every device."""
+    return ((((x * (c >> 16)) & 0xFFFF) << 16) + x * (c & 0xFFFF)) & _MASK32
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """Chris Wellons' lowbias32 integer hash of int64 values in [0, 2**32): well-mixed 32-bit output."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def pixel_keys(positions: torch.Tensor, salt: tuple[int, int]) -> torch.Tensor:
+    """A uniform random 63-bit key (int64 >= 0) for each pixel position, a pure function of (position,
+    salt): computed where the pixels are, by any device, with the same values on each, and the same
+    whatever batches the positions come in. A seeded generator would have to run on the host (a CPU
+    stream of float64 draws per validation pixel, slower than the GPU's forward pass)."""
+    lo, hi = positions & _MASK32, (positions >> 32) & _MASK32
+    a = _hash32(lo ^ salt[0])
+    b = _hash32(a ^ hi ^ salt[1])
+    c = _hash32(b ^ 0x5BD1E995)
+    return (b << 31) | (c >> 1)
+
+
 class TemperatureFit:
     """A uniform random subsample of at most ``max_pixels`` valid (logits, truth) pairs; the T fitted on it.
 
-    Every valid pixel seen draws a random key from a generator seeded by (seed, rank); the sample is
-    the pixels with the smallest keys (a reservoir: pixels whose key cannot make it are dropped at once,
-    so memory stays bounded by about twice the sample). The same pixels in the same order give the same
-    sample however they are split into batches. ``reduce_from_all_processes`` makes every process hold
-    the sample of the union of all processes' pixels; call it once, on every process, before ``fit``.
+    Every pixel offered has a random key, a hash of its position in the stream of pixels this process
+    was offered and of (seed, rank) (``pixel_keys``); the sample is the valid pixels with the smallest
+    keys (a reservoir: pixels whose key cannot make it are dropped at once, so memory stays bounded by
+    about twice the sample). So the same pixels in the same order give the same sample however they are
+    split into batches, on any device. The sample stays on the device of the logits until it is read.
+    ``reduce_from_all_processes`` makes every process hold the sample of the union of all processes'
+    pixels; call it once, on every process, before ``fit``.
     """
 
     def __init__(
@@ -100,18 +132,22 @@ class TemperatureFit:
         if rank is None:
             rank = torch.distributed.get_rank() if _dist_initialized() else 0
         self.max_pixels, self.ignore_index = max_pixels, ignore_index
-        self.seen = 0  # valid pixels offered, sampled or not
-        state = np.random.SeedSequence([seed & 0xFFFFFFFF, rank]).generate_state(2, np.uint64)
-        self._gen = torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
-        self._parts: list[
-            tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-        ] = []  # (keys, logits, target index)
+        salt = np.random.SeedSequence([seed & 0xFFFFFFFF, rank]).generate_state(2, np.uint32)
+        self._salt = (int(salt[0]), int(salt[1]))
+        self._offered = 0  # pixels offered, valid or not: the position of the next one
+        self._seen: torch.Tensor | int = 0  # valid pixels offered, sampled or not (a device count)
+        self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (keys, logits, target)
         self._size = 0
-        self._threshold = math.inf  # keys at or above it can no longer enter the sample
+        self._threshold: int | None = None  # keys at or above it can no longer enter the sample
 
     def __len__(self) -> int:
         self._compact()
         return self._size
+
+    @property
+    def seen(self) -> int:
+        """Valid pixels offered, sampled or not."""
+        return int(self._seen)
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Offer a batch: (B, 13, H, W) or (N, 13) logits (any device, any float type), (B, H, W) or (N,)
@@ -121,18 +157,15 @@ class TemperatureFit:
         flat = logits.detach().movedim(1, -1).reshape(-1, c)
         t = targets.reshape(-1).to(device=flat.device, dtype=torch.int64)
         valid = (t != self.ignore_index) & (t >= 1) & (t < c) & torch.isfinite(flat[:, 1:]).all(dim=1)
-        idx = valid.nonzero().squeeze(1)
+        positions = torch.arange(self._offered, self._offered + len(t), device=flat.device)
+        self._offered += len(t)
+        self._seen = self._seen + valid.sum()
+        keys = pixel_keys(positions, self._salt)
+        idx = (valid if self._threshold is None else valid & (keys < self._threshold)).nonzero().squeeze(1)
         if len(idx) == 0:
             return
-        self.seen += len(idx)
-        keys = torch.rand(len(idx), generator=self._gen, dtype=torch.float64)
-        keep = keys < self._threshold
-        keys, idx = keys[keep], idx[keep.to(idx.device)]
-        if len(idx) == 0:
-            return
-        z = flat[idx, 1:].float().cpu()
-        self._parts.append((keys, z, (t[idx] - 1).to(torch.int16).cpu()))
-        self._size += len(keys)
+        self._parts.append((keys[idx], flat[idx, 1:].float(), (t[idx] - 1).to(torch.int16)))
+        self._size += len(idx)
         if self._size >= 2 * self.max_pixels:
             self._compact()
 
@@ -147,13 +180,13 @@ class TemperatureFit:
         keys, z, t = keys[order], z[order], t[order]
         self._parts, self._size = [(keys, z, t)], len(keys)
         if self._size >= self.max_pixels:
-            self._threshold = keys[-1].item()
+            self._threshold = int(keys[-1])
 
     def merge(self, other: TemperatureFit) -> None:
         """Take in another subsample (another process's): the sample of the union of their pixels."""
-        self._parts.extend(other._parts)
+        self._parts = [tuple(x.cpu() for x in p) for p in self._parts + other._parts]
         self._size += other._size
-        self.seen += other.seen
+        self._seen = self.seen + other.seen
         self._compact()
 
     def reduce_from_all_processes(self) -> None:
@@ -161,22 +194,23 @@ class TemperatureFit:
         if not _dist_initialized():
             return
         self._compact()
-        mine = (self._parts[0] if self._parts else None, self.seen)
+        mine = (tuple(x.cpu() for x in self._parts[0]) if self._parts else None, self.seen)
         gathered: list = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, mine)
         self._parts = [part for part, _ in gathered if part is not None]
         self._size = sum(len(p[0]) for p in self._parts)
-        self.seen = sum(seen for _, seen in gathered)
-        self._threshold = math.inf
+        self._seen = sum(seen for _, seen in gathered)
+        self._threshold = None
         self._compact()
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The subsample: (n, 12) float32 logits of codes 1..12 and (n,) int64 class indices (code - 1)."""
+        """The subsample, on the host: (n, 12) float32 logits of codes 1..12 and (n,) int64 class indices
+        (code - 1)."""
         self._compact()
         if not self._parts:
             return torch.zeros((0, 12)), torch.zeros(0, dtype=torch.int64)
         _, z, t = self._parts[0]
-        return z, t.to(torch.int64)
+        return z.cpu(), t.cpu().to(torch.int64)
 
     def nll(self, temperature: float) -> float:
         """The mean negative log-likelihood of the truth over the subsample at ``temperature``."""

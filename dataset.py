@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common import fail
-from distributed import Proc, derive_seed, seed_worker
+from distributed import Proc, derive_seed, seed_worker, upload
 from stats import Normalize
 from tile_cache import open_tile_cache
 from tiles import read_tile, target
@@ -159,5 +159,5 @@ def to_device(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A loader batch (tiles as stored, uint8 targets) -> normalised float32 input and int64 targets on
     ``device``: the bytes cross to the GPU as uint16 and uint8, and the GPU does the arithmetic."""
-    x = norm(raw.to(device, non_blocking=True)).contiguous(memory_format=fmt)
-    return x, y.to(device, non_blocking=True).long()
+    x = norm(upload(raw, device)).contiguous(memory_format=fmt)
+    return x, upload(y, device).long()

@@ -83,6 +83,13 @@ def configure_torch(device: torch.device, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True)
 
 
+def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; on CUDA without waiting (CUDA stages pageable memory itself, so the host
+    may free ``t`` at once). On MPS the copy waits: there a non-blocking copy of pageable memory that
+    is freed right after can read it freed."""
+    return t.to(device, non_blocking=device.type == "cuda")
+
+
 @dataclass(frozen=True)
 class Precision:
     """How the model computes, decided once per run: bf16 autocast with channels_last memory, or float32.

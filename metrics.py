@@ -14,41 +14,49 @@ import torch
 
 
 class ConfusionMatrix:
-    """Counts ``mat[truth, prediction]`` for codes ``0..num_classes-1``; truth == ``ignore`` skipped."""
+    """Counts ``mat[truth, prediction]`` for codes ``0..num_classes-1``; truth == ``ignore`` skipped.
+
+    The counts stay on the device of the batches (no copy to the host and no wait for the GPU per
+    batch); ``mat`` and ``compute`` read them on the host.
+    """
 
     def __init__(self, num_classes: int, ignore_index: int = 0):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.mat = torch.zeros((num_classes, num_classes), dtype=torch.int64)
+        self._mat = torch.zeros((num_classes, num_classes), dtype=torch.int64)
+
+    @property
+    def mat(self) -> torch.Tensor:
+        """The (num_classes, num_classes) int64 counts, on the host."""
+        return self._mat.cpu()
 
     def update(self, truth: torch.Tensor, pred: torch.Tensor) -> None:
         """Add a batch: ``truth`` and ``pred`` are integer tensors of the same shape."""
         n = self.num_classes
         t = truth.reshape(-1).to(torch.int64)
-        p = pred.reshape(-1).to(torch.int64)
+        p = pred.reshape(-1).to(device=t.device, dtype=torch.int64)
         keep = (t != self.ignore_index) & (t >= 0) & (t < n)
-        t, p = t[keep], p[keep]
         # a prediction that is no code is an error on that pixel (counted under the ignore code), never
         # clipped into a neighbouring class
         bad = (p < 0) | (p >= n)
-        if bad.any():
-            if not 0 <= self.ignore_index < n:
-                raise ValueError(f"predictions outside 0..{n - 1} and no ignore code to count them under")
-            p = torch.where(bad, self.ignore_index, p)
-        idx = n * t + p
-        self.mat += torch.bincount(idx, minlength=n * n).reshape(n, n).to(self.mat.device)
+        if not 0 <= self.ignore_index < n and bool((bad & keep).any()):
+            raise ValueError(f"predictions outside 0..{n - 1} and no ignore code to count them under")
+        p = torch.where(bad, self.ignore_index, p)
+        idx = torch.where(keep, n * t + p, n * n)  # pixels not counted go to one extra bin, dropped
+        counts = torch.bincount(idx, minlength=n * n + 1)[: n * n].reshape(n, n)
+        self._mat = self._mat.to(counts.device) + counts
 
     def reset(self) -> None:
-        self.mat.zero_()
+        self._mat.zero_()
 
     def reduce_from_all_processes(self) -> None:
         """Sum the matrices of every process (DistributedDataParallel); a no-op when not distributed."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             backend = torch.distributed.get_backend()
             dev = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
-            m = self.mat.to(dev)
+            m = self._mat.to(dev)
             torch.distributed.all_reduce(m)
-            self.mat = m.cpu()
+            self._mat = m
 
     def compute(self, names: dict[int, str] | None = None) -> dict:
         """All metrics as a plain dict (JSON-ready; ``None`` where a value is undefined).
@@ -56,11 +64,11 @@ class ConfusionMatrix:
         Classes absent from both truth and prediction are left out of ``miou`` and ``mean_dice``;
         ``classes_in_means`` and ``classes_left_out`` say which.
         """
-        m = self.mat.double()
+        mat = self.mat.double()
         codes = [c for c in range(self.num_classes) if c != self.ignore_index]
-        m = m[codes][:, codes]  # rows: truth, columns: prediction, valid classes only
+        m = mat[codes][:, codes]  # rows: truth, columns: prediction, valid classes only
         # predictions of the ignore code on valid pixels are counted as errors via row sums
-        support = self.mat.double()[codes].sum(1)
+        support = mat[codes].sum(1)
         predicted = m.sum(0)
         tp = m.diag()
         total = support.sum().item()

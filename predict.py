@@ -446,7 +446,7 @@ def predict_scene(
         for b in range(0, len(windows), batch_size):
             batch = windows[b : b + batch_size]
             raws, valids = zip(*(next(loads) for _ in batch), strict=True)
-            x = norm(torch.from_numpy(np.stack(raws)).to(device, non_blocking=True))
+            x = norm(distributed.upload(torch.from_numpy(np.stack(raws)), device))
             probs = window_probabilities(net, x, tta, temperature)
             with one_cpu_thread(device):
                 done = [blender.add(i, j, p, v) for (i, j), p, v in zip(batch, probs, valids, strict=True)]

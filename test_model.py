@@ -52,7 +52,7 @@ from common import (
     run_main,
 )
 from dataset import TileDataset
-from distributed import DEVICES, configure_torch, pick_device
+from distributed import DEVICES, configure_torch, pick_device, upload
 from layout import tile_pairs
 from metrics import ConfusionMatrix, format_table
 from stats import Normalize
@@ -110,7 +110,7 @@ def evaluate(
     ev = Evaluation(ConfusionMatrix(NUM_CLASSES), [], ReliabilityCounts(), ReliabilityCounts())
     with progress(total=len(pairs), desc="evaluating", unit="tile") as bar:
         for raw, y in loader:
-            logits = list(inference.flipped_logits(net, norm(raw.to(device, non_blocking=True)), tta))
+            logits = list(inference.flipped_logits(net, norm(upload(raw, device)), tta))
             target = y.to(device)
             probs = blend(logits, 1.0)  # the codes come from T = 1, as predict.py's
             ev.raw.update(probs, target)

@@ -107,6 +107,7 @@ RECIPE = dict(
     rare_share=0.5,
 )
 TEMPERATURE_PIXELS = 200_000  # val pixels sampled to fit the temperature
+SHOW_EVERY = 20  # batches between the progress bar's loss and speed (reading the loss waits for the GPU)
 MIN_LR = 0.01  # --schedule cosine ends at this share of --lr
 # options that decide what a run computes: --resume refuses a last.pt written with other values
 RESUME_OPTIONS = ("arch", "encoder", "batch_size", "seed", "max_tiles", *RECIPE)
@@ -453,6 +454,7 @@ class Run:
     stats: dict  # band mean and std of the train split, and its class pixel counts
     weight: torch.Tensor  # loss weight per class
     model: nn.Module  # setup.net, or its DistributedDataParallel wrapper: what trains
+    validate: nn.Module  # setup.net (compiled with --compile): what validates, on each process alone
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
     epoch: int = 0  # the last finished epoch (what last.pt holds)
@@ -522,49 +524,55 @@ def make_optimiser(args: argparse.Namespace, net: nn.Module, steps_per_epoch: in
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def compile_model(model: nn.Module, s: Setup) -> nn.Module:
-    """``torch.compile(model)``, compiled now on a batch of two random tiles (a failure is one line
-    here, not a traceback in the middle of an epoch), or the model as it was where it cannot compile.
-    The batch-norm statistics that the trial forward pass moves are put back, so --compile trains the
-    same weights."""
+def compile_model(model: nn.Module, s: Setup, batch_size: int) -> tuple[nn.Module, nn.Module]:
+    """``torch.compile`` of what trains (``model``: the net or its DDP wrapper) and of the bare net that
+    validates, both compiled now on a full batch of random tiles (a failure is one line here, not a
+    traceback in the middle of an epoch); or both as they were where it cannot compile. Shapes are
+    static (``dynamic=False``): a last, smaller batch compiles once more, instead of every batch running
+    the slower dynamic-shape graph that a second batch size would otherwise switch to. The batch-norm
+    statistics that the trial forward pass moves are put back, so --compile trains the same weights."""
     buffers = {k: v.clone() for k, v in s.net.named_buffers()}
     channels, (height, width) = len(s.bands), s.tile_size
-    x = torch.randn(2, channels, height, width, device=s.device).contiguous(
+    x = torch.randn(batch_size, channels, height, width, device=s.device).contiguous(
         memory_format=s.precision.memory_format
     )
     try:
-        compiled = torch.compile(model)
+        train, validate = torch.compile(model, dynamic=False), torch.compile(s.net, dynamic=False)
         with s.precision.autocast(s.device):
-            compiled(x).float().sum().backward()
+            train(x).float().sum().backward()
+        s.net.eval()
+        with torch.no_grad(), s.precision.autocast(s.device):
+            validate(x)
     except Exception as e:  # any backend failure: no compiler, an unsupported device or op
         if s.proc.main:
             print(
                 f"--compile: torch.compile failed here ({first_line(e)}); training without it",
                 file=sys.stderr,
             )
-        compiled = model
+        train, validate = model, s.net
     finally:
+        s.net.train()
         s.net.zero_grad(set_to_none=True)
         with torch.no_grad():
             for k, v in s.net.named_buffers():
                 v.copy_(buffers[k])
-    return compiled
+    return train, validate
 
 
 def start_run(args: argparse.Namespace, s: Setup, stats: dict, steps_per_epoch: int) -> Run:
     """The model on the device (wrapped for DDP under torchrun), the loss weights, the optimiser and
     its schedule; with --resume, last.pt's state restored."""
     net = s.net.to(s.device, memory_format=s.precision.memory_format)
-    model = net
+    model = validate = net
     if s.proc.torchrun:
         model = nn.parallel.DistributedDataParallel(
             net, device_ids=[s.device.index] if s.device.type == "cuda" else None
         )
     if args.compile:
-        model = compile_model(model, s)
+        model, validate = compile_model(model, s, args.batch_size)
     optimizer, scheduler = make_optimiser(args, net, steps_per_epoch)
     weight = class_weights(stats["class_pixels"], args.class_weights)
-    run = Run(args, s, stats, weight, model, optimizer, scheduler)
+    run = Run(args, s, stats, weight, model, validate, optimizer, scheduler)
     if s.resumed is not None:
         optimizer.load_state_dict(s.resumed["optimizer"])
         scheduler.load_state_dict(s.resumed["scheduler"])
@@ -673,48 +681,75 @@ def train_step(
     return loss
 
 
+class LossSum:
+    """The loss summed over an epoch's tiles, kept on the device until it is read: reading a loss
+    (``.item()``) makes the host wait for the GPU, so it is read only for the progress bar, every
+    ``SHOW_EVERY`` batches, and at the end. The sum is the one ``.item()`` per batch would give."""
+
+    def __init__(self):
+        self.pending: list[tuple[torch.Tensor, int]] = []
+        self.total, self.tiles = 0.0, 0
+
+    def add(self, loss: torch.Tensor, tiles: int) -> None:
+        self.pending.append((loss.detach(), tiles))
+
+    def read(self) -> tuple[float, int]:
+        """The summed loss and the tiles so far (waits for the losses not read yet)."""
+        if self.pending:
+            values = torch.stack([loss for loss, _ in self.pending]).tolist()
+            for value, (_, n) in zip(values, self.pending, strict=True):
+                self.total, self.tiles = self.total + value * n, self.tiles + n
+            self.pending = []
+        return self.total, self.tiles
+
+    def mean(self) -> float:
+        total, tiles = self.read()
+        return total / max(tiles, 1)
+
+
 def train_one_epoch(run: Run, data: Data, criterion: Callable, desc: str) -> float:
     """Train over this process's shard; return the mean loss per tile over all processes."""
     s = run.setup
     run.model.train()
-    loss_sum, tiles = 0.0, 0
+    losses, tiles = LossSum(), 0
     start = time.perf_counter()
     bar = progress(total=len(data.train), desc=desc, unit="batch", leave=False, disable=not s.proc.main)
-    for raw, y in data.train:
+    for i, (raw, y) in enumerate(data.train, 1):
         x, y = to_device(raw, y, data.norm, s.device, s.precision.memory_format)
         loss = train_step(run.model, x, y, criterion, run.optimizer, s.precision)
         if run.args.schedule != "plateau":
             run.scheduler.step()
-        loss_sum += loss.item() * len(x)
+        losses.add(loss, len(x))
         tiles += len(x)
-        speed = tiles * s.proc.world / (time.perf_counter() - start)
-        bar.set_postfix(loss=f"{loss_sum / tiles:.4f}", tiles_s=f"{speed:.1f}", refresh=False)
+        if s.proc.main and (i % SHOW_EVERY == 0 or i == len(data.train)):
+            speed = tiles * s.proc.world / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{losses.mean():.4f}", tiles_s=f"{speed:.1f}", refresh=False)
         bar.update()
     bar.close()
-    loss_sum, tiles = sum_over_processes(loss_sum, tiles, device=s.device)
+    loss_sum, tiles = sum_over_processes(*losses.read(), device=s.device)
     return loss_sum / max(tiles, 1)
 
 
 @torch.no_grad()
 def evaluate(run: Run, data: Data, criterion: Callable) -> tuple[float, ConfusionMatrix, TemperatureFit]:
     """Loss per tile and one confusion matrix over the whole val split, summed over all processes; and
-    a seeded sample of the val pixels' logits, to fit the temperature that calibrates the confidence."""
-    s, net = run.setup, run.setup.net
-    net.eval()
+    a seeded sample of the val pixels' logits, to fit the temperature that calibrates the confidence.
+    All three accumulate on the device: the host waits for the GPU once, at the end."""
+    s = run.setup
+    s.net.eval()
     cm = ConfusionMatrix(colormap.NUM_CLASSES, ignore_index=colormap.NODATA)
     calibration = TemperatureFit(max_pixels=TEMPERATURE_PIXELS, seed=run.args.seed)
-    loss_sum, tiles = 0.0, 0
+    losses = LossSum()
     for raw, y in progress(data.val, desc="validation", unit="batch", leave=False, disable=not s.proc.main):
         x, y = to_device(raw, y, data.norm, s.device, s.precision.memory_format)
         with s.precision.autocast(s.device):
-            logits = net(x)
-        loss_sum += criterion(logits.float(), y).item() * len(x)
-        tiles += len(x)
+            logits = run.validate(x)
+        losses.add(criterion(logits.float(), y), len(x))
         cm.update(y, predict_classes(logits))
         calibration.update(logits, y)
     cm.reduce_from_all_processes()
     calibration.reduce_from_all_processes()
-    loss_sum, tiles = sum_over_processes(loss_sum, tiles, device=s.device)
+    loss_sum, tiles = sum_over_processes(*losses.read(), device=s.device)
     return loss_sum / max(tiles, 1), cm, calibration
 
 

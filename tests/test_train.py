@@ -408,26 +408,33 @@ def test_input_error_is_input_error():
         train.main(["--lr", "0"])
 
 
-def test_cache_tiles_trains_exactly_as_from_the_files(tmp_path):
-    """--cache-tiles reads the same tiles (decoded once into DATA/tile_cache): the same weights, bitwise;
-    a second run reuses the cache, and rewriting a tile rebuilds it."""
+def test_cache_tiles_trains_exactly_as_from_the_files(tmp_path, capsys):
+    """--cache-tiles holds the same tiles in memory (decoded once into DATA/tile_cache), and samples,
+    transforms and normalises them batch-wise on the device: the same weights, bitwise, as the worker
+    loader reading the files, also when stopped after epoch 1 and resumed; the run says where the tiles
+    are. A second run reuses the cache, and rewriting a tile rebuilds it."""
     data = make_data(tmp_path / "data")
-    common = ["--data", data, *FAST, "--seed", 3, "--epochs", 2]
-    assert run([*common, "--out", tmp_path / "files"]) == 0
-    assert run([*common, "--out", tmp_path / "cached", "--cache-tiles", "--workers", 2]) == 0
-    a, b = read_checkpoint(tmp_path / "files/last.pt"), read_checkpoint(tmp_path / "cached/last.pt")
-    assert same_state(a["model"], b["model"]) and a["metrics"] == b["metrics"]
+    common = ["--data", data, *FAST, "--seed", 3, "--schedule", "plateau"]  # plateau: --epochs may grow
+    assert run([*common, "--epochs", 2, "--out", tmp_path / "files"]) == 0
+    capsys.readouterr()
+    assert run([*common, "--epochs", 2, "--out", tmp_path / "cached", "--cache-tiles", "--workers", 2]) == 0
+    assert "tiles in host memory (the CPU device)" in capsys.readouterr().out
+    resumed = [*common, "--out", tmp_path / "resumed", "--cache-tiles"]
+    assert run([*resumed, "--epochs", 1]) == 0 and run([*resumed, "--epochs", 2, "--resume"]) == 0
+    a = read_checkpoint(tmp_path / "files/last.pt")
+    for b in (read_checkpoint(tmp_path / "cached/last.pt"), read_checkpoint(tmp_path / "resumed/last.pt")):
+        assert same_state(a["model"], b["model"]) and a["metrics"] == b["metrics"]
 
     cache = data / train.CACHE_DIR
     built = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")}
     assert sorted(n.split("-")[0] for n in built) == ["train", "train", "val", "val"]
-    assert run([*common, "--out", tmp_path / "again", "--cache-tiles"]) == 0
+    assert run([*common, "--epochs", 2, "--out", tmp_path / "again", "--cache-tiles"]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")} == built  # reused as is
 
     tile = sorted((data / "train/img").glob("*.tif"))[0]
     time.sleep(0.01)
     tile.write_bytes(tile.read_bytes())  # rewritten: a new modification time
-    assert run([*common, "--out", tmp_path / "rebuilt", "--cache-tiles"]) == 0
+    assert run([*common, "--epochs", 2, "--out", tmp_path / "rebuilt", "--cache-tiles"]) == 0
     now = {p.name for p in cache.glob("*.npy")}
     assert (
         len(now) == 4
@@ -479,12 +486,15 @@ def test_compile_trains_the_same_weights_or_falls_back_in_one_line(tmp_path, cap
     data = make_data(tmp_path / "data")
     common = ["--data", data, *FAST, "--epochs", 1]
     assert run([*common, "--out", tmp_path / "plain"]) == 0
-    monkeypatch.setattr(torch, "compile", lambda model: model)  # compiles to itself: the trial step runs
+    compiled = []  # what was compiled, how: compiles to itself, so the trial step runs
+    monkeypatch.setattr(torch, "compile", lambda model, **how: compiled.append((type(model), how)) or model)
     assert run([*common, "--out", tmp_path / "same", "--compile"]) == 0
+    static = {"dynamic": False}  # full batches keep one graph; the last, smaller one compiles its own
+    assert [how for _, how in compiled] == [static, static]  # what trains and what validates
     a, b = read_checkpoint(tmp_path / "plain/last.pt"), read_checkpoint(tmp_path / "same/last.pt")
     assert same_state(a["model"], b["model"])
 
-    def broken(model):
+    def broken(model, **how):
         raise RuntimeError("no C++ compiler\nmore detail")
 
     monkeypatch.setattr(torch, "compile", broken)
