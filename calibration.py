@@ -117,12 +117,15 @@ class TemperatureFit:
 
     Every pixel offered has a random key, a hash of its position in the stream of pixels this process
     was offered and of (seed, rank) (``pixel_keys``); the sample is the valid pixels with the smallest
-    keys (a reservoir: pixels whose key cannot make it are dropped at once, so memory stays bounded by
-    about twice the sample). So the same pixels in the same order give the same sample however they are
-    split into batches, on any device. The sample stays on the device of the logits until it is read.
+    keys. Each batch gives only its ``max_pixels`` smallest (``topk``: no data-dependent size, so the
+    host never waits for the GPU), and candidates are cut back to the sample when they reach twice it:
+    memory stays bounded. So the same pixels in the same order give the same sample however they are
+    split into batches, on any device; it stays on the device of the logits until it is read.
     ``reduce_from_all_processes`` makes every process hold the sample of the union of all processes'
     pixels; call it once, on every process, before ``fit``.
     """
+
+    NO_KEY = (1 << 63) - 1  # the key of a pixel left out: after every real key, dropped when read
 
     def __init__(
         self, max_pixels: int = MAX_PIXELS, seed: int = 0, ignore_index: int = 0, rank: int | None = None
@@ -137,12 +140,10 @@ class TemperatureFit:
         self._offered = 0  # pixels offered, valid or not: the position of the next one
         self._seen: torch.Tensor | int = 0  # valid pixels offered, sampled or not (a device count)
         self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (keys, logits, target)
-        self._size = 0
-        self._threshold: int | None = None  # keys at or above it can no longer enter the sample
+        self._size = 0  # candidates held, NO_KEY ones included
 
     def __len__(self) -> int:
-        self._compact()
-        return self._size
+        return len(self._read()[0])
 
     @property
     def seen(self) -> int:
@@ -156,31 +157,35 @@ class TemperatureFit:
         c = logits.shape[1]
         flat = logits.detach().movedim(1, -1).reshape(-1, c)
         t = targets.reshape(-1).to(device=flat.device, dtype=torch.int64)
+        if len(t) == 0:
+            return
         valid = (t != self.ignore_index) & (t >= 1) & (t < c) & torch.isfinite(flat[:, 1:]).all(dim=1)
         positions = torch.arange(self._offered, self._offered + len(t), device=flat.device)
         self._offered += len(t)
         self._seen = self._seen + valid.sum()
-        keys = pixel_keys(positions, self._salt)
-        idx = (valid if self._threshold is None else valid & (keys < self._threshold)).nonzero().squeeze(1)
-        if len(idx) == 0:
-            return
-        self._parts.append((keys[idx], flat[idx, 1:].float(), (t[idx] - 1).to(torch.int16)))
-        self._size += len(idx)
+        keys = torch.where(valid, pixel_keys(positions, self._salt).clamp(max=self.NO_KEY - 1), self.NO_KEY)
+        keys, idx = torch.topk(keys, min(self.max_pixels, len(keys)), largest=False, sorted=True)
+        self._parts.append((keys, flat[idx, 1:].float(), (t[idx] - 1).to(torch.int16)))
+        self._size += len(keys)
         if self._size >= 2 * self.max_pixels:
             self._compact()
 
     def _compact(self) -> None:
         """Keep the ``max_pixels`` smallest keys, sorted by key (so the sample's order is fixed too)."""
-        if len(self._parts) == 1 and self._size <= self.max_pixels:
-            return
-        if not self._parts:
+        if len(self._parts) <= 1 and self._size <= self.max_pixels:
             return
         keys, z, t = (torch.cat(p) for p in zip(*self._parts, strict=True))
         order = torch.argsort(keys, stable=True)[: self.max_pixels]
-        keys, z, t = keys[order], z[order], t[order]
-        self._parts, self._size = [(keys, z, t)], len(keys)
-        if self._size >= self.max_pixels:
-            self._threshold = int(keys[-1])
+        self._parts, self._size = [(keys[order], z[order], t[order])], len(order)
+
+    def _read(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The sample as it stands: (keys, logits, class indices) of the valid pixels only."""
+        self._compact()
+        if not self._parts:
+            return torch.zeros(0, dtype=torch.int64), torch.zeros((0, 12)), torch.zeros(0, dtype=torch.int16)
+        keys, z, t = self._parts[0]
+        real = keys != self.NO_KEY
+        return keys[real], z[real], t[real]
 
     def merge(self, other: TemperatureFit) -> None:
         """Take in another subsample (another process's): the sample of the union of their pixels."""
@@ -193,23 +198,18 @@ class TemperatureFit:
         """Every process gets the sample of all processes' pixels (torchrun); a no-op when not distributed."""
         if not _dist_initialized():
             return
-        self._compact()
-        mine = (tuple(x.cpu() for x in self._parts[0]) if self._parts else None, self.seen)
+        mine = tuple(x.cpu() for x in self._read())
         gathered: list = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, mine)
-        self._parts = [part for part, _ in gathered if part is not None]
+        torch.distributed.all_gather_object(gathered, (mine, self.seen))
+        self._parts = [part for part, _ in gathered]
         self._size = sum(len(p[0]) for p in self._parts)
         self._seen = sum(seen for _, seen in gathered)
-        self._threshold = None
         self._compact()
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The subsample, on the host: (n, 12) float32 logits of codes 1..12 and (n,) int64 class indices
         (code - 1)."""
-        self._compact()
-        if not self._parts:
-            return torch.zeros((0, 12)), torch.zeros(0, dtype=torch.int64)
-        _, z, t = self._parts[0]
+        _, z, t = self._read()
         return z.cpu(), t.cpu().to(torch.int64)
 
     def nll(self, temperature: float) -> float:
