@@ -54,6 +54,7 @@ from torch.utils.data import DataLoader
 import colormap
 from calibration import TemperatureFit
 from checkpoint import (
+    CheckpointWriter,
     check_resumable,
     make_checkpoint,
     model_of,
@@ -463,6 +464,7 @@ class Run:
     saved: int = 0  # the epoch last.pt holds
     temperature: float = 1.0  # divides the best weights' logits: their softmax is calibrated on val
     writer: object = field(default=None, repr=False)  # TensorBoard, rank 0 only
+    saver: CheckpointWriter = field(default=None, repr=False)  # rank 0's best.pt and last.pt
 
     def checkpoint(
         self, metrics: dict | None = None, losses: tuple = (None, None), training: bool = False
@@ -573,6 +575,7 @@ def start_run(args: argparse.Namespace, s: Setup, stats: dict, steps_per_epoch: 
     optimizer, scheduler = make_optimiser(args, net, steps_per_epoch)
     weight = class_weights(stats["class_pixels"], args.class_weights)
     run = Run(args, s, stats, weight, model, validate, optimizer, scheduler)
+    run.saver = CheckpointWriter(background=s.device.type == "cuda")  # see CheckpointWriter
     if s.resumed is not None:
         optimizer.load_state_dict(s.resumed["optimizer"])
         scheduler.load_state_dict(s.resumed["scheduler"])
@@ -790,12 +793,12 @@ def log_epoch(
 
 
 def save_epoch(run: Run, metrics: dict, losses: tuple[float, float], improved: bool) -> None:
-    """best.pt when the epoch improved on the best mIoU, then last.pt: a kill before last.pt is whole
-    repeats this epoch on --resume."""
-    if improved:
-        save_checkpoint(run.checkpoint(metrics, losses), run.args.out / "best.pt")
-    run.saved = run.epoch  # an interrupt during the save is held until last.pt is whole
-    save_checkpoint(run.checkpoint(metrics, losses, training=True), run.args.out / "last.pt")
+    """best.pt when the epoch improved on the best mIoU, then last.pt, written while the next epoch
+    trains (``CheckpointWriter``): a kill before last.pt is whole repeats this epoch on --resume."""
+    out = run.args.out
+    best = [(run.checkpoint(metrics, losses), out / "best.pt")] if improved else []
+    run.saver.save([*best, (run.checkpoint(metrics, losses, training=True), out / "last.pt")])
+    run.saved = run.epoch  # what last.pt holds once run.saver.wait() returns
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -878,7 +881,9 @@ def fit(args: argparse.Namespace, s: Setup) -> None:
                     save_epoch(run, metrics, (train_loss, val_loss), improved)
                     print(epoch_line(run, (train_loss, val_loss), lr, metrics, improved), flush=True)
                 barrier()
+        run.saver.wait()
     except KeyboardInterrupt:
+        run.saver.wait()
         if s.proc.main:
             print(
                 f"interrupted: {args.out / 'last.pt'} holds epoch {run.saved} (saved as it ended); "

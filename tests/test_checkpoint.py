@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import load_checkpoint, make_checkpoint, read_checkpoint
+from checkpoint import CheckpointWriter, load_checkpoint, make_checkpoint, read_checkpoint
 from common import InputError
 from model import build_model
 
@@ -72,3 +72,27 @@ def test_a_checkpoint_of_a_newer_version_is_refused_in_one_line(tmp_path):
     with pytest.raises(InputError, match="newer version of this pipeline") as e:
         read_checkpoint(tmp_path / "new.pt")
     assert "\n" not in str(e.value)
+
+
+def test_background_writer_saves_a_snapshot_in_order_and_raises_its_error(tmp_path, monkeypatch):
+    """What save() was given is what lands on disk, even though training changes the tensors in place
+    at once; best.pt is written before last.pt; a failed write is raised by the next wait()."""
+    import checkpoint
+
+    weights = torch.zeros(1000)
+    written = []
+    real_save = checkpoint.save_checkpoint
+    monkeypatch.setattr(checkpoint, "save_checkpoint", lambda c, p: written.append(p.name) or real_save(c, p))
+    writer = CheckpointWriter(background=True)
+    writer.save([({"w": weights, "epoch": 1}, tmp_path / "best.pt"), ({"w": weights}, tmp_path / "last.pt")])
+    weights += 1  # the next training step
+    writer.wait()
+    assert written == ["best.pt", "last.pt"]
+    for name in written:
+        assert torch.equal(torch.load(tmp_path / name, weights_only=True)["w"], torch.zeros(1000))
+
+    writer.save([({"w": weights}, tmp_path / "gone" / "last.pt")])  # a folder that is not there
+    with pytest.raises(OSError):
+        writer.wait()
+    writer.wait()  # raised once
+    assert not list(tmp_path.glob("*.partial"))

@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import colormap
 import train
-from checkpoint import read_checkpoint
+from checkpoint import CheckpointWriter, read_checkpoint
 from common import InputError, run_main
 
 FAST = ["--encoder", "resnet18", "--batch-size", "2", "--workers", "0", "--log-images-every", "0"]
@@ -504,3 +504,19 @@ def test_compile_trains_the_same_weights_or_falls_back_in_one_line(tmp_path, cap
     assert err == ["--compile: torch.compile failed here (no C++ compiler); training without it"]
     c = read_checkpoint(tmp_path / "fallback/last.pt")
     assert same_state(a["model"], c["model"])
+
+
+def test_checkpoints_written_in_the_background_are_the_same_files(tmp_path, monkeypatch):
+    """On CUDA best.pt and last.pt are written by a thread while the next epoch trains: the files are
+    those written in line (forced here on the CPU), and the run waits for the last one before it ends."""
+    data = make_data(tmp_path / "data")
+    common = ["--data", data, *FAST, "--epochs", 2]
+    assert run([*common, "--out", tmp_path / "inline"]) == 0
+    monkeypatch.setattr(train, "CheckpointWriter", lambda background: CheckpointWriter(background=True))
+    assert run([*common, "--out", tmp_path / "thread"]) == 0
+    for name in ("best.pt", "last.pt"):
+        a, b = read_checkpoint(tmp_path / "inline" / name), read_checkpoint(tmp_path / "thread" / name)
+        assert (
+            a["epoch"] == b["epoch"] and a["metrics"] == b["metrics"] and same_state(a["model"], b["model"])
+        )
+    assert read_checkpoint(tmp_path / "thread" / "last.pt")["epoch"] == 2
