@@ -102,6 +102,12 @@ class Precision:
     def for_device(cls, amp: bool, device: torch.device) -> Precision:
         return cls(amp and device.type == "cuda")
 
+    @staticmethod
+    def fast_on(device: torch.device) -> bool:
+        """Whether bf16 autocast is the faster choice: a CUDA GPU with native bf16 (Ampere and later);
+        older ones emulate it, slower than float32."""
+        return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.amp else torch.contiguous_format

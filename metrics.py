@@ -33,6 +33,8 @@ class ConfusionMatrix:
     def update(self, truth: torch.Tensor, pred: torch.Tensor) -> None:
         """Add a batch: ``truth`` and ``pred`` are integer tensors of the same shape."""
         n = self.num_classes
+        if truth.device.type == "mps":  # MPS's bincount has been a scatter that crawls when most pixels
+            truth, pred = truth.cpu(), pred.cpu()  # share a bin, as they do here (pytorch PR 184779)
         t = truth.reshape(-1).to(torch.int64)
         p = pred.reshape(-1).to(device=t.device, dtype=torch.int64)
         keep = (t != self.ignore_index) & (t >= 0) & (t < n)

@@ -191,7 +191,8 @@ def add_speed_options(p: ArgumentParser) -> None:
         "--amp",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="bf16 autocast and channels_last memory: on by default on CUDA, where they are faster "
+        help="bf16 autocast and channels_last memory: on by default on CUDA GPUs with native bf16 (Ampere "
+        "and later), where they are faster "
         "(see the README's Performance section); --no-amp trains in float32 (TF32 matrix products)",
     )
     p.add_argument(
@@ -416,9 +417,13 @@ def set_up(args: argparse.Namespace) -> Setup:
     """Devices, splits, bands and the model (new, or from last.pt with --resume): all checked."""
     proc = Proc.from_env()
     device = pick_device(args.device, proc)
-    precision = Precision.for_device(args.amp is not False, device)
+    precision = Precision.for_device(Precision.fast_on(device) if args.amp is None else args.amp, device)
     if args.amp and not precision.amp and proc.main:
         print(f"--amp applies to CUDA only: training in float32 on {device}", file=sys.stderr)
+    elif args.amp is None and device.type == "cuda" and not precision.amp and proc.main:
+        print(
+            "this GPU has no native bf16: training in float32 (--amp forces bf16 autocast)", file=sys.stderr
+        )
     train_pairs, val_pairs, info = load_splits(args.data, args.max_tiles, args.seed)
     if proc.main:  # the train tiles are all read for their statistics; the val tiles not before epoch 1
         check_tiles(val_pairs, max(args.workers, 1), "checking val tiles")
