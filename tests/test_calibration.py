@@ -27,7 +27,6 @@ from calibration import (
     confidence_and_correct,
     coverage_figure,
     fit_temperature,
-    pixel_keys,
     probabilities,
     reliability_figure,
 )
@@ -77,34 +76,6 @@ def test_fit_in_batches_with_a_subsample_recovers_it_and_is_deterministic():
     assert fitted(1)[0] == t  # same seed: the same number
     assert fitted(4)[0] == t  # the same pixels in other batches: the same sample
     assert fitted(1, seed=4)[0] != t  # another seed, another sample
-
-
-def test_pixel_keys_are_the_exact_hash_and_uniform():
-    """The keys are integer arithmetic that never overflows int64, so every device computes the same
-    bits: checked against the hash written on Python's unbounded integers, for positions past 2**32."""
-
-    def lowbias32(x: int) -> int:
-        x ^= x >> 16
-        x = (x * 0x7FEB352D) & 0xFFFFFFFF
-        x ^= x >> 15
-        x = (x * 0x846CA68B) & 0xFFFFFFFF
-        return x ^ (x >> 16)
-
-    def key(p: int, salt: tuple[int, int]) -> int:
-        a = lowbias32((p & 0xFFFFFFFF) ^ salt[0])
-        b = lowbias32(a ^ (p >> 32) ^ salt[1])
-        return (b << 31) | (lowbias32(b ^ 0x5BD1E995) >> 1)
-
-    salt = (0x9E3779B9, 12345)
-    positions = torch.cat([torch.arange(1000), torch.randint(0, 1 << 40, (1000,))])
-    keys = pixel_keys(positions, salt)
-    assert keys.tolist() == [key(p, salt) for p in positions.tolist()]
-    many = pixel_keys(torch.arange(200_000), salt)
-    assert many.min() >= 0 and len(torch.unique(many)) == 200_000
-    deciles = torch.quantile(
-        (many.double() / 2**63)[:100_000], torch.linspace(0.1, 0.9, 9, dtype=torch.float64)
-    )
-    assert torch.allclose(deciles, torch.linspace(0.1, 0.9, 9, dtype=torch.float64), atol=0.01)
 
 
 def test_nodata_and_stray_targets_are_ignored():
