@@ -108,7 +108,7 @@ RECIPE = dict(
     rare_share=0.5,
 )
 TEMPERATURE_PIXELS = 200_000  # val pixels sampled to fit the temperature
-SHOW_EVERY = 20  # batches between the progress bar's loss and speed (reading the loss waits for the GPU)
+SHOW_EVERY = 1.0  # seconds between the progress bar's loss and speed (reading the loss waits for the GPU)
 MIN_LR = 0.01  # --schedule cosine ends at this share of --lr
 # options that decide what a run computes: --resume refuses a last.pt written with other values
 RESUME_OPTIONS = ("arch", "encoder", "batch_size", "seed", "max_tiles", *RECIPE)
@@ -692,7 +692,7 @@ def train_step(
 class LossSum:
     """The loss summed over an epoch's tiles, kept on the device until it is read: reading a loss
     (``.item()``) makes the host wait for the GPU, so it is read only for the progress bar, every
-    ``SHOW_EVERY`` batches, and at the end. The sum is the one ``.item()`` per batch would give."""
+    ``SHOW_EVERY`` seconds, and at the end. The sum is the one ``.item()`` per batch would give."""
 
     def __init__(self):
         self.pending: list[tuple[torch.Tensor, int]] = []
@@ -720,17 +720,18 @@ def train_one_epoch(run: Run, data: Data, criterion: Callable, desc: str) -> flo
     s = run.setup
     run.model.train()
     losses, tiles = LossSum(), 0
-    start = time.perf_counter()
+    start = shown = time.perf_counter()
     bar = progress(total=len(data.train), desc=desc, unit="batch", leave=False, disable=not s.proc.main)
-    for i, (raw, y) in enumerate(data.train, 1):
+    for raw, y in data.train:
         x, y = to_device(raw, y, data.norm, s.device, s.precision.memory_format)
         loss = train_step(run.model, x, y, criterion, run.optimizer, s.precision)
         if run.args.schedule != "plateau":
             run.scheduler.step()
         losses.add(loss, len(x))
         tiles += len(x)
-        if s.proc.main and (i % SHOW_EVERY == 0 or i == len(data.train)):
-            speed = tiles * s.proc.world / (time.perf_counter() - start)
+        if s.proc.main and time.perf_counter() - shown >= SHOW_EVERY:
+            shown = time.perf_counter()
+            speed = tiles * s.proc.world / (shown - start)
             bar.set_postfix(loss=f"{losses.mean():.4f}", tiles_s=f"{speed:.1f}", refresh=False)
         bar.update()
     bar.close()
