@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_train_speed_prints_the_step_the_data_paths_and_train_py_end_to_end():
     tiny = ["--encoder", "resnet18", "--size", "64", "--bands", "4", "--tiles", "8", "--steps", "1"]
     tiny += ["--passes", "1", "--compress", "zstd", "--folder-size", "10", "--batch-size", "4"]
-    tiny += ["--e2e-batch", "4", "--amp-batches", "4", "--workers", "1"]
+    tiny += ["--e2e-batch", "4", "--e2e-tiles", "12", "--amp-batches", "4", "--workers", "1"]  # 4 links
     res = subprocess.run(
         [sys.executable, str(ROOT / "bench/train_speed.py"), *tiny], capture_output=True, text=True, cwd=ROOT
     )
