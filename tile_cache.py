@@ -72,7 +72,8 @@ def build_tile_cache(
         free = shutil.disk_usage(folder).free
         if free < need * 1.05:
             fail(
-                f"the tile cache of {split} needs {need / 1e9:.1f} GB, {folder} has {free / 1e9:.1f} GB free"
+                f"the tile cache of {split} needs {need / 1e9:.1f} GB, {folder} has {free / 1e9:.1f} GB free "
+                "(free some, or train with --no-cache-tiles: worker processes read the tile files)"
             )
         with atomic_path(img_path) as img_tmp, atomic_path(y_path) as y_tmp:  # renamed: targets, images
             _decode_into(pairs, first, img_tmp, y_tmp, threads, f"caching {split} tiles")

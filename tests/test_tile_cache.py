@@ -121,5 +121,5 @@ def test_the_cache_refuses_to_fill_the_disk(tmp_path, monkeypatch):
     import shutil
 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**12, 10**12 - 100, 100))
-    with pytest.raises(InputError, match=r"tile cache of train needs .* GB free"):
+    with pytest.raises(InputError, match=r"tile cache of train needs .* GB free .*--no-cache-tiles"):
         build_tile_cache(tile_pairs(cache_split(tmp_path)), tmp_path / "cache", "train")
