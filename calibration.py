@@ -124,6 +124,8 @@ class TemperatureFit:
         """Offer a batch: (B, 13, H, W) or (N, 13) logits (any device, any float type), (B, H, W) or (N,)
         codes. Pixels whose target is the ignore code or not one of codes 1..12 (which have a
         probability), or whose logits are not finite, are left out."""
+        if logits.device.type == "mps":  # MPS's seeded int64 draws have had gaps: sample on the host
+            logits, targets = logits.cpu(), targets.cpu()
         c = logits.shape[1]
         flat = logits.detach().movedim(1, -1).reshape(-1, c)
         t = targets.reshape(-1).to(device=flat.device, dtype=torch.int64)
