@@ -8,16 +8,16 @@ shares size, band count and dtype: ``scan_tiles`` checks it before any work star
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from colormap import NODATA, NUM_CLASSES
-from common import fail, open_raster, progress, read_pixels
+from common import fail, open_raster, ordered_map, progress, read_pixels
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,11 @@ def each_in_threads(
     fn: Callable[..., None], items: Sequence, threads: int, desc: str, leave: bool = True
 ) -> None:
     """``fn(item)`` for every item on ``threads`` threads (GDAL decodes without holding the GIL), with a
-    progress bar; the first error is raised. ``fn`` returns nothing, so no result piles up."""
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        for _ in progress(pool.map(fn, items), total=len(items), desc=desc, unit="tile", leave=leave):
+    progress bar; the first error is raised at once (``ordered_map``: the items not started never
+    start, where a pool's ``map`` would first decode every other tile of the split)."""
+    threads = max(1, threads)
+    with contextlib.closing(ordered_map(fn, items, threads, 2 * threads)) as done:
+        for _ in progress(done, total=len(items), desc=desc, unit="tile", leave=leave):
             pass
 
 

@@ -60,3 +60,23 @@ def test_scan_tiles_reads_bands_and_refuses_mixed_tiles(tmp_path):
     write_pair(split, "t009.tif", np.ones((4, 16, 16), np.uint16), np.ones((8, 8), np.uint8))
     with pytest.raises(InputError, match=r"mask tile does not fit its image.*t009\.tif"):
         scan_tiles(tile_pairs(split))
+
+
+def test_each_in_threads_stops_at_the_first_error():
+    """A damaged tile early in a split of thousands is reported at once: the tiles after it are not all
+    decoded first."""
+    import threading
+
+    from tiles import each_in_threads
+
+    started, lock = [], threading.Lock()
+
+    def check(i: int) -> None:
+        with lock:
+            started.append(i)
+        if i == 3:
+            raise ValueError("tile 3 is damaged")
+
+    with pytest.raises(ValueError, match="tile 3"):
+        each_in_threads(check, range(1000), threads=2, desc="checking")
+    assert len(started) <= 3 + 1 + 2 * 2  # the tiles before it and those in flight, not the split
