@@ -138,27 +138,37 @@ class CheckpointWriter:
     ``save_checkpoint``. ``wait`` returns when the last write is on disk and raises its error (a full
     disk: the OSError run_main reports) in the caller. The thread is not a daemon: even a run that
     stops on an error finishes the write it started. Without ``background`` ``save`` writes at once.
+    ``written[path]`` is the label (train.py: the epoch) of the last save whole at ``path``.
     """
 
     def __init__(self, background: bool = True):
         self.background = background
+        self.written: dict[Path, object] = {}
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def save(self, items: Sequence[tuple[dict, Path]]) -> None:
+    def save(self, items: Sequence[tuple[dict, Path]], label: object = None) -> None:
         if not self.background:
             for ckpt, path in items:
-                save_checkpoint(ckpt, path)
+                self._save_one(ckpt, path, label)
             return
         snapshot = [(host_copy(ckpt), path) for ckpt, path in items]
         self.wait()
-        self._thread = threading.Thread(target=self._write, args=(snapshot,), name="checkpoint writer")
+        self._thread = threading.Thread(target=self._write, args=(snapshot, label), name="checkpoint writer")
         self._thread.start()
 
-    def _write(self, snapshot: Sequence[tuple[dict, Path]]) -> None:
+    def _save_one(self, ckpt: dict, path: Path, label: object) -> None:
+        try:
+            save_checkpoint(ckpt, path)
+        except KeyboardInterrupt:  # held until the file was whole and in place, then raised
+            self.written[path] = label
+            raise
+        self.written[path] = label
+
+    def _write(self, snapshot: Sequence[tuple[dict, Path]], label: object) -> None:
         try:
             for ckpt, path in snapshot:
-                save_checkpoint(ckpt, path)
+                self._save_one(ckpt, path, label)
         except BaseException as e:  # raised again in the training thread by wait()
             self._error = e
 

@@ -106,7 +106,7 @@ class Precision:
     def fast_on(device: torch.device) -> bool:
         """Whether bf16 autocast is the faster choice: a CUDA GPU with native bf16 (Ampere and later);
         older ones emulate it, slower than float32."""
-        return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
     @property
     def memory_format(self) -> torch.memory_format:

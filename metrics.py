@@ -45,8 +45,12 @@ class ConfusionMatrix:
             raise ValueError(f"predictions outside 0..{n - 1} and no ignore code to count them under")
         p = torch.where(bad, self.ignore_index, p)
         idx = torch.where(keep, n * t + p, n * n)  # pixels not counted go to one extra bin, dropped
-        counts = torch.bincount(idx, minlength=n * n + 1)[: n * n].reshape(n, n)
-        self._mat = self._mat.to(counts.device) + counts
+        if idx.device.type == "cpu":
+            counts = torch.bincount(idx, minlength=n * n + 1)
+        else:  # CUDA's bincount reads the largest index back to the host: a wait per batch
+            counts = torch.zeros(n * n + 1, dtype=torch.int64, device=idx.device)
+            counts.index_add_(0, idx, torch.ones_like(idx))
+        self._mat = self._mat.to(idx.device) + counts[: n * n].reshape(n, n)
 
     def reset(self) -> None:
         self._mat.zero_()

@@ -466,7 +466,7 @@ class Run:
     epoch: int = 0  # the last finished epoch (what last.pt holds)
     best_miou: float = -1.0
     best_epoch: int = 0
-    saved: int = 0  # the epoch last.pt holds
+    saved: int = 0  # the epoch last.pt held when the run started (then: saver.written)
     temperature: float = 1.0  # divides the best weights' logits: their softmax is calibrated on val
     writer: object = field(default=None, repr=False)  # TensorBoard, rank 0 only
     saver: CheckpointWriter = field(default=None, repr=False)  # rank 0's best.pt and last.pt
@@ -803,8 +803,7 @@ def save_epoch(run: Run, metrics: dict, losses: tuple[float, float], improved: b
     trains (``CheckpointWriter``): a kill before last.pt is whole repeats this epoch on --resume."""
     out = run.args.out
     best = [(run.checkpoint(metrics, losses), out / "best.pt")] if improved else []
-    run.saver.save([*best, (run.checkpoint(metrics, losses, training=True), out / "last.pt")])
-    run.saved = run.epoch  # what last.pt holds once run.saver.wait() returns
+    run.saver.save([*best, (run.checkpoint(metrics, losses, training=True), out / "last.pt")], run.epoch)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -892,7 +891,8 @@ def fit(args: argparse.Namespace, s: Setup) -> None:
         run.saver.wait()
         if s.proc.main:
             print(
-                f"interrupted: {args.out / 'last.pt'} holds epoch {run.saved} (saved as it ended); "
+                f"interrupted: {args.out / 'last.pt'} holds epoch "
+                f"{run.saver.written.get(args.out / 'last.pt', run.saved)} (saved as it ended); "
                 "--resume continues from there",
                 file=sys.stderr,
             )

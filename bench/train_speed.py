@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,7 +58,7 @@ from layout import tile_pairs
 from losses import class_weights, make_criterion
 from model import ENCODERS, build_model
 from resident import DEVICE, HOST, ResidentLoader, ResidentTiles
-from stats import Normalize, band_stats
+from stats import STATS_FILE, Normalize, band_stats
 from tile_cache import CACHE_DIR, build_tile_cache, release_tile_caches
 from train import train_step
 
@@ -296,8 +297,9 @@ def end_to_end(args: argparse.Namespace, device: torch.device, tmp: Path) -> tup
     """Train tiles per second of train.py itself, one epoch with its validation, at train.py's default
     settings for ``device`` (bf16 + channels_last and resident tiles on CUDA; fp32 and the worker loader
     on the CPU), at --e2e-batch, with --compile where --e2e-compile asks: the wall time of a 3-epoch run
-    minus that of a 1-epoch run, so start-up, statistics and the tile cache cancel out. The step setting
-    it compares with."""
+    minus that of a 1-epoch run, so start-up, statistics, the tile cache and the compilation cancel
+    out. Each run starts from nothing: the statistics file, the tile cache and the compilers' caches
+    the other run made are not there to be reused. The step setting it compares with."""
     data, n = tmp / "e2e", args.e2e_tiles or args.tiles
     for split, count, seed in (("train", n, 0), ("val", max(1, n // 4), 1)):
         written = min(count, args.tiles)
@@ -317,14 +319,20 @@ def end_to_end(args: argparse.Namespace, device: torch.device, tmp: Path) -> tup
         cmd += ["--encoder", args.encoder, "--batch-size", str(args.e2e_batch), "--epochs", str(epochs)]
         cmd += ["--device", device.type, "--workers", str(args.workers), "--log-images-every", "0"]
         cmd += ["--compile"] if args.e2e_compile else []
+        (data / STATS_FILE).unlink(missing_ok=True)
+        shutil.rmtree(data / CACHE_DIR, ignore_errors=True)
+        caches = {
+            v: str(tmp / f"{v.lower()}{epochs}") for v in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
+        }
         t0 = time.perf_counter()
-        res = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+        res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env={**os.environ, **caches})
         if res.returncode != 0:
             last = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"
             fail(f"train.py failed: {last}")
         seconds[epochs] = time.perf_counter() - t0
     speed = 2 * n / (seconds[3] - seconds[1])
-    return speed, StepSetting(device, args.e2e_batch, amp=device.type == "cuda", compiled=args.e2e_compile)
+    amp = Precision.fast_on(device)  # train.py's default
+    return speed, StepSetting(device, args.e2e_batch, amp=amp, compiled=args.e2e_compile)
 
 
 def step_settings(args: argparse.Namespace) -> list[StepSetting]:
@@ -431,10 +439,12 @@ def main(argv: list[str] | None = None) -> None:
     report(steps, data, device, flops)
     if e2e is not None:
         speed, st = e2e
-        bare = steps.get(st) or step_speed(args.encoder, args.size, args.bands, args.steps, st)
+        n = args.steps * (10 if st.device.type == "cuda" else 1)
+        bare = steps.get(st) or step_speed(args.encoder, args.size, args.bands, n, st)
+        against = f"{speed / bare:.0%} of the bare step ({bare:.2f} tiles/s)" if bare else "no bare step"
         print(
-            f"\ntrain.py end to end ({st.describe()}, validation included): {speed:.2f} train tiles/s, "
-            f"{speed / bare:.0%} of the bare step ({bare:.2f} tiles/s)"
+            f"\ntrain.py end to end ({st.describe()}, validation included): {speed:.2f} train tiles/s,",
+            against,
         )
 
 

@@ -96,3 +96,26 @@ def test_background_writer_saves_a_snapshot_in_order_and_raises_its_error(tmp_pa
         writer.wait()
     writer.wait()  # raised once
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_writer_knows_which_epoch_each_file_holds_even_when_interrupted(tmp_path, monkeypatch):
+    """train.py's 'interrupted: last.pt holds epoch N' comes from here: a Ctrl-C held during a write is
+    raised once the file is in place, so that write counts; a write that failed does not."""
+    import checkpoint
+
+    real_save = checkpoint.save_checkpoint
+
+    def interrupted(ckpt, path):
+        real_save(ckpt, path)
+        raise KeyboardInterrupt  # as signals_held raises it, after the rename
+
+    writer = CheckpointWriter(background=False)
+    writer.save([({"w": torch.zeros(3)}, tmp_path / "last.pt")], label=4)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.save([({"w": torch.ones(3)}, tmp_path / "last.pt")], label=5)
+    assert writer.written[tmp_path / "last.pt"] == 5
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    with pytest.raises(OSError):
+        writer.save([({"w": torch.ones(3)}, tmp_path / "gone" / "last.pt")], label=6)
+    assert tmp_path / "gone" / "last.pt" not in writer.written

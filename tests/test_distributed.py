@@ -39,8 +39,8 @@ def test_bf16_is_the_default_only_where_the_gpu_computes_it_natively(monkeypatch
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert not Precision.fast_on(cpu) and not Precision.for_device(True, cpu).amp
     assert not Precision.for_device(True, torch.device("mps")).amp
-    for native in (True, False):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native: n)
+    for capability, native in (((9, 0), True), ((8, 0), True), ((7, 5), False)):  # H200, A100, T4
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
         assert Precision.fast_on(cuda) is native
     amp = Precision.for_device(True, cuda)
     assert amp.amp and amp.memory_format == torch.channels_last and "bf16" in amp.describe()
