@@ -198,9 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     summary = {"seeds": args.seeds, "epochs": args.epochs, "arch": args.arch, "encoder": args.encoder}
     summary["results"] = results
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(
-        f"\nseeds {args.seeds}, {args.encoder}, {args.epochs} epochs, tile {args.tile} (mean ± sd over seeds)"
-    )
+    where = f"tiles of {args.data}" if args.data else f"demo tile {args.tile}"
+    print(f"\nseeds {args.seeds}, {args.encoder}, {args.epochs} epochs, {where} (mean ± sd over seeds)")
     print(table(results))
 
 
