@@ -60,3 +60,21 @@ def test_lovasz_is_one_minus_iou_for_confident_predictions():
     expected = sum(w * (1 - i) for w, i in zip(ws, ious, strict=True)) / sum(ws)
     assert lovasz_loss(logits, target, weight).item() == pytest.approx(expected.item(), abs=1e-5)
     assert expected > 0.1  # the case is not trivial
+
+
+def test_lovasz_pixels_that_do_not_count_change_nothing():
+    """Lovasz-softmax runs on every pixel (no size depends on the data): the nodata pixels of a batch
+    give the loss and gradient of the valid pixels alone."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 13, 9, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(1, 13, (2, 9, 11), generator=g)
+    target[0, :4] = 0  # nodata rows
+    weight = torch.rand(13, generator=g, dtype=torch.float64)
+    weight[0] = 0
+    valid = target > 0
+    alone = logits.permute(0, 2, 3, 1)[valid].T.reshape(1, 13, 1, -1)  # the valid pixels as one row
+    a = lovasz_loss(logits, target, weight)
+    b = lovasz_loss(alone, target[valid].reshape(1, 1, -1), weight)
+    assert a.item() == pytest.approx(b.item(), rel=1e-12)
+    (ga,), (gb,) = torch.autograd.grad(a, logits), torch.autograd.grad(b, logits)
+    assert torch.allclose(ga, gb, atol=1e-15) and ga[0, :, :4].abs().max() == 0
