@@ -94,16 +94,9 @@ def write_tiles(folder: Path, n: int, size: int, bands: int, compress: str, seed
             dst.write(mask[None])
 
 
-def link_copies(folder: Path, written: int, total: int) -> None:
-    """Tiles ``written`` .. ``total`` - 1 as hard links to the written ones, in turn: a large split for the
-    price of writing a small one (train.py reads and caches each link as a tile of its own)."""
-    for i in range(written, total):
-        for d in ("img", "mask"):
-            os.link(folder / d / f"t{i % written:04d}.tif", folder / d / f"t{i:04d}.tif")
-
-
 def fill_folders(split: Path, size: int) -> None:
-    """Hard links to the tiles until ``img/`` and ``mask/`` hold ``size`` entries each (no data copied)."""
+    """Hard links to the tiles until ``img/`` and ``mask/`` hold ``size`` entries each (no data copied):
+    the data paths read only the pairs they are given; train.py reads each link as a tile of its own."""
     for d in ("img", "mask"):
         tiles = sorted((split / d).glob("t*.tif"))
         for j in range(size - len(tiles)):
@@ -302,9 +295,8 @@ def end_to_end(args: argparse.Namespace, device: torch.device, tmp: Path) -> tup
     the other run made are not there to be reused. The step setting it compares with."""
     data, n = tmp / "e2e", args.e2e_tiles or args.tiles
     for split, count, seed in (("train", n, 0), ("val", max(1, n // 4), 1)):
-        written = min(count, args.tiles)
-        write_tiles(data / split, written, args.size, args.bands, args.compress[0], seed=seed)
-        link_copies(data / split, written, count)
+        write_tiles(data / split, min(count, args.tiles), args.size, args.bands, args.compress[0], seed=seed)
+        fill_folders(data / split, count)
     root = Path(__file__).resolve().parents[1]
     seconds = {}
     for epochs in (1, 3):
