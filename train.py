@@ -60,7 +60,6 @@ from checkpoint import (
     model_of,
     plain_options,
     read_checkpoint,
-    save_checkpoint,
 )
 from common import ArgumentParser, check_range, fail, first_line, progress, remove_partials, run_main
 from dataset import EpochSampler, TileDataset, make_loader, rare_class_weights, to_device
@@ -463,13 +462,12 @@ class Run:
     validate: nn.Module  # setup.net (compiled with --compile): what validates, on each process alone
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+    saver: CheckpointWriter  # best.pt and last.pt (rank 0); saver.written: the epoch each file holds
     epoch: int = 0  # the last finished epoch (what last.pt holds)
     best_miou: float = -1.0
     best_epoch: int = 0
-    saved: int = 0  # the epoch last.pt held when the run started (then: saver.written)
     temperature: float = 1.0  # divides the best weights' logits: their softmax is calibrated on val
     writer: object = field(default=None, repr=False)  # TensorBoard, rank 0 only
-    saver: CheckpointWriter = field(default=None, repr=False)  # rank 0's best.pt and last.pt
 
     def checkpoint(
         self, metrics: dict | None = None, losses: tuple = (None, None), training: bool = False
@@ -579,14 +577,15 @@ def start_run(args: argparse.Namespace, s: Setup, stats: dict, steps_per_epoch: 
         model, validate = compile_model(model, s, args.batch_size)
     optimizer, scheduler = make_optimiser(args, net, steps_per_epoch)
     weight = class_weights(stats["class_pixels"], args.class_weights)
-    run = Run(args, s, stats, weight, model, validate, optimizer, scheduler)
-    run.saver = CheckpointWriter(background=s.device.type == "cuda")  # see CheckpointWriter
+    saver = CheckpointWriter(background=s.device.type == "cuda")  # see CheckpointWriter
+    run = Run(args, s, stats, weight, model, validate, optimizer, scheduler, saver)
     if s.resumed is not None:
         optimizer.load_state_dict(s.resumed["optimizer"])
         scheduler.load_state_dict(s.resumed["scheduler"])
         set_rng_state(s.resumed["rng"])
         run.epoch, run.best_miou = int(s.resumed["epoch"]), float(s.resumed["best_miou"])
-        run.best_epoch, run.saved = int(s.resumed["best_epoch"]), run.epoch
+        run.best_epoch = int(s.resumed["best_epoch"])
+        saver.written[args.out / "last.pt"] = run.epoch
         run.temperature = float(s.resumed.get("temperature", 1.0))
     return run
 
@@ -649,7 +648,7 @@ def open_run_folder(run: Run) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     remove_partials(args.out)
     if s.resumed is None:
-        save_checkpoint(run.checkpoint(training=True), args.out / "last.pt")
+        run.saver.save([(run.checkpoint(training=True), args.out / "last.pt")], run.epoch)
     run.writer = SummaryWriter(str(args.out), purge_step=run.epoch + 1 if s.resumed is not None else None)
     if s.resumed is None:
         options = "  \n".join(f"--{k.replace('_', '-')} {v}" for k, v in plain_options(vars(args)).items())
@@ -891,8 +890,8 @@ def fit(args: argparse.Namespace, s: Setup) -> None:
         run.saver.wait()
         if s.proc.main:
             print(
-                f"interrupted: {args.out / 'last.pt'} holds epoch "
-                f"{run.saver.written.get(args.out / 'last.pt', run.saved)} (saved as it ended); "
+                f"interrupted: {args.out / 'last.pt'} holds epoch {run.saver.written[args.out / 'last.pt']} "
+                "(saved as it ended); "
                 "--resume continues from there",
                 file=sys.stderr,
             )
