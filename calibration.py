@@ -148,7 +148,7 @@ class TemperatureFit:
         if len(self._parts) <= 1 and self._size <= self.max_pixels:
             return
         keys, z, t = (torch.cat(p) for p in zip(*self._parts, strict=True))
-        # the keys are distinct (62 random bits) but for NO_KEY, whose order does not matter: a partial
+        # the keys are distinct (63 random bits) but for NO_KEY, whose order does not matter: a partial
         # sort (topk) gives the order a full stable sort would, at a fraction of its cost on the CPU
         order = torch.topk(keys, min(self.max_pixels, len(keys)), largest=False, sorted=True).indices
         self._parts, self._size = [(keys[order], z[order], t[order])], len(order)
