@@ -30,7 +30,7 @@ import rasterio
 
 from colormap import CODES, NUM_CLASSES, RARE_CLASSES
 from colormap import name as class_name
-from common import (
+from landcover.common import (
     ArgumentParser,
     atomic_path,
     check_range,
@@ -43,8 +43,8 @@ from common import (
     run_main,
     whole_raster,
 )
-from geo import colour_table
-from layout import DATA, KINDS, TEST, TRAIN, VAL, split_folders, tile_names, tile_path, unpaired
+from landcover.geo import colour_table
+from landcover.layout import DATA, KINDS, TEST, TRAIN, VAL, split_folders, tile_names, tile_path, unpaired
 
 # The dihedral transforms, on arrays whose last two axes are (rows, cols), e.g. (C, H, W) or (H, W).
 # rot90 turns counter-clockwise (as np.rot90 and torch.rot90); flip_h mirrors left-right, flip_v

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from common import ArgumentParser, run_main
+from landcover.common import ArgumentParser, run_main
 
 ROOT = Path(__file__).resolve().parent
 MODES = {"april": [0], "august": [1], "stacked": [0, 1]}  # mode -> scenes (0 April, 1 August)

@@ -47,7 +47,7 @@ import rasterio
 from rasterio.windows import Window, bounds, transform
 
 from colormap import NUM_CLASSES, WATER
-from common import (
+from landcover.common import (
     ArgumentParser,
     atomic_path,
     atomic_write_text,
@@ -61,8 +61,8 @@ from common import (
     run_main,
     whole_raster,
 )
-from geo import Grid, colour_table
-from layout import MASK_10M, RAW, TILES, TILES_CSV, count_column, tile_folders, tile_name, tile_path
+from landcover.geo import Grid, colour_table
+from landcover.layout import MASK_10M, RAW, TILES, TILES_CSV, count_column, tile_folders, tile_name, tile_path
 
 RECORD_NAME = "divide_img.json"
 CSV_COLUMNS = [

@@ -54,7 +54,7 @@ from scipy.signal import lfilter
 from scipy.spatial import Voronoi
 
 from colormap import CLASSES, NODATA, gdal_colour_table
-from common import ArgumentParser, atomic_path, check_range, fail, progress, run_main
+from landcover.common import ArgumentParser, atomic_path, check_range, fail, progress, run_main
 
 BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
 SEASONS = ("april", "august")

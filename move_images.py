@@ -43,7 +43,7 @@ import numpy as np
 
 from colormap import CODES
 from colormap import name as class_name
-from common import (
+from landcover.common import (
     ArgumentParser,
     atomic_path,
     atomic_write_text,
@@ -55,7 +55,7 @@ from common import (
     remove_partials,
     run_main,
 )
-from layout import (
+from landcover.layout import (
     DATA,
     IMG,
     KINDS,

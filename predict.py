@@ -59,11 +59,10 @@ import torch
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-import distributed
-import inference
-from checkpoint import load_checkpoint, temperature_of
 from colormap import CLASSES, CODES, NODATA, NUM_CLASSES, PALETTE, gdal_colour_table, legend_handles
-from common import (
+from landcover import distributed, inference
+from landcover.checkpoint import load_checkpoint, temperature_of
+from landcover.common import (
     ArgumentParser,
     atomic_path,
     atomic_write_text,
@@ -76,10 +75,10 @@ from common import (
     run_main,
     whole_raster,
 )
-from geo import MAP_BLOCK, Grid, map_profile
-from layout import RAW
-from stats import Normalize
-from tiles import valid_pixels
+from landcover.geo import MAP_BLOCK, Grid, map_profile
+from landcover.layout import RAW
+from landcover.stats import Normalize
+from landcover.tiles import valid_pixels
 
 OVERVIEW_MIN = 256  # overviews are added until the smallest fits in this many pixels
 GDAL_CACHE_MB = 256  # a fixed GDAL block cache: reading and writing never hold more than this

@@ -63,7 +63,7 @@ from rasterio.warp import Resampling, reproject, transform, transform_bounds
 from rasterio.windows import Window
 
 from colormap import CLASSES, CODES, DEFAULT_REMAP, NODATA, gdal_colour_table, remap_lut
-from common import (
+from landcover.common import (
     ArgumentParser,
     atomic_path,
     check_range,
@@ -75,8 +75,8 @@ from common import (
     run_main,
     whole_raster,
 )
-from geo import MAP_BLOCK, Grid, map_profile
-from layout import MASK_10M, RAW
+from landcover.geo import MAP_BLOCK, Grid, map_profile
+from landcover.layout import MASK_10M, RAW
 
 METHODS = ("near", "mode", "weighted")
 BLOCK_SOURCE_PIXELS = 64_000_000  # mask pixels read per block (uint8: 64 MB)

@@ -31,17 +31,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-import inference
-from calibration import (
+from colormap import CLASSES, NUM_CLASSES, confusion_figure, rgb_band_indices
+from landcover import inference
+from landcover.calibration import (
     ReliabilityCounts,
     calibration_report,
     coverage_figure,
     probabilities,
     reliability_figure,
 )
-from checkpoint import load_checkpoint, temperature_of
-from colormap import CLASSES, NUM_CLASSES, confusion_figure, rgb_band_indices
-from common import (
+from landcover.checkpoint import load_checkpoint, temperature_of
+from landcover.common import (
     ArgumentParser,
     atomic_path,
     atomic_write_text,
@@ -51,12 +51,12 @@ from common import (
     progress,
     run_main,
 )
-from dataset import TileDataset
-from distributed import DEVICES, configure_torch, pick_device, upload
-from layout import tile_pairs
-from metrics import ConfusionMatrix, format_table
-from stats import Normalize
-from tiles import TileInfo, scan_tiles
+from landcover.dataset import TileDataset
+from landcover.distributed import DEVICES, configure_torch, pick_device, upload
+from landcover.layout import tile_pairs
+from landcover.metrics import ConfusionMatrix, format_table
+from landcover.stats import Normalize
+from landcover.tiles import TileInfo, scan_tiles
 
 GROUPS = ("best", "worst", "random")
 COMPARISONS = "comparisons"

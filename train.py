@@ -52,8 +52,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import colormap
-from calibration import TemperatureFit
-from checkpoint import (
+from landcover.calibration import TemperatureFit
+from landcover.checkpoint import (
     CheckpointWriter,
     check_resumable,
     make_checkpoint,
@@ -61,9 +61,17 @@ from checkpoint import (
     plain_options,
     read_checkpoint,
 )
-from common import ArgumentParser, check_range, fail, first_line, progress, remove_partials, run_main
-from dataset import EpochSampler, TileDataset, make_loader, rare_class_weights, to_device
-from distributed import (
+from landcover.common import (
+    ArgumentParser,
+    check_range,
+    fail,
+    first_line,
+    progress,
+    remove_partials,
+    run_main,
+)
+from landcover.dataset import EpochSampler, TileDataset, make_loader, rare_class_weights, to_device
+from landcover.distributed import (
     DEVICES,
     Precision,
     Proc,
@@ -80,15 +88,15 @@ from distributed import (
     sum_over_processes,
     sync_buffers,
 )
-from inference import tile_figure
-from layout import tile_pairs
-from losses import CLASS_WEIGHTS, LOSSES, class_weights, make_criterion
-from metrics import ConfusionMatrix, format_table
+from landcover.inference import tile_figure
+from landcover.layout import tile_pairs
+from landcover.losses import CLASS_WEIGHTS, LOSSES, class_weights, make_criterion
+from landcover.metrics import ConfusionMatrix, format_table
+from landcover.resident import ResidentLoader, hold_tiles
+from landcover.stats import Normalize, band_stats
+from landcover.tile_cache import CACHE_DIR, build_tile_cache, release_tile_caches
+from landcover.tiles import TileInfo, check_tiles, scan_tiles
 from model import ARCHS, build_model, predict_classes
-from resident import ResidentLoader, hold_tiles
-from stats import Normalize, band_stats
-from tile_cache import CACHE_DIR, build_tile_cache, release_tile_caches
-from tiles import TileInfo, check_tiles, scan_tiles
 
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "plateau")

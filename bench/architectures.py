@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import recipe  # noqa: E402  (bench/recipe.py: the demo's data, a training and its test scores)
 
-from distributed import Precision, configure_torch, pick_device  # noqa: E402
-from losses import class_weights, make_criterion  # noqa: E402
+from landcover.distributed import Precision, configure_torch, pick_device  # noqa: E402
+from landcover.losses import class_weights, make_criterion  # noqa: E402
 from model import build_model  # noqa: E402
 from train import train_step  # noqa: E402
 

@@ -37,7 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common import ArgumentParser  # noqa: E402
+from landcover.common import ArgumentParser  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "predict"
 BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
@@ -131,7 +131,7 @@ def make_checkpoint_file(path: Path, encoder: str, temperature: float) -> None:
     """A random-init checkpoint; with a temperature other than 1, one as train.py writes now."""
     import torch
 
-    from checkpoint import make_checkpoint
+    from landcover.checkpoint import make_checkpoint
     from model import build_model
 
     torch.manual_seed(0)
@@ -168,8 +168,8 @@ def bare_forward(args: argparse.Namespace) -> None:
     """Child mode: load the checkpoint as predict.py does, time net(x) over --bare windows."""
     import torch
 
-    from checkpoint import load_checkpoint
-    from distributed import configure_torch, pick_device
+    from landcover.checkpoint import load_checkpoint
+    from landcover.distributed import configure_torch, pick_device
 
     device = pick_device(args.device)
     configure_torch(device)
@@ -212,7 +212,7 @@ def read_windows(args: argparse.Namespace) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    from distributed import DEVICES
+    from landcover.distributed import DEVICES
 
     p = ArgumentParser.for_script(__doc__)
     p.add_argument("--encoder", default="resnet50", choices=("resnet18", "resnet34", "resnet50"))

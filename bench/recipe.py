@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from colormap import CODES, NUM_CLASSES, name  # noqa: E402
-from layout import tile_pairs  # noqa: E402
-from metrics import ConfusionMatrix  # noqa: E402
-from tiles import read_tile, target  # noqa: E402
+from landcover.layout import tile_pairs  # noqa: E402
+from landcover.metrics import ConfusionMatrix  # noqa: E402
+from landcover.tiles import read_tile, target  # noqa: E402
 
 PREVIOUS = ["--optimizer", "adam", "--weight-decay", "0", "--schedule", "plateau", "--loss", "ce"]
 PREVIOUS += ["--class-weights", "none", "--sampler", "uniform", "--full-res", "0"]

@@ -36,7 +36,7 @@ from rasterio.windows import Window
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from colormap import remap_lut  # noqa: E402
-from common import ArgumentParser, atomic_path  # noqa: E402
+from landcover.common import ArgumentParser, atomic_path  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "rescale"
 X0, Y0 = 400000.0, 4600000.0

@@ -31,9 +31,9 @@ from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common import ArgumentParser  # noqa: E402
 from divide_img import creation_options, tile_offsets  # noqa: E402
-from layout import tile_folders  # noqa: E402
+from landcover.common import ArgumentParser  # noqa: E402
+from landcover.layout import tile_folders  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")

@@ -51,15 +51,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import ArgumentParser, fail, first_line, run_main
-from dataset import EpochSampler, TileDataset, make_loader, to_device
-from distributed import Precision, Proc, configure_torch, default_workers
-from layout import tile_pairs
-from losses import class_weights, make_criterion
+from landcover.common import ArgumentParser, fail, first_line, run_main
+from landcover.dataset import EpochSampler, TileDataset, make_loader, to_device
+from landcover.distributed import Precision, Proc, configure_torch, default_workers
+from landcover.layout import tile_pairs
+from landcover.losses import class_weights, make_criterion
+from landcover.resident import DEVICE, HOST, ResidentLoader, ResidentTiles
+from landcover.stats import STATS_FILE, Normalize, band_stats
+from landcover.tile_cache import CACHE_DIR, build_tile_cache, release_tile_caches
 from model import ENCODERS, build_model
-from resident import DEVICE, HOST, ResidentLoader, ResidentTiles
-from stats import STATS_FILE, Normalize, band_stats
-from tile_cache import CACHE_DIR, build_tile_cache, release_tile_caches
 from train import train_step
 
 S2_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from helpers import S2_BANDS
 
-from checkpoint import make_checkpoint
+from landcover.checkpoint import make_checkpoint
+from landcover.stats import Normalize
 from model import build_model
-from stats import Normalize
 
 # code -> 10 band values (B2 B3 B4 B5 B6 B7 B8 B8A B11 B12)
 SPECTRA: dict[int, tuple[int, ...]] = {

@@ -41,12 +41,12 @@ PRELOAD = (
     "matplotlib.pyplot",
     "scipy.ndimage",
     "tqdm.auto",
-    "common",
+    "landcover.common",
     "colormap",
-    "metrics",
+    "landcover.metrics",
     "model",
-    "dataset",
-    "inference",
+    "landcover.dataset",
+    "landcover.inference",
 )
 
 

@@ -26,7 +26,7 @@ import rasterio
 import torch
 from helpers import S2_BANDS, tree_snapshot, write_raster, write_tile_split
 
-from checkpoint import make_checkpoint
+from landcover.checkpoint import make_checkpoint
 from model import build_model
 
 SIZE = 64  # scene side (10 m pixels)

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from calibration import (
+from landcover.calibration import (
     ReliabilityCounts,
     TemperatureFit,
     calibration_report,

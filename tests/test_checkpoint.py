@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import CheckpointWriter, load_checkpoint, make_checkpoint, read_checkpoint
-from common import InputError
+from landcover.checkpoint import CheckpointWriter, load_checkpoint, make_checkpoint, read_checkpoint
+from landcover.common import InputError
 from model import build_model
 
 
@@ -77,7 +77,7 @@ def test_a_checkpoint_of_a_newer_version_is_refused_in_one_line(tmp_path):
 def test_background_writer_saves_a_snapshot_in_order_and_raises_its_error(tmp_path, monkeypatch):
     """What save() was given is what lands on disk, even though training changes the tensors in place
     at once; best.pt is written before last.pt; a failed write is raised by the next wait()."""
-    import checkpoint
+    from landcover import checkpoint
 
     weights = torch.zeros(1000)
     written = []
@@ -101,7 +101,7 @@ def test_background_writer_saves_a_snapshot_in_order_and_raises_its_error(tmp_pa
 def test_writer_knows_which_epoch_each_file_holds_even_when_interrupted(tmp_path, monkeypatch):
     """train.py's 'interrupted: last.pt holds epoch N' comes from here: a Ctrl-C held during a write is
     raised once the file is in place, so that write counts; a write that failed does not."""
-    import checkpoint
+    from landcover import checkpoint
 
     real_save = checkpoint.save_checkpoint
 

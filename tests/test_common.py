@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-import common
+from landcover import common
 
 
 def test_input_error_is_one_line_and_status_2(capsys, monkeypatch):

@@ -8,10 +8,10 @@ import pytest
 import torch
 from helpers import write_pair
 
-from common import InputError
-from dataset import EpochSampler, TileDataset, dihedral, rare_class_weights
-from distributed import Proc
-from layout import tile_pairs
+from landcover.common import InputError
+from landcover.dataset import EpochSampler, TileDataset, dihedral, rare_class_weights
+from landcover.distributed import Proc
+from landcover.layout import tile_pairs
 
 
 def test_dataset_targets_ignore_nodata_and_unknown_codes(tmp_path):

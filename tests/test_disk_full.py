@@ -27,7 +27,7 @@ import torch
 from helpers import S2_BANDS, tree_snapshot
 from prefork import ONE_THREAD, call_at, files
 
-from checkpoint import load_checkpoint, make_checkpoint, read_checkpoint
+from landcover.checkpoint import load_checkpoint, make_checkpoint, read_checkpoint
 from model import build_model
 
 SIZE = 192  # demo scene side

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-import distributed
-from common import InputError
-from distributed import Precision, Proc, pick_device
+from landcover import distributed
+from landcover.common import InputError
+from landcover.distributed import Precision, Proc, pick_device
 
 
 def test_a_device_asked_for_but_absent_is_one_line(monkeypatch):

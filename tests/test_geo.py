@@ -8,7 +8,7 @@ from helpers import write_raster
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from geo import MAP_BLOCK, Grid, colour_table, map_profile
+from landcover.geo import MAP_BLOCK, Grid, colour_table, map_profile
 
 
 def test_grid_of_a_dataset_and_matches(tmp_path):

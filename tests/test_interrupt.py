@@ -25,7 +25,7 @@ from prefork import ONE_THREAD, Prefork, call_at, files
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from checkpoint import load_checkpoint, make_checkpoint, read_checkpoint
+from landcover.checkpoint import load_checkpoint, make_checkpoint, read_checkpoint
 from model import build_model
 
 SIZE = 256  # demo scene side

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import layout
-from common import InputError
+from landcover import layout
+from landcover.common import InputError
 
 
 def touch(path: Path) -> None:

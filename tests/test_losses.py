@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from losses import LOSSES, class_weights, lovasz_loss, make_criterion
+from landcover.losses import LOSSES, class_weights, lovasz_loss, make_criterion
 
 
 def test_class_weights():

@@ -22,7 +22,7 @@ from sklearn.metrics import (
 )
 
 from colormap import CLASSES, CODES
-from metrics import ConfusionMatrix, format_table
+from landcover.metrics import ConfusionMatrix, format_table
 
 NAMES = {c: n for c, (n, _) in CLASSES.items()}
 

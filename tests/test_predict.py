@@ -20,13 +20,13 @@ import torch
 from checkpoints import image_of, label_map, trained_checkpoint
 from helpers import S2_BANDS, assert_one_line_error, run_script, write_raster
 
-import inference
 import predict
-from checkpoint import load_checkpoint, make_checkpoint
 from colormap import CODES, gdal_colour_table
-from common import run_main
+from landcover import inference
+from landcover.checkpoint import load_checkpoint, make_checkpoint
+from landcover.common import run_main
+from landcover.stats import Normalize
 from model import build_model
-from stats import Normalize
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 H, W = 300, 370  # not a multiple of the window
@@ -472,7 +472,7 @@ def test_stacked_model_maps_the_same_scenes_under_other_names_identically(tmp_pa
     ],
 )
 def test_check_scenes_matches_by_position_and_bands(names, expected):
-    from common import InputError
+    from landcover.common import InputError
 
     bands = [f"{s}:{b}" for s in ("s2_april", "s2_august") for b in S2_BANDS]
     scenes = [(Path(f"/x/{n}.tif"), list(S2_BANDS)) for n in names]
@@ -694,7 +694,7 @@ def test_probabilities_cover_codes_1_to_12_and_tta_flips_back():
     ],
 )
 def test_check_bands(expected, found, ok):
-    from common import InputError
+    from landcover.common import InputError
 
     if ok:
         inference.check_bands(expected, found, "split x")
@@ -704,7 +704,7 @@ def test_check_bands(expected, found, ok):
 
 
 def test_window_probabilities_are_calibrations_and_codes_follow_predict_classes():
-    from calibration import probabilities
+    from landcover.calibration import probabilities
     from model import predict_classes
 
     torch.manual_seed(0)

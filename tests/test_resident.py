@@ -11,12 +11,12 @@ import pytest
 import torch
 from helpers import write_pair
 
-import tile_cache
-from common import InputError
-from dataset import EpochSampler, TileDataset, dihedral, make_loader, to_device
-from distributed import Proc
-from layout import tile_pairs
-from resident import (
+from landcover import tile_cache
+from landcover.common import InputError
+from landcover.dataset import EpochSampler, TileDataset, dihedral, make_loader, to_device
+from landcover.distributed import Proc
+from landcover.layout import tile_pairs
+from landcover.resident import (
     DEVICE,
     HOST,
     WORKERS,
@@ -27,8 +27,8 @@ from resident import (
     choose_placement,
     hold_tiles,
 )
-from stats import Normalize
-from tile_cache import build_tile_cache
+from landcover.stats import Normalize
+from landcover.tile_cache import build_tile_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from helpers import write_pair, write_raster
 
-import stats
-from stats import Normalize, band_stats
+from landcover import stats
+from landcover.stats import Normalize, band_stats
 
 
 def stats_split(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:

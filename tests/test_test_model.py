@@ -17,15 +17,15 @@ from checkpoints import image_of, label_map
 from helpers import S2_BANDS, assert_one_line_error, run_script, write_raster
 from sklearn.metrics import accuracy_score, jaccard_score
 
-import inference
 import test_model
-from checkpoint import load_checkpoint
 from colormap import CLASSES, CODES
-from common import run_main
-from dataset import TileDataset
-from layout import tile_pairs
-from metrics import ConfusionMatrix
-from stats import Normalize
+from landcover import inference
+from landcover.checkpoint import load_checkpoint
+from landcover.common import run_main
+from landcover.dataset import TileDataset
+from landcover.layout import tile_pairs
+from landcover.metrics import ConfusionMatrix
+from landcover.stats import Normalize
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 TILES = 7

@@ -10,12 +10,11 @@ import pytest
 import torch
 from helpers import write_pair
 
-import dataset
-import tile_cache
-from common import InputError
-from dataset import TileDataset
-from layout import tile_pairs
-from tile_cache import build_tile_cache
+from landcover import dataset, tile_cache
+from landcover.common import InputError
+from landcover.dataset import TileDataset
+from landcover.layout import tile_pairs
+from landcover.tile_cache import build_tile_cache
 
 
 def cache_split(tmp_path: Path, n: int = 5) -> Path:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from helpers import write_pair, write_raster, write_tile_split
 
-from common import InputError
-from layout import tile_pairs
-from tiles import read_tile, scan_tiles
+from landcover.common import InputError
+from landcover.layout import tile_pairs
+from landcover.tiles import read_tile, scan_tiles
 
 
 def test_pairs_by_name_not_by_order(tmp_path):
@@ -67,7 +67,7 @@ def test_each_in_threads_stops_at_the_first_error():
     decoded first."""
     import threading
 
-    from tiles import each_in_threads
+    from landcover.tiles import each_in_threads
 
     started, lock = [], threading.Lock()
 

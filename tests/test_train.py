@@ -23,8 +23,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import colormap
 import train
-from checkpoint import CheckpointWriter, read_checkpoint
-from common import InputError, run_main
+from landcover.checkpoint import CheckpointWriter, read_checkpoint
+from landcover.common import InputError, run_main
 
 FAST = ["--encoder", "resnet18", "--batch-size", "2", "--workers", "0", "--log-images-every", "0"]
 
@@ -390,7 +390,7 @@ def test_sampler_shards_and_depends_only_on_seed_and_epoch():
 
 def test_argmax_never_predicts_nodata(tmp_path):
     """Validation counts predictions from classes 1..12 even where the nodata logit is the largest."""
-    from metrics import ConfusionMatrix
+    from landcover.metrics import ConfusionMatrix
     from model import predict_classes
 
     logits = torch.zeros(1, 13, 2, 2)

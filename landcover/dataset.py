@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from common import fail
-from distributed import Proc, derive_seed, seed_worker, upload
-from stats import Normalize
-from tile_cache import open_tile_cache
-from tiles import read_tile, target
+from landcover.common import fail
+from landcover.distributed import Proc, derive_seed, seed_worker, upload
+from landcover.stats import Normalize
+from landcover.tile_cache import open_tile_cache
+from landcover.tiles import read_tile, target
 
 
 def dihedral(x: np.ndarray, k: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from colormap import NODATA, NUM_CLASSES
-from common import fail, open_raster, ordered_map, progress, read_pixels
+from landcover.common import fail, open_raster, ordered_map, progress, read_pixels
 
 
 @dataclass(frozen=True)

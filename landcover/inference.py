@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from calibration import probabilities
 from colormap import NODATA, comparison_figure, stretch_rgb
-from common import fail
-from distributed import Precision
+from landcover.calibration import probabilities
+from landcover.common import fail
+from landcover.distributed import Precision
+from landcover.stats import Normalize
+from landcover.tiles import valid_pixels
 from model import predict_classes
-from stats import Normalize
-from tiles import valid_pixels
 
 # train.py's default run folder is runs/<encoder>, its default encoder resnet50
 DEFAULT_CHECKPOINT = "runs/resnet50/best.pt"

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from colormap import CLASSES, NUM_CLASSES
-from common import atomic_path, fail, first_line, require_file
+from landcover.common import atomic_path, fail, first_line, require_file
 from model import model_from_config
 
 CHECKPOINT_VERSION = 1  # raise it when a checkpoint's meaning changes; newer files are refused

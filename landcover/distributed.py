@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from common import InputError, fail
+from landcover.common import InputError, fail
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from common import fail, require_dir
+from landcover.common import fail, require_dir
 
 IMG, MASK = "img", "mask"  # the two kinds of tile, and the folder names of a split
 KINDS = (IMG, MASK)

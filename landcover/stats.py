@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from colormap import NODATA, NUM_CLASSES
-from common import atomic_write_text, fail, progress
-from layout import tile_pairs
-from tiles import fingerprint, read_tile, valid_pixels
+from landcover.common import atomic_write_text, fail, progress
+from landcover.layout import tile_pairs
+from landcover.tiles import fingerprint, read_tile, valid_pixels
 
 STATS_FILE = "band_stats.json"
 STATS_KEYS = ("mean", "std", "pixels", "class_pixels", "tile_class_pixels")  # what compute_band_stats gives

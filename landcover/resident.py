@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import fail
-from dataset import dihedral
-from tile_cache import open_tile_cache
+from landcover.common import fail
+from landcover.dataset import dihedral
+from landcover.tile_cache import open_tile_cache
 
 DEVICE, HOST, WORKERS = "device", "host", "workers"  # where the tiles are held (Placement.where)
 GPU_SHARE = 0.5  # tiles take at most this share of the GPU's free memory: the rest is the model's

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import atomic_path, fail
-from tiles import each_in_threads, fingerprint, read_tile, target
+from landcover.common import atomic_path, fail
+from landcover.tiles import each_in_threads, fingerprint, read_tile, target
 
 CACHE_DIR = "tile_cache"  # under the data folder (train.py --data)
 CACHE_VERSION = 1  # part of every cache's name: raise it when ``target`` or the layout changes
