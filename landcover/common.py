@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import math
 import os
 import shutil
 import sys
@@ -212,7 +213,10 @@ def require_dir(path: str | os.PathLike, what: str) -> Path:
 def check_range(
     name: str, value: float, low: float | None = None, high: float | None = None, *, low_open: bool = False
 ) -> None:
-    """Stop with one line when an option is out of range."""
+    """Stop with one line when an option is out of range, or is NaN or infinite (NaN passes every
+    comparison, and would surface later as a library's traceback, after the work began)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        fail(f"{name} must be a finite number, got {value}")
     if low is not None and (value < low or (low_open and value == low)):
         fail(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
     if high is not None and value > high:

@@ -75,6 +75,15 @@ def test_check_range():
         common.check_range("--overlap", 0, 0, low_open=True)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_check_range_refuses_nan_and_infinity(value):
+    """NaN passes every comparison (``nan < 0`` and ``nan > 1`` are both False): refused by name."""
+    for low, high in ((0, 1), (0, None), (None, None)):
+        with pytest.raises(common.InputError, match=f"--lr must be a finite number, got {value}"):
+            common.check_range("--lr", value, low, high)
+    common.check_range("--size", 10**400, 1)  # an int, however large, is compared as it is
+
+
 def test_open_raster_without_sidecars_ignores_the_folder(tmp_path):
     """Tiles are opened without GDAL listing their folder: an .aux.xml beside one is not read."""
     import numpy as np
