@@ -5,13 +5,20 @@ containers, so ``torch.load(weights_only=True)`` reads it and a file holding a p
 refused without running it. Every checkpoint carries its architecture (``model_config``), its bands
 and their normalisation statistics and the class table, so test_model.py and predict.py need nothing
 else; train.py's ``last.pt`` adds the training state that ``--resume`` continues from exactly.
+
+Every checkpoint carries a digest of its content (``digest``: sha256 over every tensor's name, dtype,
+shape and bytes and every other value, keys in a canonical order), and every reader checks it: torch's
+zip reader checks no CRC, so bytes flipped inside a tensor (a bad copy, bit rot) would load silently
+and give a map that looks finished. A file written before digests loads, with one line saying so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import pickle
 import signal
+import sys
 import threading
 import warnings
 import zipfile
@@ -28,6 +35,8 @@ from model import model_from_config
 CHECKPOINT_VERSION = 1  # raise it when a checkpoint's meaning changes; newer files are refused
 CHECKPOINT_KEYS = ("model", "model_config", "bands", "stats", "classes")
 TRAINING_KEYS = ("optimizer", "scheduler", "epoch", "options", "rng")  # last.pt's state for --resume
+DIGEST_KEY = "digest"  # "sha256:<hex>" of everything else the checkpoint holds (content_digest)
+DIGEST_PREFIX = "sha256:"  # sha256, not blake2b: with the CPU's SHA instructions it hashes ~2x faster
 
 
 def make_checkpoint(net: nn.Module, bands: list[str], stats: dict, **extra) -> dict:
@@ -35,8 +44,11 @@ def make_checkpoint(net: nn.Module, bands: list[str], stats: dict, **extra) -> d
 
     ``extra`` adds training state (optimizer, scheduler, epoch, RNG states, options, metrics); all
     values must be tensors or plain Python containers so that ``weights_only`` loading works.
+    Sealed with its digest when its tensors are in host memory, so that one saved with a plain
+    ``torch.save`` carries it too; one on a GPU is sealed by ``save_checkpoint``, from the host copy
+    that is written (hashing here would copy the weights to the host in the training thread).
     """
-    return {
+    ckpt = {
         "version": CHECKPOINT_VERSION,
         "model": net.state_dict(),
         "model_config": dict(net.config),
@@ -45,6 +57,62 @@ def make_checkpoint(net: nn.Module, bands: list[str], stats: dict, **extra) -> d
         "classes": {str(c): n for c, (n, _) in CLASSES.items()},
         **extra,
     }
+    return sealed(ckpt) if on_host(ckpt) else ckpt
+
+
+def on_host(obj) -> bool:
+    """Whether every tensor in ``obj`` (nested in dicts, lists and tuples) is in host memory."""
+    if isinstance(obj, torch.Tensor):
+        return obj.device.type == "cpu"
+    if isinstance(obj, dict):
+        return all(on_host(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return all(on_host(v) for v in obj)
+    return True
+
+
+def sealed(ckpt: dict) -> dict:
+    """``ckpt`` with the digest of its content (a shallow copy: the caller's dict is left as it was).
+    Seal again after any change, else readers refuse the file as damaged."""
+    return {**{k: v for k, v in ckpt.items() if k != DIGEST_KEY}, DIGEST_KEY: content_digest(ckpt)}
+
+
+def content_digest(ckpt: dict) -> str:
+    """sha256 of everything ``ckpt`` holds but its digest: each tensor's dtype, shape and bytes under its
+    name (the keys that lead to it), and every other value with its type; dict keys are taken in sorted
+    order, so the digest depends on the content only, and is the same after a save and a load."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in ckpt.items() if k != DIGEST_KEY})
+    return DIGEST_PREFIX + h.hexdigest()
+
+
+def _feed(h, obj) -> None:
+    """Feed ``obj`` to the hash ``h``: each value tagged with its type, each sequence with its length, so
+    that no two contents give the same stream of bytes."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").resolve_conj().resolve_neg()
+        t = (t.to_dense() if t.layout != torch.strided else t).contiguous()
+        h.update(f"T{t.dtype}{list(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the tensor's own memory: no copy
+    elif isinstance(obj, dict):
+        h.update(f"dict{len(obj)}:".encode())  # an OrderedDict too (host_copy makes state dicts plain)
+        for k, v in sorted(obj.items(), key=lambda kv: (type(kv[0]).__name__, repr(kv[0]))):
+            _feed(h, k)
+            _feed(h, v)
+        if isinstance(getattr(obj, "_metadata", None), dict):  # a state dict's module versions
+            _feed(h, obj._metadata)
+    elif isinstance(obj, list | tuple):
+        h.update(f"{type(obj).__name__}{len(obj)}:".encode())
+        for v in obj:
+            _feed(h, v)
+    elif isinstance(obj, str | bytes):
+        b = obj.encode("utf-8", "surrogatepass") if isinstance(obj, str) else obj
+        h.update(f"{type(obj).__name__}{len(b)}:".encode())
+        h.update(b)
+    elif obj is None or isinstance(obj, bool | int | float | complex | torch.dtype | torch.device):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())  # repr: exact for floats (nan, inf, -0.0)
+    else:
+        raise TypeError(f"a checkpoint holds tensors and plain values, not {type(obj).__name__}")
 
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -72,7 +140,28 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
             f"checkpoint was written by a newer version of this pipeline (checkpoint version "
             f"{ckpt['version']}, this one reads up to {CHECKPOINT_VERSION}): {path}"
         )
+    check_digest(ckpt, path)
     return ckpt
+
+
+def check_digest(ckpt: dict, path: str | Path) -> None:
+    """Refuse a checkpoint whose content is not what was saved: torch's zip reader checks no CRC, so bytes
+    flipped inside a tensor load without a word. One written before digests loads, with one line on
+    stderr saying that it cannot be checked."""
+    saved = ckpt.get(DIGEST_KEY)
+    if saved is None:
+        print(
+            f"warning: {path} carries no checksum (written before checkpoints had one): "
+            f"damage to it cannot be detected",
+            file=sys.stderr,
+        )
+        return
+    try:
+        same = isinstance(saved, str) and saved.startswith(DIGEST_PREFIX) and content_digest(ckpt) == saved
+    except (TypeError, RuntimeError):  # a value no checkpoint of ours holds
+        same = False
+    if not same:
+        fail(f"checkpoint is damaged: its content does not match its checksum: {path}")
 
 
 def model_of(ckpt: dict, path: str | Path) -> nn.Module:
@@ -103,10 +192,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def save_checkpoint(ckpt: dict, path: Path) -> None:
-    """Save atomically; a full disk is the OSError (ENOSPC) run_main reports in one line, and the
-    previous file stays as it was. torch.save(ckpt, path) would raise a RuntimeError of its zip writer
-    ("unexpected pos"); through a Python file the OSError is raised, then hidden by the RuntimeError
-    the writer raises again while closing."""
+    """Save atomically, sealed with the digest of what is saved; a full disk is the OSError (ENOSPC)
+    run_main reports in one line, and the previous file stays as it was. torch.save(ckpt, path) would
+    raise a RuntimeError of its zip writer ("unexpected pos"); through a Python file the OSError is
+    raised, then hidden by the RuntimeError the writer raises again while closing."""
+    ckpt = sealed(ckpt)  # of what is written: train.py adds its optimiser state after make_checkpoint
     with signals_held(), atomic_path(path) as tmp, open(tmp, "wb") as f:
         try:
             torch.save(ckpt, f)

@@ -26,7 +26,7 @@ import rasterio
 import torch
 from helpers import S2_BANDS, tree_snapshot, write_raster, write_tile_split
 
-from landcover.checkpoint import make_checkpoint
+from landcover.checkpoint import make_checkpoint, sealed
 from model import build_model
 
 SIZE = 64  # scene side (10 m pixels)
@@ -64,10 +64,10 @@ def checkpoint(path: Path, bands, encoder: str = "resnet18", config: dict | None
     torch.manual_seed(0)
     net = build_model(encoder, len(bands), 13)
     stats = {"mean": [1000.0] * len(bands), "std": [500.0] * len(bands)}
-    ckpt = make_checkpoint(net, list(bands), stats, epoch=1, **extra)
+    ckpt = make_checkpoint(net, list(bands), stats, epoch=1)
     ckpt["model_config"].update(config or {})
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path)
+    torch.save({**sealed(ckpt), **extra}, path)  # extra: a pickled object, refused before the digest
     return path
 
 
@@ -474,6 +474,29 @@ CASES = [
      [*PREDICT, S2, "--review-below", "0"], ["--review-below", ">= 1"]),
     ("predict.py", "--review-below 101", None,
      [*PREDICT, S2, "--review-below", "101"], ["--review-below", "<= 100"]),
+    # NaN and infinity pass every comparison: refused like any value out of range, before any work (the
+    # inputs named are not there: the option's line comes first)
+    ("train.py", "--lr nan", None, [*TRAIN, "{tmp}/nowhere", "--lr", "nan"], ["--lr", "nan"]),
+    ("train.py", "--weight-decay -inf", None,
+     [*TRAIN, "{tmp}/nowhere", "--weight-decay=-inf"], ["--weight-decay", "-inf"]),
+    ("train.py", "--warmup nan", None, [*TRAIN, "{tmp}/nowhere", "--warmup", "nan"], ["--warmup", "nan"]),
+    ("train.py", "--rare-share inf", None,
+     [*TRAIN, "{tmp}/nowhere", "--rare-share", "inf"], ["--rare-share", "inf"]),
+    ("test_model.py", "--review-accuracy nan", None,
+     [*TEST, "{tmp}/nowhere.pt", "--data", "{tmp}/nowhere", "--review-accuracy", "nan"],
+     ["--review-accuracy", "nan"]),
+    ("predict.py", "--review-below nan", None,
+     ["--image", "{tmp}/nowhere.tif", "--out", "{tmp}/maps/m.tif", "--checkpoint", "{tmp}/nowhere.pt",
+      "--review-below", "nan"], ["--review-below", "nan"]),
+    ("create_new_images.py", "--threshold nan", None,
+     [*CREATE, "{tmp}/nowhere", "--threshold", "nan"], ["--threshold", "nan"]),
+    ("divide_img.py", "--max-nodata nan", None,
+     [*DIVIDE, "{tmp}/nowhere.tif", "--max-nodata", "nan"], ["--max-nodata", "nan"]),
+    ("rescale_mask.py", "--weight-power inf", None,
+     [*RESCALE, "--mask", "{tmp}/nowhere.tif", "--method", "weighted", "--weight-power", "inf"],
+     ["--weight-power", "inf"]),
+    ("move_images.py", "--val nan", None, [*MOVE, "{tmp}/nowhere", "--val", "nan"], ["--val", "nan"]),
+    ("move_images.py", "--test inf", None, [*MOVE, "{tmp}/nowhere", "--test", "inf"], ["--test", "inf"]),
 ]  # fmt: skip
 
 

@@ -1,14 +1,23 @@
-"""checkpoint.py: a round trip with weights_only loading, and unsafe or broken files refused in one line."""
+"""checkpoint.py: a round trip with weights_only loading, unsafe or broken files refused in one line, and
+the digest that finds a damaged one."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from landcover.checkpoint import CheckpointWriter, load_checkpoint, make_checkpoint, read_checkpoint
+from landcover.checkpoint import (
+    CheckpointWriter,
+    content_digest,
+    load_checkpoint,
+    make_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from landcover.common import InputError
 from model import build_model
 
@@ -57,7 +66,7 @@ def test_a_checkpoint_from_before_the_architecture_options_loads_and_predicts_as
     ckpt = make_checkpoint(net, ["B2", "B3", "B4", "B8"], {"mean": [0.0] * 4, "std": [1.0] * 4})
     old = {k: v for k, v in ckpt["model_config"].items() if k not in ("arch", "full_res")}
     ckpt = {**ckpt, "model_config": old}
-    del ckpt["version"]
+    del ckpt["version"], ckpt["digest"]  # nor a digest
     torch.save(ckpt, tmp_path / "old.pt")
     loaded, _ = load_checkpoint(tmp_path / "old.pt")
     x = torch.randn(1, 4, 37, 41)
@@ -119,3 +128,96 @@ def test_writer_knows_which_epoch_each_file_holds_even_when_interrupted(tmp_path
     with pytest.raises(OSError):
         writer.save([({"w": torch.ones(3)}, tmp_path / "gone" / "last.pt")], label=6)
     assert tmp_path / "gone" / "last.pt" not in writer.written
+
+
+# ---------------------------------------------------------------------------------------------
+# The digest (issue 24)
+
+BANDS = ["B2", "B3", "B4", "B8"]
+STATS = {"mean": [0.0] * 4, "std": [1.0] * 4}
+
+
+def small_checkpoint() -> dict:
+    torch.manual_seed(0)
+    return make_checkpoint(build_model("resnet18", 4, 13), BANDS, STATS, epoch=2, metrics={"miou": 0.25})
+
+
+def flip_tensor_bytes(path: Path, n: int = 300, seed: int = 0) -> None:
+    """XOR ``n`` bytes at random places inside the largest tensor record of a torch zip file (records are
+    stored uncompressed: the data follows the local header, its name and its extra field)."""
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    header = data[info.header_offset : info.header_offset + 30]
+    start = (
+        info.header_offset
+        + 30
+        + int.from_bytes(header[26:28], "little")
+        + int.from_bytes(header[28:30], "little")
+    )
+    rng = np.random.default_rng(seed)
+    for i in rng.choice(info.file_size, n, replace=False):
+        data[start + i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_digest_is_stable_across_save_and_load_and_changes_with_any_content():
+    ckpt = small_checkpoint()
+    assert ckpt["digest"] == content_digest(ckpt)
+    conv = "encoder.conv1.weight" if "encoder.conv1.weight" in ckpt["model"] else next(iter(ckpt["model"]))
+    w = ckpt["model"][conv]
+    one_value = w.clone()
+    one_value.view(-1)[7] += 1e-3
+    changed = {
+        "one weight": {**ckpt["model"], conv: one_value},
+        "dtype": {**ckpt["model"], conv: w.double()},
+        "shape": {**ckpt["model"], conv: w.reshape(w.shape[0], -1)},
+        "name": {**{k: v for k, v in ckpt["model"].items() if k != conv}, conv + "_": w},
+    }
+    digests = {name: content_digest({**ckpt, "model": model}) for name, model in changed.items()}
+    digests["bands"] = content_digest({**ckpt, "bands": ["B2", "B3", "B8", "B4"]})
+    digests["a metric"] = content_digest({**ckpt, "metrics": {"miou": 0.2500001}})
+    digests["an int for a float"] = content_digest({**ckpt, "epoch": 2.0})
+    assert len(set(digests.values()) | {ckpt["digest"]}) == len(digests) + 1, digests
+    reordered = {k: ckpt[k] for k in reversed(ckpt)}  # the same content in another order: the same digest
+    assert content_digest(reordered) == ckpt["digest"]
+
+
+def test_digest_survives_the_save_and_load_of_a_training_state(tmp_path):
+    """train.py's path: make_checkpoint, then the optimiser state added, then the background writer (a
+    host copy): the file carries the digest of what it holds, which a reader recomputes equal."""
+    net = build_model("resnet18", 4, 13)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net(torch.randn(2, 4, 64, 64)).sum().backward()
+    opt.step()
+    ckpt = make_checkpoint(net, BANDS, STATS, epoch=1)
+    ckpt.update(optimizer=opt.state_dict(), rng={"python": [3, list(range(5)), None]}, best=float("inf"))
+    writer = CheckpointWriter(background=True)
+    writer.save([(ckpt, tmp_path / "last.pt")])
+    writer.wait()
+    loaded = read_checkpoint(tmp_path / "last.pt")
+    assert loaded["digest"] == content_digest(loaded) != ckpt["digest"]  # sealed again: the optimiser is in
+    assert torch.equal(loaded["optimizer"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_a_checkpoint_with_flipped_tensor_bytes_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "best.pt"
+    save_checkpoint(small_checkpoint(), path)
+    flip_tensor_bytes(path)
+    torch.load(path, weights_only=True)  # torch itself loads it without a word: the digest is what finds it
+    with pytest.raises(InputError) as e:
+        load_checkpoint(path)
+    assert str(e.value) == f"checkpoint is damaged: its content does not match its checksum: {path}"
+
+
+def test_a_checkpoint_without_digest_loads_with_one_line_saying_so(tmp_path, capsys):
+    ckpt = small_checkpoint()
+    del ckpt["digest"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    net, loaded = load_checkpoint(tmp_path / "old.pt")
+    assert loaded["epoch"] == 2 and net.config["in_channels"] == 4
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "carries no checksum" in err[0] and "old.pt" in err[0], err
+    save_checkpoint(small_checkpoint(), tmp_path / "new.pt")
+    load_checkpoint(tmp_path / "new.pt")
+    assert capsys.readouterr().err == ""  # a checked checkpoint loads silently
