@@ -1,8 +1,9 @@
-"""The land-cover classes: codes, names, CORINE colours, rare classes, remap, and the pictures.
+"""The land-cover classes: codes, names, CORINE colours, rare classes, the remap of stray codes, and
+the helpers that turn codes into colours (class pictures, legends, RGB composites).
 
 Bottom floor: imports nothing of ours. This is the one place that knows the classes; every other
-script takes codes, names and colours from here. It also holds the small picture helpers that draw
-with those colours (class maps, legends, RGB composites, image / truth / prediction panels).
+module takes codes, names and colours from here (the figures themselves: ``landcover.figures``).
+As a command, ``python colormap.py`` prints the class table and writes a legend PNG.
 """
 
 from __future__ import annotations
@@ -143,62 +144,31 @@ def stretch_rgb(
     return out
 
 
-def comparison_figure(rgb: np.ndarray, truth: np.ndarray, pred: np.ndarray, title: str = ""):
-    """A matplotlib figure: image / truth / prediction side by side, legend naming the classes shown.
-
-    ``rgb`` is (H, W, 3) uint8 (see ``stretch_rgb``); ``truth`` and ``pred`` are (H, W) codes.
-    The legend lists only the classes present in truth or prediction.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.8), constrained_layout=True)
-    for ax, img, label in zip(
-        axes,
-        (rgb, colorize(truth), colorize(pred)),
-        ("Image (RGB)", "Ground truth", "Prediction"),
-        strict=True,
-    ):
-        ax.imshow(img, interpolation="nearest")
-        ax.set_title(label)
-        ax.set_axis_off()
-    shown = set(np.unique(truth).tolist()) | set(np.unique(pred).tolist())
-    handles = legend_handles(shown)
-    if handles:
-        fig.legend(
-            handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False
-        )
-    if title:
-        fig.suptitle(title)
-    return fig
+def class_table() -> str:
+    """The classes as a Markdown table: code, name, colour, rare (augmented by default)."""
+    lines = ["| code | name | colour | rare |", "|---|---|---|---|"]
+    for c, (label, colour) in CLASSES.items():
+        lines.append(f"| {c} | {label} | {colour} | {'yes' if c in RARE_CLASSES else ''} |")
+    return "\n".join(lines)
 
 
-def confusion_figure(mat: np.ndarray, title: str = ""):
-    """A matplotlib figure of a (13, 13) confusion matrix (truth rows, prediction columns), rows
-    normalised to 1 over classes 1..12; rows of classes absent from the truth are left blank."""
-    import matplotlib
+def main(argv: Sequence[str] | None = None) -> None:
+    from pathlib import Path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from landcover.common import ArgumentParser
+    from landcover.figures import legend_figure, save_figure
 
-    m = np.asarray(mat, dtype=np.float64)[1:, 1:]
-    rows = m.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        norm = np.where(rows > 0, m / rows, np.nan)
-    labels = [f"{c} {name(c)[:24]}" for c in CODES]
-    fig, ax = plt.subplots(figsize=(9, 8), constrained_layout=True)
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i, j in np.ndindex(norm.shape):
-        if not np.isnan(norm[i, j]) and norm[i, j] >= 0.005:
-            colour = "white" if norm[i, j] > 0.5 else "black"
-            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour)
-    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.set_xlabel("Prediction")
-    ax.set_ylabel("Ground truth (rows sum to 1)")
-    fig.colorbar(im, ax=ax, shrink=0.8)
-    if title:
-        ax.set_title(title)
-    return fig
+    parser = ArgumentParser(description="Print the class table and write a legend PNG of the classes.")
+    parser.add_argument("--legend", type=Path, default=Path("land_cover_legend.png"), help="PNG to write")
+    args = parser.parse_args(argv)
+    print(class_table())
+    save_figure(legend_figure(), args.legend, tight=True)
+    print(f"wrote {args.legend}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    from landcover.common import run_main
+
+    sys.exit(run_main(main))

@@ -19,6 +19,7 @@ whose image exists without its mask (or the reverse) is completed by the next ru
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -45,16 +46,12 @@ from landcover.common import (
 )
 from landcover.geo import colour_table
 from landcover.layout import DATA, KINDS, TEST, TRAIN, VAL, split_folders, tile_names, tile_path, unpaired
+from landcover.transforms import NAMED, dihedral
 
-# The dihedral transforms, on arrays whose last two axes are (rows, cols), e.g. (C, H, W) or (H, W).
-# rot90 turns counter-clockwise (as np.rot90 and torch.rot90); flip_h mirrors left-right, flip_v
-# upside down. In dataset.dihedral's numbering they are k = 1, 2, 3, 4 and 6.
+# The copies' names and their dihedral transforms (rot90 turns counter-clockwise, flip_h mirrors
+# left-right, flip_v upside down), on arrays whose last two axes are (rows, cols)
 AUGMENTATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "rot90": lambda a: np.rot90(a, 1, axes=(-2, -1)),
-    "rot180": lambda a: np.rot90(a, 2, axes=(-2, -1)),
-    "rot270": lambda a: np.rot90(a, 3, axes=(-2, -1)),
-    "flip_h": lambda a: a[..., :, ::-1],
-    "flip_v": lambda a: a[..., ::-1, :],
+    op: functools.partial(dihedral, k=k) for op, k in NAMED.items()
 }
 TAG_OP, TAG_SOURCE = "AUGMENTATION", "AUGMENTED_FROM"
 

@@ -10,6 +10,9 @@ or quarter (MiT) the resolution at once, so without it nothing at full size reac
 
 ``build_model`` makes a fresh model; ``model_from_config`` rebuilds one from the settings a checkpoint
 carries (``model_config``), so evaluation and prediction never repeat the architecture arguments.
+
+As a command, ``python model.py --arch segformer --encoder mit_b0`` prints a model's parameters, its
+FLOPs per tile and the parameters of each of its parts (randomly initialised: nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -530,7 +533,47 @@ def model_from_config(config: dict) -> UNet | SegFormer:
     return UNet(*sizes, tuple(config.get("decoder_channels", DECODER_CHANNELS)), full_res)
 
 
-def predict_classes(logits: torch.Tensor) -> torch.Tensor:
-    """(N, 13, H, W) logits -> (N, H, W) int64 codes: the best of classes 1..12 (0 is never predicted)."""
-    # max(dim).indices, not argmax(dim): the same first best index, and faster on the CPU across channels
-    return logits[:, 1:].max(dim=1).indices + 1
+def summary(net: nn.Module, bands: int, size: int) -> str:
+    """Parameters, forward FLOPs of one ``size`` x ``size`` tile, and the parameters of each part."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        net.eval()(torch.zeros(1, bands, size, size))
+    total = sum(p.numel() for p in net.parameters())
+    gflop = flops.get_total_flops() / 1e9
+    lines = [f"{type(net).__name__}: {total / 1e6:.2f} M parameters, {gflop:.1f} GFLOP per {bands}-band "
+             f"{size} x {size} tile (forward; a training step is about 3x)"]  # fmt: skip
+    for name, part in net.named_children():
+        n = sum(p.numel() for p in part.parameters())
+        lines.append(f"  {name:<24} {type(part).__name__:<24} {n / 1e6:>8.3f} M")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from landcover.common import ArgumentParser, check_range, fail
+
+    parser = ArgumentParser(description="Print a model's size, FLOPs per tile and parts (random weights).")
+    parser.add_argument("--arch", choices=tuple(ARCHS), default="unet", help="U-Net or SegFormer")
+    parser.add_argument("--encoder", default=None, help="unet: resnet18|34|50; segformer: mit_b0|b1|b2")
+    parser.add_argument("--bands", type=int, default=10, help="input bands (20 for two stacked seasons)")
+    parser.add_argument("--size", type=int, default=300, help="tile size in pixels (square)")
+    parser.add_argument("--full-res", type=int, default=32, help="channels of the full-resolution path")
+    args = parser.parse_args(argv)
+    check_range("--bands", args.bands, 1)
+    check_range("--size", args.size, 32)
+    check_range("--full-res", args.full_res, 0)
+    encoder = args.encoder or ARCHS[args.arch][-1]  # train.py's defaults: resnet50, mit_b2
+    try:
+        check_encoder(args.arch, encoder)
+    except ValueError as e:
+        fail(f"--encoder: {e}")
+    net = build_model(encoder, args.bands, arch=args.arch, full_res=args.full_res)
+    print(summary(net, args.bands, args.size))
+
+
+if __name__ == "__main__":
+    import sys
+
+    from landcover.common import run_main
+
+    sys.exit(run_main(main))

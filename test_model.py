@@ -24,26 +24,18 @@ import io
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from colormap import CLASSES, NUM_CLASSES, confusion_figure, rgb_band_indices
+from colormap import CLASSES, NUM_CLASSES, rgb_band_indices
 from landcover import inference
-from landcover.calibration import (
-    ReliabilityCounts,
-    calibration_report,
-    coverage_figure,
-    probabilities,
-    reliability_figure,
-)
+from landcover.calibration import calibration_report
 from landcover.checkpoint import load_checkpoint, temperature_of
 from landcover.common import (
     ArgumentParser,
-    atomic_path,
     atomic_write_text,
     check_range,
     fail,
@@ -52,38 +44,17 @@ from landcover.common import (
     run_main,
 )
 from landcover.dataset import TileDataset
-from landcover.distributed import DEVICES, configure_torch, pick_device, upload
+from landcover.distributed import DEVICES, configure_torch, pick_device
+from landcover.evaluation import Evaluation
+from landcover.evaluation import evaluate as run_evaluation
+from landcover.figures import confusion_figure, coverage_figure, reliability_figure, save_figure
 from landcover.layout import tile_pairs
-from landcover.metrics import ConfusionMatrix, format_table
+from landcover.metrics import format_table
 from landcover.stats import Normalize
 from landcover.tiles import TileInfo, scan_tiles
 
 GROUPS = ("best", "worst", "random")
 COMPARISONS = "comparisons"
-
-
-@dataclass
-class Evaluation:
-    """What one pass over a split accumulates: every metric derives from these."""
-
-    cm: ConfusionMatrix  # truth x prediction over every valid pixel
-    scores: list[dict]  # per tile: name, valid pixels, accuracy, mIoU
-    raw: ReliabilityCounts  # confidence against correctness, the model's own softmax (T = 1)
-    calibrated: ReliabilityCounts  # the same with the checkpoint's temperature
-
-
-def tile_scores(name: str, truth: torch.Tensor, pred: torch.Tensor) -> dict:
-    """A tile's valid pixels, accuracy and mIoU, from the tile's own confusion matrix."""
-    tile = ConfusionMatrix(NUM_CLASSES)
-    tile.update(truth, pred)
-    m = tile.compute()
-    return {"tile": name, "pixels": m["pixels"], "accuracy": m["overall_accuracy"], "miou": m["miou"]}
-
-
-@torch.inference_mode()
-def blend(logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
-    """The mean over the flips of their probabilities at ``temperature``."""
-    return sum(probabilities(z, temperature) for z in logits) / len(logits)
 
 
 def evaluate(
@@ -99,7 +70,6 @@ def evaluate(
 ) -> Evaluation:
     """One pass over the split: the confusion matrix, each tile's scores, and the confidence's
     calibration with and without ``temperature`` (the predicted codes do not depend on it)."""
-    norm = Normalize(stats, device)
     loader = DataLoader(
         TileDataset(pairs, len(stats["mean"])),
         batch_size=batch_size,
@@ -107,20 +77,10 @@ def evaluate(
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    ev = Evaluation(ConfusionMatrix(NUM_CLASSES), [], ReliabilityCounts(), ReliabilityCounts())
-    with progress(total=len(pairs), desc="evaluating", unit="tile") as bar:
-        for raw, y in loader:
-            logits = list(inference.flipped_logits(net, norm(upload(raw, device)), tta))
-            target = y.to(device)
-            probs = blend(logits, 1.0)  # the codes come from T = 1, as predict.py's
-            ev.raw.update(probs, target)
-            ev.calibrated.update(probs if temperature == 1.0 else blend(logits, temperature), target)
-            pred = inference.codes_from_probabilities(probs).cpu()
-            ev.cm.update(y, pred)
-            for b in range(len(y)):
-                ev.scores.append(tile_scores(pairs[len(ev.scores)][0].stem, y[b], pred[b]))
-            bar.update(len(y))
-    return ev
+    batches = progress(loader, desc="evaluating", unit="batch")
+    names = [img.stem for img, _ in pairs]
+    norm = Normalize(stats, device)
+    return run_evaluation(net, batches, norm, device, tta=tta, temperature=temperature, tile_names=names)
 
 
 def select_tiles(scores: list[dict], n: int, seed: int) -> list[tuple[str, int, int]]:
@@ -143,15 +103,6 @@ def select_tiles(scores: list[dict], n: int, seed: int) -> list[tuple[str, int, 
         for g, group in zip(GROUPS, (best, worst, random), strict=True)
         for r, i in enumerate(group)
     ]
-
-
-def save_figure(fig, path: Path, dpi: int = 110) -> None:
-    """Save a matplotlib figure as PNG atomically and free it."""
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    plt.close(fig)
 
 
 def scores_csv(scores: list[dict]) -> str:
@@ -278,7 +229,7 @@ def write_comparisons(args, net, ckpt, pairs, scores, rgb, device, folder: Path)
         name = f"{group}_{rank}_{s['tile']}.png"
         t = f"{group} {rank}: {s['tile']}, tile mIoU {s['miou']:.3f}, accuracy {s['accuracy']:.3f}"
         raw, y = dataset[i]
-        save_figure(inference.tile_figure(net, raw, y, norm, rgb, t, tta=args.tta), folder / name)
+        save_figure(inference.tile_figure(net, raw, y, norm, rgb, t, tta=args.tta), folder / name, dpi=110)
         written.add(name)
     for old in folder.glob("*.png"):  # pictures of an earlier evaluation into the same folder
         if old.name not in written:
@@ -320,9 +271,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "tile_scores.csv", scores_csv(ev.scores))
     title = f"{Path(args.data).name}: {report['pixels']:,} pixels, mIoU {report['miou']:.3f}"
-    save_figure(confusion_figure(ev.cm.mat.numpy(), title), out / "confusion_matrix.png")
-    save_figure(reliability_figure(ev.raw, ev.calibrated, title, temperature), out / "reliability.png")
-    save_figure(coverage_figure(ev.calibrated, title), out / "coverage.png")
+    save_figure(confusion_figure(ev.cm.mat.numpy(), title), out / "confusion_matrix.png", dpi=110)
+    save_figure(
+        reliability_figure(ev.raw, ev.calibrated, title, temperature), out / "reliability.png", dpi=110
+    )
+    save_figure(coverage_figure(ev.calibrated, title), out / "coverage.png", dpi=110)
     n = write_comparisons(args, net, ckpt, pairs, ev.scores, rgb, device, out / COMPARISONS)
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1) + "\n")  # last: all is written
 

@@ -1,35 +1,16 @@
-"""Train the land-cover U-Net on the train split, validating on the val split after every epoch.
+"""Train the land-cover model (a U-Net on a ResNet, or SegFormer) on the train split, validating on the
+val split after every epoch.
 
-Reads   <data>/train/{img,mask}/*.tif and <data>/val/{img,mask}/*.tif (image and mask paired by name;
-        all tiles of a split share size, band count and dtype; band descriptions come from the tiles).
-Writes  in the run folder (--out, default runs/<encoder>):
-          last.pt  after every epoch (and once before the first): everything --resume needs
-          best.pt  the epoch with the best validation mIoU (weights and metadata, no optimizer), with the
-                   temperature that calibrates its confidence, fitted on that epoch's validation pixels
-          events.out.tfevents.*  TensorBoard: Loss/train, Loss/val, LR, mIoU/val, IoU/<class name>,
-                   Dice/<class name>, the row-normalised confusion matrix and a few validation tiles
-        <data>/band_stats.json  the train split's band statistics, a cache (see stats.band_stats);
-        the statistics themselves travel inside every checkpoint.
-        <data>/tile_cache/  with --cache-tiles only: the train and val tiles decoded once into
-        uncompressed arrays (see tile_cache.build_tile_cache), read by memory map; it may be deleted
-        whenever no training runs.
+Reads   <data>/train/ and <data>/val/ (img/ and mask/ tiles paired by name, move_images.py).
+Writes  in the run folder (--out, default runs/<encoder>): last.pt after every epoch (everything
+        --resume needs), best.pt (the epoch with the best validation mIoU, with the temperature that
+        calibrates its confidence) and TensorBoard's event files; <data>/band_stats.json (the train
+        split's band statistics, also carried in every checkpoint); with --cache-tiles, <data>/tile_cache/.
 
-Each epoch trains on the whole train split (shuffled, random dihedral transforms), then validates on
-the whole val split, accumulating one confusion matrix. Adam; ReduceLROnPlateau (factor 0.5,
-patience 3) on the validation loss. Nodata (code 0) is ignored in the loss and the metrics, and never
-predicted: the prediction is the best of classes 1..12.
-
-Same --seed, same run: the order of the tiles and their transforms are drawn from (seed, epoch) alone,
-so a run stopped at any moment and continued with --resume ends with the same weights as one that
-never stopped (bitwise on CPU, whatever --workers). last.pt always holds the last finished epoch: it is
-rewritten atomically at every epoch end, so Ctrl-C or SIGTERM stop at once and --resume repeats the
-unfinished epoch; after a SIGKILL, the same. TensorBoard history stays continuous (the repeated
-epoch's steps are purged).
-
-Under ``torchrun --nproc_per_node N train.py ...`` it runs DistributedDataParallel, one process per
-GPU (nccl) or per CPU share (gloo): each process trains on its shard of every epoch (--batch-size is
-per process), metrics are summed over all processes, and only rank 0 writes checkpoints, logs and the
-statistics and tile caches.
+The defaults are the project's best measured recipe (AdamW, a warm-up and cosine counted in optimizer
+steps, a full-resolution path, sqrt class weights: README "Results"). Same --seed, same run: a run
+stopped at any moment and continued with --resume ends with the same weights (bitwise on CPU). Under
+torchrun it runs DistributedDataParallel, one process per GPU. README section 5 says more.
 """
 
 from __future__ import annotations
@@ -70,7 +51,7 @@ from landcover.common import (
     remove_partials,
     run_main,
 )
-from landcover.dataset import EpochSampler, TileDataset, make_loader, rare_class_weights, to_device
+from landcover.dataset import EpochSampler, TileDataset, make_batches, rare_class_weights, to_device
 from landcover.distributed import (
     DEVICES,
     Precision,
@@ -88,6 +69,8 @@ from landcover.distributed import (
     sum_over_processes,
     sync_buffers,
 )
+from landcover.evaluation import LossSum, evaluate
+from landcover.figures import confusion_figure
 from landcover.inference import tile_figure
 from landcover.layout import tile_pairs
 from landcover.losses import CLASS_WEIGHTS, LOSSES, class_weights, make_criterion
@@ -96,7 +79,7 @@ from landcover.resident import ResidentLoader, hold_tiles
 from landcover.stats import Normalize, band_stats
 from landcover.tile_cache import CACHE_DIR, build_tile_cache, release_tile_caches
 from landcover.tiles import TileInfo, check_tiles, scan_tiles
-from model import ARCHS, build_model, predict_classes
+from model import ARCHS, build_model
 
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "plateau")
@@ -281,11 +264,16 @@ def add_recipe_options(p: ArgumentParser) -> None:
         help="AdamW (decoupled weight decay) or Adam",
     )
     g.add_argument("--weight-decay", type=float, default=RECIPE["weight_decay"], help="AdamW's weight decay")
+    add_schedule_options(g)
+
+
+def add_schedule_options(g: argparse._ArgumentGroup) -> None:
+    """The recipe's learning-rate schedule, tile sampling and full-resolution path."""
     g.add_argument(
         "--schedule",
         default=RECIPE["schedule"],
         choices=SCHEDULES,
-        help="cosine: linear warm-up then cosine decay to 1%% of --lr, counted in optimiser steps (short and "
+        help="cosine: linear warm-up then cosine decay to 1%% of --lr, counted in optimizer steps (short and "
         "long runs, small and large splits behave alike); plateau: halve the rate when the validation "
         "loss stalls for 3 epochs",
     )
@@ -293,7 +281,7 @@ def add_recipe_options(p: ArgumentParser) -> None:
         "--warmup",
         type=float,
         default=RECIPE["warmup"],
-        help="share of the optimiser steps spent warming up (cosine)",
+        help="share of the optimizer steps spent warming up (cosine)",
     )
     g.add_argument(
         "--sampler",
@@ -346,20 +334,48 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
 # Set-up: every check before anything is written
 
 
+@dataclass(frozen=True)
+class FastPath:
+    """The GPU's fast defaults, decided once for the run (``fast_path``)."""
+
+    precision: Precision  # bf16 autocast and channels_last on CUDA GPUs with native bf16, else float32
+    cache_tiles: bool  # decode the tiles once and hold them in memory (on by default on CUDA)
+    background_saves: bool  # best.pt and last.pt written by a thread while training goes on (CUDA)
+
+
+def fast_path(args: argparse.Namespace, device: torch.device, proc: Proc) -> FastPath:
+    """What runs fast on ``device``, unless the options say otherwise; the reason printed where the
+    options ask for what the device cannot do."""
+    cuda = device.type == "cuda"
+    precision = Precision.for_device(Precision.fast_on(device) if args.amp is None else args.amp, device)
+    if args.amp and not precision.amp and proc.main:
+        print(f"--amp applies to CUDA only: training in float32 on {device}", file=sys.stderr)
+    elif args.amp is None and cuda and not precision.amp and proc.main:
+        print(
+            "this GPU has no native bf16: training in float32 (--amp forces bf16 autocast)", file=sys.stderr
+        )
+    cache = args.cache_tiles if args.cache_tiles is not None else cuda
+    return FastPath(precision, cache, background_saves=cuda)  # see checkpoint.CheckpointWriter
+
+
 @dataclass
 class Setup:
     """What ``main`` settles before anything is written: where the run computes, its tiles and its model."""
 
     proc: Proc
     device: torch.device
-    precision: Precision
+    fast: FastPath
     train_pairs: list[tuple[Path, Path]]
     val_pairs: list[tuple[Path, Path]]
     bands: list[str]
     rgb: list[int]
     tile_size: tuple[int, int]  # (height, width) of every tile
-    net: nn.Module
+    net: nn.Module  # the bare network: what checkpoints save
     resumed: dict | None  # last.pt when resuming
+
+    @property
+    def precision(self) -> Precision:
+        return self.fast.precision
 
 
 def sample_pairs(pairs: list, n: int, seed: int) -> list:
@@ -424,13 +440,7 @@ def set_up(args: argparse.Namespace) -> Setup:
     """Devices, splits, bands and the model (new, or from last.pt with --resume): all checked."""
     proc = Proc.from_env()
     device = pick_device(args.device, proc)
-    precision = Precision.for_device(Precision.fast_on(device) if args.amp is None else args.amp, device)
-    if args.amp and not precision.amp and proc.main:
-        print(f"--amp applies to CUDA only: training in float32 on {device}", file=sys.stderr)
-    elif args.amp is None and device.type == "cuda" and not precision.amp and proc.main:
-        print(
-            "this GPU has no native bf16: training in float32 (--amp forces bf16 autocast)", file=sys.stderr
-        )
+    fast = fast_path(args, device, proc)
     train_pairs, val_pairs, info = load_splits(args.data, args.max_tiles, args.seed)
     if proc.main:  # the train tiles are all read for their statistics; the val tiles not before epoch 1
         check_tiles(val_pairs, max(args.workers, 1), "checking val tiles")
@@ -451,7 +461,7 @@ def set_up(args: argparse.Namespace) -> Setup:
             )
         net, resumed = new_model(args, info.bands, rgb), None
     tile_size = (info.height, info.width)
-    return Setup(proc, device, precision, train_pairs, val_pairs, bands, rgb, tile_size, net, resumed)
+    return Setup(proc, device, fast, train_pairs, val_pairs, bands, rgb, tile_size, net, resumed)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -460,14 +470,14 @@ def set_up(args: argparse.Namespace) -> Setup:
 
 @dataclass
 class Run:
-    """The objects of a training run and the state last.pt saves (epoch, best mIoU, optimiser, RNG)."""
+    """The objects of a training run and the state last.pt saves (epoch, best mIoU, optimizer, RNG)."""
 
     args: argparse.Namespace
     setup: Setup
     stats: dict  # band mean and std of the train split, and its class pixel counts
     weight: torch.Tensor  # loss weight per class
-    model: nn.Module  # setup.net, or its DistributedDataParallel wrapper: what trains
-    validate: nn.Module  # setup.net (compiled with --compile): what validates, on each process alone
+    train_net: nn.Module  # setup.net, or its DistributedDataParallel wrapper (compiled): what trains
+    eval_net: nn.Module  # setup.net (compiled with --compile): what validates, on each process alone
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
     saver: CheckpointWriter  # best.pt and last.pt (rank 0); saver.written: the epoch each file holds
@@ -480,7 +490,7 @@ class Run:
     def checkpoint(
         self, metrics: dict | None = None, losses: tuple = (None, None), training: bool = False
     ) -> dict:
-        """best.pt's content; with ``training``, last.pt's (optimiser, scheduler and RNG states too)."""
+        """best.pt's content; with ``training``, last.pt's (optimizer, scheduler and RNG states too)."""
         ckpt = make_checkpoint(
             self.setup.net,
             self.setup.bands,
@@ -515,8 +525,8 @@ def train_statistics(args: argparse.Namespace, s: Setup) -> dict:
     return stats
 
 
-def make_optimiser(args: argparse.Namespace, net: nn.Module, steps_per_epoch: int):
-    """AdamW (or Adam) and the learning-rate schedule: ``cosine`` is stepped after every optimiser step
+def make_optimizer(args: argparse.Namespace, net: nn.Module, steps_per_epoch: int):
+    """AdamW (or Adam) and the learning-rate schedule: ``cosine`` is stepped after every optimizer step
     (a linear warm-up over --warmup of the steps, then a cosine to MIN_LR x --lr at the last step);
     ``plateau`` after every epoch, with the validation loss."""
     if args.optimizer == "adamw":
@@ -573,20 +583,20 @@ def compile_model(model: nn.Module, s: Setup, batch_size: int) -> tuple[nn.Modul
 
 
 def start_run(args: argparse.Namespace, s: Setup, stats: dict, steps_per_epoch: int) -> Run:
-    """The model on the device (wrapped for DDP under torchrun), the loss weights, the optimiser and
+    """The model on the device (wrapped for DDP under torchrun), the loss weights, the optimizer and
     its schedule; with --resume, last.pt's state restored."""
     net = s.net.to(s.device, memory_format=s.precision.memory_format)
-    model = validate = net
+    train_net = eval_net = net
     if s.proc.torchrun:
-        model = nn.parallel.DistributedDataParallel(
+        train_net = nn.parallel.DistributedDataParallel(
             net, device_ids=[s.device.index] if s.device.type == "cuda" else None
         )
     if args.compile:
-        model, validate = compile_model(model, s, args.batch_size)
-    optimizer, scheduler = make_optimiser(args, net, steps_per_epoch)
+        train_net, eval_net = compile_model(train_net, s, args.batch_size)
+    optimizer, scheduler = make_optimizer(args, net, steps_per_epoch)
     weight = class_weights(stats["class_pixels"], args.class_weights)
-    saver = CheckpointWriter(background=s.device.type == "cuda")  # see CheckpointWriter
-    run = Run(args, s, stats, weight, model, validate, optimizer, scheduler, saver)
+    saver = CheckpointWriter(background=s.fast.background_saves)
+    run = Run(args, s, stats, weight, train_net, eval_net, optimizer, scheduler, saver)
     if s.resumed is not None:
         optimizer.load_state_dict(s.resumed["optimizer"])
         scheduler.load_state_dict(s.resumed["scheduler"])
@@ -613,7 +623,7 @@ class Data:
 def make_data(args: argparse.Namespace, s: Setup, stats: dict) -> Data:
     """Train and val batches over this process's shards: from the tiles held in memory when they are
     cached and fit (``resident``), else from worker processes reading the cache or the files."""
-    cached = args.cache_tiles if args.cache_tiles is not None else s.device.type == "cuda"
+    cached = s.fast.cache_tiles
     caches: dict[str, Path | None] = {"train": None, "val": None}
     if cached:  # built by rank 0 (or found), then opened by every process
         for split, pairs in (("train", s.train_pairs), ("val", s.val_pairs)):
@@ -621,26 +631,26 @@ def make_data(args: argparse.Namespace, s: Setup, stats: dict) -> Data:
                 lambda p=pairs, t=split: build_tile_cache(p, args.data / CACHE_DIR, t, max(args.workers, 1)),
                 s.proc,
             )
-    train_ds = TileDataset(s.train_pairs, len(s.bands), augment=True, cache=caches["train"])
+    train_ds = TileDataset(s.train_pairs, len(s.bands), cache=caches["train"])  # the sampler draws k
     val_ds = TileDataset(s.val_pairs, len(s.bands), cache=caches["val"])
     weights = None
     if args.sampler == "rare":
         weights = rare_class_weights(stats["tile_class_pixels"], args.rare_share)
     sampler = EpochSampler(len(train_ds), args.seed, s.proc, weights=weights)
     val_shard = list(range(s.proc.rank, len(val_ds), s.proc.world))  # no padding: every tile counted once
-    held = None
+    held = [None, None]
     if cached:
-        held, placement = hold_tiles([caches["train"], caches["val"]], s.device)
+        tiles, placement = hold_tiles([caches["train"], caches["val"]], s.device)
+        held = tiles or held
         if s.proc.main:
             print(placement.reason, flush=True)
-    if held is not None:
-        train = ResidentLoader(held[0], sampler, args.batch_size, s.device)
-        val = ResidentLoader(held[1], val_shard, args.batch_size, s.device)
-    else:
-        train = make_loader(
-            train_ds, sampler, args.batch_size, args.workers, s.device, args.seed + s.proc.rank
-        )
-        val = make_loader(val_ds, val_shard, args.batch_size, args.workers, s.device, args.seed)
+    train = make_batches(
+        train_ds, sampler, args.batch_size, s.device, held=held[0], workers=args.workers,
+        seed=args.seed + s.proc.rank,
+    )  # fmt: skip
+    val = make_batches(
+        val_ds, val_shard, args.batch_size, s.device, held=held[1], workers=args.workers, seed=args.seed
+    )
     picks = sorted({round(i) for i in np.linspace(0, len(val_ds) - 1, min(args.log_tiles, len(val_ds)))})
     return Data(train, val, sampler, val_ds, Normalize(stats, s.device), picks)
 
@@ -686,7 +696,7 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     precision: Precision,
 ) -> torch.Tensor:
-    """One optimiser step on a batch already on the device; the loss."""
+    """One optimizer step on a batch already on the device; the loss."""
     with precision.autocast(x.device):
         logits = model(x)
     loss = criterion(logits.float(), y)
@@ -696,42 +706,16 @@ def train_step(
     return loss
 
 
-class LossSum:
-    """The loss summed over an epoch's tiles, kept on the device until it is read: reading a loss
-    (``.item()``) makes the host wait for the GPU, so it is read only for the progress bar, every
-    ``SHOW_EVERY`` seconds, and at the end. The sum is the one ``.item()`` per batch would give."""
-
-    def __init__(self):
-        self.pending: list[tuple[torch.Tensor, int]] = []
-        self.total, self.tiles = 0.0, 0
-
-    def add(self, loss: torch.Tensor, tiles: int) -> None:
-        self.pending.append((loss.detach(), tiles))
-
-    def read(self) -> tuple[float, int]:
-        """The summed loss and the tiles so far (waits for the losses not read yet)."""
-        if self.pending:
-            values = torch.stack([loss for loss, _ in self.pending]).tolist()
-            for value, (_, n) in zip(values, self.pending, strict=True):
-                self.total, self.tiles = self.total + value * n, self.tiles + n
-            self.pending = []
-        return self.total, self.tiles
-
-    def mean(self) -> float:
-        total, tiles = self.read()
-        return total / max(tiles, 1)
-
-
 def train_one_epoch(run: Run, data: Data, criterion: Callable, desc: str) -> float:
     """Train over this process's shard; return the mean loss per tile over all processes."""
     s = run.setup
-    run.model.train()
+    run.train_net.train()
     losses, tiles = LossSum(), 0
     start = shown = time.perf_counter()
     bar = progress(total=len(data.train), desc=desc, unit="batch", leave=False, disable=not s.proc.main)
     for raw, y in data.train:
         x, y = to_device(raw, y, data.norm, s.device, s.precision.memory_format)
-        loss = train_step(run.model, x, y, criterion, run.optimizer, s.precision)
+        loss = train_step(run.train_net, x, y, criterion, run.optimizer, s.precision)
         if run.args.schedule != "plateau":
             run.scheduler.step()
         losses.add(loss, len(x))
@@ -746,27 +730,20 @@ def train_one_epoch(run: Run, data: Data, criterion: Callable, desc: str) -> flo
     return loss_sum / max(tiles, 1)
 
 
-@torch.no_grad()
-def evaluate(run: Run, data: Data, criterion: Callable) -> tuple[float, ConfusionMatrix, TemperatureFit]:
+def validate(run: Run, data: Data, criterion: Callable) -> tuple[float, ConfusionMatrix, TemperatureFit]:
     """Loss per tile and one confusion matrix over the whole val split, summed over all processes; and
-    a seeded sample of the val pixels' logits, to fit the temperature that calibrates the confidence.
-    All three accumulate on the device: the host waits for the GPU once, at the end."""
+    a seeded sample of the val pixels' logits, to fit the temperature that calibrates the confidence."""
     s = run.setup
     s.net.eval()
-    cm = ConfusionMatrix(colormap.NUM_CLASSES, ignore_index=colormap.NODATA)
-    calibration = TemperatureFit(max_pixels=TEMPERATURE_PIXELS, seed=run.args.seed)
-    losses = LossSum()
-    for raw, y in progress(data.val, desc="validation", unit="batch", leave=False, disable=not s.proc.main):
-        x, y = to_device(raw, y, data.norm, s.device, s.precision.memory_format)
-        with s.precision.autocast(s.device):
-            logits = run.validate(x)
-        losses.add(criterion(logits.float(), y), len(x))
-        cm.update(y, predict_classes(logits))
-        calibration.update(logits, y)
-    cm.reduce_from_all_processes()
-    calibration.reduce_from_all_processes()
-    loss_sum, tiles = sum_over_processes(*losses.read(), device=s.device)
-    return loss_sum / max(tiles, 1), cm, calibration
+    batches = progress(data.val, desc="validation", unit="batch", leave=False, disable=not s.proc.main)
+    fit = TemperatureFit(max_pixels=TEMPERATURE_PIXELS, seed=run.args.seed)
+    ev = evaluate(
+        run.eval_net, batches, data.norm, s.device, precision=s.precision, criterion=criterion, fit=fit
+    )
+    ev.cm.reduce_from_all_processes()
+    fit.reduce_from_all_processes()
+    loss_sum, tiles = sum_over_processes(*ev.losses.read(), device=s.device)
+    return loss_sum / max(tiles, 1), ev.cm, fit
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -792,9 +769,7 @@ def log_epoch(
             w.add_scalar(f"Dice/{pc['name']}", pc["dice"], epoch)
     every = args.log_images_every
     if every and (epoch == 1 or epoch % every == 0 or epoch == args.epochs):
-        w.add_figure(
-            "Confusion matrix/val", colormap.confusion_figure(cm.mat.numpy(), f"epoch {epoch}"), epoch
-        )
+        w.add_figure("Confusion matrix/val", confusion_figure(cm.mat.numpy(), f"epoch {epoch}"), epoch)
         for i in data.picks:
             raw, y = data.val_tiles[i]
             stem = data.val_tiles.pairs[i][0].stem
@@ -884,7 +859,7 @@ def fit(args: argparse.Namespace, s: Setup) -> None:
                 data.sampler.set_epoch(epoch)
                 train_loss = train_one_epoch(run, data, criterion, f"epoch {epoch}/{args.epochs}")
                 sync_buffers(s.net)
-                val_loss, cm, calibration = evaluate(run, data, criterion)
+                val_loss, cm, calibration = validate(run, data, criterion)
                 lr = run.optimizer.param_groups[0]["lr"]  # the rate this epoch ended with
                 metrics = cm.compute(names)
                 improved = end_epoch(run, epoch, val_loss, metrics, calibration)

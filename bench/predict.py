@@ -7,7 +7,7 @@ coast; generated once, in a child), three child processes run in turn: predict.p
 its confidence raster, their overviews and, unless --no-preview, both previews; the checkpoint holds a
 fitted --temperature, so the calibrated confidence is blended beside the map's probabilities as for a
 checkpoint of train.py); a reader that reads the scene's windows once as predict.py does
-(``predict.SceneReader`` in raster order, under predict.py's GDAL settings, nothing else); and the
+(``mapping.SceneReader`` in raster order, under predict.py's GDAL settings, nothing else); and the
 bare model forward over the same number of windows of the same size and batch (same encoder, device
 and threads, inputs already on the device: nothing but ``net(x)``). Each child times its own work,
 wall and CPU seconds (all its threads), imports and model loading excluded. Reported: the three
@@ -194,17 +194,17 @@ def read_windows(args: argparse.Namespace) -> None:
     """Child mode: read every window of the scene --read once, as predict.py reads them, and nothing more."""
     import rasterio
 
-    import predict
+    from landcover import mapping, rasters
 
     scene = Path(args.read)
     with rasterio.open(scene) as src:
         height, width = src.height, src.width
     win = (min(args.window, height), min(args.window, width))
-    rows = predict.window_starts(height, win[0], args.overlap)
-    cols = predict.window_starts(width, win[1], args.overlap)
-    reader = predict.SceneReader([scene])
+    rows = mapping.window_starts(height, win[0], args.overlap)
+    cols = mapping.window_starts(width, win[1], args.overlap)
+    reader = mapping.SceneReader([scene])
     t0, c0 = time.perf_counter(), time.process_time()
-    with predict.gdal_env(workers_of(args)):
+    with rasters.gdal_env(workers_of(args)):
         nbytes = sum(reader(r, c, *win).nbytes for r in rows for c in cols)
     reader.close()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -259,13 +259,13 @@ def child_commands(args: argparse.Namespace, scene: Path, size: int, n: int) -> 
 def bench_size(args: argparse.Namespace, size: int) -> dict:
     """predict.py, the reader and the bare forward on the scene of ``size``, ``--repeat`` times each,
     alternated: the best wall and CPU seconds of each, and the largest peak RSS of each."""
-    import predict  # for the window count only
+    from landcover import mapping  # for the window count only
 
     scene = OUT / f"scene_{size}.tif"
     if not scene.exists():  # in a child: a child's peak RSS starts at its parent's (fork, then exec)
         wall, *_ = spawn([sys.executable, "bench/predict.py", "--make-scene", str(size)], dict(os.environ))
         print(f"generated {scene} ({scene.stat().st_size / 1e6:.0f} MB) in {wall:.0f} s")
-    n = len(predict.window_starts(size, min(args.window, size), args.overlap)) ** 2
+    n = len(mapping.window_starts(size, min(args.window, size), args.overlap)) ** 2
     commands = child_commands(args, scene, size, n)
     runs = {k: [] for k in commands}
     for k in range(args.repeat):  # alternated, so that all see the same load on shared cores

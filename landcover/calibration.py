@@ -2,7 +2,7 @@
 
 Bottom floor: imports nothing of ours. The confidence of a pixel is the probability of its predicted
 class, the best of codes 1..12 under a softmax over codes 1..12 only (code 0, nodata, has no
-probability), as in ``inference.class_probabilities``. This module owns:
+probability; ``probabilities.probabilities``). This module owns:
 
 * temperature scaling (Guo et al. 2017): one T > 0 dividing the logits, chosen to minimise the
   negative log-likelihood of the truth over valid pixels. ``TemperatureFit`` keeps a bounded, seeded,
@@ -13,7 +13,6 @@ probability), as in ``inference.class_probabilities``. This module owns:
   in the spirit of ``metrics.ConfusionMatrix``; the expected and maximum calibration errors, the
   reliability table and accuracy against coverage (which confidence threshold sends which share of
   pixels to human review) all derive from it.
-* the reliability diagram and the coverage figure (matplotlib, Agg; the caller saves them).
 
 Pixels whose truth is the ignore code (nodata, 0) never count.
 """
@@ -35,17 +34,6 @@ COVERAGE_THRESHOLDS: tuple[float, ...] = tuple(i / 20 for i in range(20))  # 0.0
 
 def _dist_initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """(B, 13, ...) or (N, 13) logits -> float32 probabilities of the same shape, channel k = code k.
-
-    A softmax over codes 1..12 of ``logits / temperature``; code 0 (nodata) gets 0, as in inference.
-    """
-    z = logits.float()
-    p = torch.zeros_like(z)
-    p[:, 1:] = (z[:, 1:] / temperature).softmax(dim=1)
-    return p
 
 
 def confidence_and_correct(
@@ -211,7 +199,7 @@ class TemperatureFit:
         z, t = self.sample()
         counts = ReliabilityCounts(bins, fine_bins)
         if len(t):
-            conf, best = (z / temperature).softmax(dim=1).max(dim=1)
+            conf, best = (z / temperature).softmax(dim=1).max(dim=1)  # z: codes 1..12 only
             counts.add(conf, best == t)
         return counts
 
@@ -390,78 +378,3 @@ def calibration_report(
     if after is not None:
         report["calibrated"] = after.to_dict()
     return report
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _ece_text(counts: ReliabilityCounts) -> str:
-    ece = counts.expected_calibration_error()
-    return "n/a" if ece is None else f"{ece:.3f}"
-
-
-def reliability_figure(
-    before: ReliabilityCounts,
-    after: ReliabilityCounts | None = None,
-    title: str = "",
-    temperature: float | None = None,
-):
-    """The reliability diagram: accuracy per confidence bin against the diagonal, before (outlined bars)
-    and after temperature scaling (filled bars), ECE of each in the legend; below, the share of pixels
-    per bin (most pixels sit in the top bins, so a gap there matters most)."""
-    plt = _pyplot()
-    fig, (ax, hx) = plt.subplots(
-        2, 1, figsize=(6.4, 7.2), sharex=True, height_ratios=(3, 1), constrained_layout=True
-    )
-    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfectly calibrated")
-    t_text = "temperature scaled" + (f" (T = {temperature:.2f})" if temperature is not None else "")
-    series = [(before, "uncalibrated", dict(fill=False, edgecolor="tab:red", lw=1.5))]
-    if after is not None:
-        series.append((after, t_text, dict(color="tab:blue", alpha=0.55, edgecolor="tab:blue")))
-    w = 1 / before.bins
-    for i, (counts, name, style) in enumerate(series):
-        rows = counts.reliability()
-        left = np.array([r["lower"] for r in rows])
-        acc = np.array([np.nan if r["accuracy"] is None else r["accuracy"] for r in rows])
-        share = np.array([r["pixels"] for r in rows]) / max(counts.pixels, 1)
-        shown = ~np.isnan(acc)
-        ax.bar(
-            left[shown], acc[shown], width=w, align="edge", label=f"{name}: ECE {_ece_text(counts)}", **style
-        )
-        hx.bar(left + i * w / len(series), share, width=w / len(series), align="edge", **style)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left", fontsize=9)
-    hx.set_xlabel("confidence (probability of the predicted class)")
-    hx.set_ylabel("share of pixels")
-    if title:
-        ax.set_title(title)
-    return fig
-
-
-def coverage_figure(counts: ReliabilityCounts, title: str = ""):
-    """Accuracy of the pixels kept and the share of pixels kept against the confidence threshold
-    (the pixels below it go to human review), at every fine bin edge."""
-    plt = _pyplot()
-    rows = counts.coverage([k / counts.fine_bins for k in range(counts.fine_bins)])
-    t = np.array([r["threshold"] for r in rows])
-    acc = np.array([np.nan if r["accuracy"] is None else r["accuracy"] for r in rows])
-    share = np.array([np.nan if r["share"] is None else r["share"] for r in rows])
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), constrained_layout=True)
-    ax.plot(t, acc, color="tab:blue", lw=2, label="accuracy of the pixels kept")
-    ax.plot(t, share, color="tab:orange", lw=2, label="share of pixels kept")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("confidence threshold (pixels below it go to review)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=9)
-    if title:
-        ax.set_title(title)
-    return fig

@@ -1,6 +1,8 @@
 """Training data as torch sees it: the tile Dataset, the epoch sampler, the loader, a batch on its device.
 
-Middle floor: rests on tiles.py, stats.py, tile_cache.py and distributed.py. The loader ships tiles
+Middle floor: rests on tiles.py, stats.py, tile_cache.py, resident.py, transforms.py and distributed.py.
+``make_batches`` is the one place that builds a split's batches, for either path (worker processes, or
+the tiles held in memory). The loader ships tiles
 as stored (uint16 bands, uint8 targets); ``to_device`` moves a batch to the model's device and
 standardises it there (``stats.Normalize``). Training draws the order of the tiles and their dihedral
 transforms in ``EpochSampler`` from (seed, epoch) alone, so the run does not depend on the number of
@@ -15,22 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from landcover.common import fail
 from landcover.distributed import Proc, derive_seed, seed_worker, upload
+from landcover.resident import ResidentLoader, ResidentTiles
 from landcover.stats import Normalize
 from landcover.tile_cache import open_tile_cache
 from landcover.tiles import read_tile, target
-
-
-def dihedral(x: np.ndarray, k: int) -> np.ndarray:
-    """One of the 8 dihedral transforms of the last two dims: k in 0..7 (rotate k%4, flip if k>=4).
-
-    A view; ``np.ascontiguousarray`` copies it (numpy rather than torch: faster on uint16 tiles)."""
-    if k >= 4:
-        x = x[..., ::-1]
-    return np.rot90(x, k % 4, axes=(-2, -1))
+from landcover.transforms import augment
 
 
 class TileDataset(Dataset):
@@ -77,7 +72,7 @@ class TileDataset(Dataset):
         if k is None and self.augment:
             k = int(torch.randint(8, ()).item())
         if k:
-            img, y = dihedral(img, k), dihedral(y, k)
+            img, y = augment(img, y, k)
         # C-contiguous and writable: copies a transformed view or a read-only memory map, not a fresh read
         img, y = (np.require(a, requirements=("C", "W")) for a in (img, y))
         return torch.from_numpy(img), torch.from_numpy(y)
@@ -145,13 +140,31 @@ def make_loader(
         extra = dict(persistent_workers=True, prefetch_factor=4, worker_init_fn=seed_worker)
     return DataLoader(
         ds,
-        batch_size=batch,
-        sampler=sampler,
+        batch_sampler=BatchSampler(sampler, batch, drop_last=False),  # as ResidentLoader batches
         num_workers=workers,
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(seed),
         **extra,
     )
+
+
+def make_batches(
+    ds: TileDataset,
+    draws: Sequence | Sampler,
+    batch: int,
+    device: torch.device,
+    *,
+    held: ResidentTiles | None,
+    workers: int,
+    seed: int,
+) -> DataLoader | ResidentLoader:
+    """The batches of ``ds`` in the order of ``draws`` (a sampler's ``(index, k)`` draws, or indices),
+    ``(raw, y)`` as stored, the same on either path: from the tiles ``held`` in memory
+    (``resident.hold_tiles``; gathered and transformed batch-wise where they are held), else from
+    ``workers`` processes reading the tile cache or the files (seeded with ``seed``)."""
+    if held is not None:
+        return ResidentLoader(held, draws, batch, device)
+    return make_loader(ds, draws, batch, workers, device, seed)
 
 
 def to_device(

@@ -237,3 +237,20 @@ def process_group(device: torch.device, proc: Proc) -> Iterator[None]:
         yield
     finally:
         close_processes()
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Torch's CPU work in one thread (the model's forward keeps all): probabilities and blending are
+    short passes over memory, and a pass split over threads waits for each to be scheduled, which on
+    cores shared with other work costs more than the pass itself (bench/predict.py shows it); in one
+    thread, too, no CPU time goes to threads spinning at the end of each pass."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -1,11 +1,10 @@
-"""What the model's users share (test_model.py, predict.py, train.py): bands, class codes, tile pictures.
+"""What the model's users share (test_model.py, predict.py, train.py): bands, the model's class
+probabilities, tile pictures.
 
-Middle floor: rests on tiles.py, stats.py, distributed.py and colormap.py. A checkpoint's bands are
-matched to a file's by count, position and name (``check_bands``). The model has one output per
-code 0..12, but code 0 (nodata) is never predicted on a valid pixel: the class probabilities are a
-softmax over the outputs of codes 1..12 (code 0 gets probability 0) and the predicted code is the best
-of codes 1..12 (``model.predict_classes``). With ``tta`` the probabilities are averaged over the four
-flips of the input (none, left-right, up-down, both).
+Middle floor: rests on probabilities.py, tiles.py, stats.py, distributed.py, figures.py and colormap.py.
+A checkpoint's bands are matched to a file's, or to several scenes', by count, position and name
+(``check_bands``, ``check_scenes``). With ``tta`` the probabilities are averaged over the four flips of
+the input (``transforms.FLIPS``).
 """
 
 from __future__ import annotations
@@ -16,17 +15,17 @@ from pathlib import Path
 
 import torch
 
-from colormap import NODATA, comparison_figure, stretch_rgb
-from landcover.calibration import probabilities
+from colormap import NODATA, stretch_rgb
 from landcover.common import fail
-from landcover.distributed import Precision
+from landcover.distributed import Precision, one_cpu_thread
+from landcover.figures import comparison_figure
+from landcover.probabilities import code_probabilities, predict_classes
 from landcover.stats import Normalize
 from landcover.tiles import valid_pixels
-from model import predict_classes
+from landcover.transforms import TTA, dihedral
 
 # train.py's default run folder is runs/<encoder>, its default encoder resnet50
 DEFAULT_CHECKPOINT = "runs/resnet50/best.pt"
-FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # the dims each TTA pass flips
 GENERIC_BAND = re.compile(r"^(band\s*\d+)?$", re.IGNORECASE)  # "", "band3": a band the file does not name
 
 
@@ -70,29 +69,81 @@ def _short(names: Sequence[str], keep: int = 12) -> str:
     return " ".join(names) if len(names) <= keep else " ".join(names[:keep]) + f" ... ({len(names)} in all)"
 
 
+def scene_prefixes(bands: Sequence[str]) -> list[str]:
+    """The scene names of a stacked checkpoint's bands (``s2_april:B4`` -> ``s2_april``), in order.
+
+    Empty for a single-scene checkpoint (band names without a ``scene:`` part).
+    """
+    if not bands or not all(":" in b for b in bands):
+        return []
+    return list(dict.fromkeys(b.split(":", 1)[0] for b in bands))
+
+
+def check_scenes(bands: Sequence[str], scenes: Sequence[tuple[Path, Sequence[str | None]]]) -> str | None:
+    """Fail unless the scenes (path, band descriptions) match the checkpoint's ``bands`` by position and
+    bands; the line to show when a file is not named as the checkpoint's scene, else None.
+
+    A single-scene checkpoint takes one scene with its bands; a stacked one takes as many scenes as it
+    names, scene k with the band part of the checkpoint's bands of scene k (``s2_april:B4`` -> ``B4``:
+    a scene file names its bands without a scene). File names do not decide (another year's mosaics
+    carry other names), except that the checkpoint's own scene names in another order are refused.
+    """
+    prefixes = scene_prefixes(bands)
+    if not prefixes:
+        if len(scenes) != 1:
+            fail(
+                f"the checkpoint takes one scene ({len(bands)} bands), got {len(scenes)}: "
+                f"{' '.join(str(p) for p, _ in scenes)}"
+            )
+        check_bands(bands, scenes[0][1], f"scene {scenes[0][0]}")
+        return None
+    order = " ".join(f"{p}.tif" for p in prefixes)
+    if len(scenes) != len(prefixes):
+        fail(
+            f"the checkpoint stacks {len(prefixes)} scenes ({order}, in that order), got {len(scenes)}: "
+            f"{' '.join(str(p) for p, _ in scenes)}"
+        )
+    stems = [p.stem for p, _ in scenes]
+    if stems != prefixes and sorted(stems) == sorted(prefixes):
+        fail(
+            f"scenes given in the wrong order: {' '.join(stems)}; the checkpoint stacks {order} in that order"
+        )
+    for (path, descriptions), prefix in zip(scenes, prefixes, strict=True):
+        expected = [b.split(":", 1)[1] for b in bands if b.split(":", 1)[0] == prefix]
+        check_bands(expected, descriptions, f"scene {path}")
+    renamed = [
+        f"scene {k} is {path.name}, the checkpoint was trained on {prefix}.tif"
+        for k, ((path, _), prefix) in enumerate(zip(scenes, prefixes, strict=True), start=1)
+        if path.stem != prefix
+    ]
+    return "; ".join(renamed) + ": matched by position and bands" if renamed else None
+
+
 def flipped_logits(net: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> Iterator[torch.Tensor]:
-    """The model's float32 logits (B, 13, H, W) of ``x``; with ``tta``, of its four flips, each flipped
-    back onto the input's pixels."""
-    for dims in FLIPS if tta else FLIPS[:1]:
-        z = net(x.flip(dims) if dims else x).float()
-        yield z.flip(dims) if dims else z
+    """The model's float32 logits (B, 13, H, W) of ``x``; with ``tta``, of its four flips
+    (``transforms.TTA``), each flipped back onto the input's pixels."""
+    for k in TTA if tta else TTA[:1]:
+        yield dihedral(net(dihedral(x, k)).float(), k)
 
 
 @torch.inference_mode()
 def class_probabilities(
-    net: torch.nn.Module, x: torch.Tensor, tta: bool = False, temperature: float = 1.0
+    net: torch.nn.Module, x: torch.Tensor, tta: bool = False, temperature: float | Sequence[float] = 1.0
 ) -> torch.Tensor:
-    """(B, C, H, W) normalised input -> (B, 13, H, W) float32 probabilities, channel k = code k.
+    """(B, C, H, W) normalised input -> (B, 13, H, W) float32 probabilities, channel k = code k; for a
+    sequence of temperatures, those at each in turn: (B, 13 * len(temperature), H, W).
 
-    A softmax over codes 1..12 of the logits divided by ``temperature`` (the checkpoint's, fitted on
-    the validation split: the top probability then means what it says); code 0 (nodata) gets 0. With
-    ``tta``, the mean over four flips.
+    ``probabilities`` of the logits at the checkpoint's temperature (fitted on the validation split:
+    the top probability then means what it says), all from one forward pass; with ``tta``, the mean
+    over four flips.
     """
-    probs, n = None, 0
-    for z in flipped_logits(net, x, tta):
-        p = probabilities(z, temperature)
-        probs, n = (p if probs is None else probs.add_(p)), n + 1
-    return probs / n if n > 1 else probs
+    temperatures = (temperature,) if isinstance(temperature, int | float) else tuple(temperature)
+    total, n = None, 0
+    for z in flipped_logits(net, x, tta):  # the forward passes, on all threads
+        with one_cpu_thread(z.device):
+            p = code_probabilities(z, temperatures)
+            total, n = (p if total is None else total.add_(p)), n + 1
+    return total.div_(n) if n > 1 else total
 
 
 def codes_from_probabilities(probs: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Tiles resident in memory: a split's decoded tiles held as one tensor, and the batches drawn from it.
 
-Middle floor: rests on tile_cache.py (the decoded arrays), dataset.py (the dihedral transforms) and
+Middle floor: rests on tile_cache.py (the decoded arrays), transforms.py (training's transform) and
 common.py (one-line failures). When the training step outruns the DataLoader's workers (a 1.9 MB
 tile crossing a process boundary costs more than it saves once decoding is gone), a split's tiles
 are decoded once (``tile_cache``), then held as one (N, C, H, W) image tensor and one (N, H, W) uint8
@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import BatchSampler
 
 from landcover.common import fail
-from landcover.dataset import dihedral
 from landcover.tile_cache import open_tile_cache
+from landcover.transforms import augment
 
 DEVICE, HOST, WORKERS = "device", "host", "workers"  # where the tiles are held (Placement.where)
 GPU_SHARE = 0.5  # tiles take at most this share of the GPU's free memory: the rest is the model's
@@ -207,14 +208,6 @@ def _fill(dst: torch.Tensor, src: np.ndarray) -> None:
 # An epoch's batches
 
 
-def dihedral_batch(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``dataset.dihedral`` on a batch, in torch: flip the last dim if k >= 4, then rotate k % 4 times
-    (from the first towards the second of the last two dims, as np.rot90). Pure data movement: exact."""
-    if k >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, k % 4, (-2, -1)) if k % 4 else x
-
-
 @dataclass
 class EpochPlan:
     """An epoch's batches, each gathered with its tiles grouped by transform.
@@ -240,7 +233,8 @@ def plan_epoch(draws: Iterable, batch_size: int, n: int, square: bool) -> EpochP
         fail(f"a draw asks for tile {bad[0]} with transform {bad[1]}: the split has {n} tiles, k is 0..7")
     if not square and bool((ks % 2 == 1).any()):
         fail("a rotation by 90 degrees needs square tiles: these are not (draw only k 0, 2, 4, 6)")
-    bounds = [(s, min(s + batch_size, len(pairs))) for s in range(0, len(pairs), batch_size)]
+    batches = BatchSampler(range(len(pairs)), batch_size, drop_last=False)  # as the DataLoader's
+    bounds = [(b[0], b[-1] + 1) for b in batches]
     gather, place, groups = torch.empty_like(idx), torch.empty_like(idx), []
     for s, e in bounds:
         order = torch.sort(ks[s:e], stable=True).indices
@@ -302,25 +296,12 @@ class ResidentLoader:
         home = self.tiles.home
         if home.type == "cpu" and self.numpy_on_cpu:
             for b in range(len(plan.bounds)):
-                yield self._on_host(plan, b)
+                yield host_batch(self.tiles, plan, b)
             return
         gather, place = plan.gather.to(home), plan.place.to(home)
         for b, (s, e) in enumerate(plan.bounds):
             img, y = gather_rows(self.tiles.images, gather[s:e]), gather_rows(self.tiles.targets, gather[s:e])
-            yield self._arrange(img, y, place[s:e], plan.groups[b])
-
-    def _on_host(self, plan: EpochPlan, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch b on a CPU device: each tile copied once, transformed on the way, by numpy (torch's
-        small CPU ops cost more in thread hand-offs than in copying)."""
-        s, e = plan.bounds[b]
-        src = (self.tiles.images, self.tiles.targets)
-        out = tuple(torch.empty((e - s, *t.shape[1:]), dtype=t.dtype) for t in src)
-        gather, place = plan.gather[s:e].tolist(), plan.place[s:e].tolist()
-        for a, z, k in plan.groups[b]:
-            for p in range(a, z):
-                for t, o in zip(src, out, strict=True):
-                    o.numpy()[place[p]] = dihedral(t.numpy()[gather[p]], k)
-        return out[0].view(self.tiles.dtype), out[1]
+            yield arrange(img, y, place[s:e], plan.groups[b], self.tiles.dtype)
 
     def _through_host(self, plan: EpochPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batch b+2 is gathered on a host thread and b+1 copied while the caller trains on batch b; a
@@ -350,7 +331,7 @@ class ResidentLoader:
                 if b + 1 < nb:
                     nxt = self._copy(pending.popleft().result(), copied, (b + 1) % len(slots))
                 s, e = plan.bounds[b]
-                yield self._arrange(*self._arrived(*cur), place[s:e], plan.groups[b])
+                yield arrange(*self._arrived(*cur), place[s:e], plan.groups[b], self.tiles.dtype)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -403,21 +384,40 @@ class ResidentLoader:
             y.record_stream(stream)
         return img, y
 
-    def _arrange(
-        self, img: torch.Tensor, y: torch.Tensor, place: torch.Tensor, groups: list[tuple[int, int, int]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tiles gathered in groups of one transform -> the batch in draw order, each tile transformed;
-        images viewed back to their stored dtype."""
-        if len(groups) == 1:  # one transform for the whole batch: the gathering order is the draw order
-            k = groups[0][2]
-            img, y = dihedral_batch(img, k).contiguous(), dihedral_batch(y, k).contiguous()
-        else:
-            out_img, out_y = torch.empty_like(img), torch.empty_like(y)
-            for a, b, k in groups:
-                out_img.index_copy_(0, place[a:b], dihedral_batch(img[a:b], k))
-                out_y.index_copy_(0, place[a:b], dihedral_batch(y[a:b], k))
-            img, y = out_img, out_y
-        return img.view(self.tiles.dtype), y
+
+def host_batch(tiles: ResidentTiles, plan: EpochPlan, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch b of tiles held on a CPU device: each tile copied once, transformed on the way, by numpy
+    (torch's small CPU ops cost more in thread hand-offs than in copying)."""
+    s, e = plan.bounds[b]
+    src = (tiles.images, tiles.targets)
+    out = tuple(torch.empty((e - s, *t.shape[1:]), dtype=t.dtype) for t in src)
+    gather, place = plan.gather[s:e].tolist(), plan.place[s:e].tolist()
+    for a, z, k in plan.groups[b]:
+        for p in range(a, z):
+            img, y = augment(src[0].numpy()[gather[p]], src[1].numpy()[gather[p]], k)
+            out[0].numpy()[place[p]], out[1].numpy()[place[p]] = img, y
+    return out[0].view(tiles.dtype), out[1]
+
+
+def arrange(
+    img: torch.Tensor,
+    y: torch.Tensor,
+    place: torch.Tensor,
+    groups: list[tuple[int, int, int]],
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiles gathered in groups of one transform -> the batch in draw order, each group transformed
+    at once; images viewed back to their stored ``dtype``."""
+    if len(groups) == 1:  # one transform for the whole batch: the gathering order is the draw order
+        img, y = (t.contiguous() for t in augment(img, y, groups[0][2]))
+    else:
+        out_img, out_y = torch.empty_like(img), torch.empty_like(y)
+        for a, b, k in groups:
+            moved = augment(img[a:b], y[a:b], k)
+            out_img.index_copy_(0, place[a:b], moved[0])
+            out_y.index_copy_(0, place[a:b], moved[1])
+        img, y = out_img, out_y
+    return img.view(dtype), y
 
 
 def hold_tiles(

@@ -190,7 +190,7 @@ def maps(chain, checkpoints, runner, tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize(
     ("mode", "target", "n", "when"),
     [
-        ("single", "inference.flipped_logits", 4, "after"),  # part of the map and confidence blended
+        ("single", "landcover.inference.flipped_logits", 4, "after"),  # part of the map and confidence done
         ("single", "os.replace", 2, "after"),  # both previews in place, the rasters not
         ("single", "os.replace", 4, "after"),  # the confidence renamed into place, the map not
         ("stack", "os.replace", 1, "before"),  # the rasters and a preview written, nothing renamed

@@ -25,11 +25,10 @@ from landcover.calibration import (
     TemperatureFit,
     calibration_report,
     confidence_and_correct,
-    coverage_figure,
     fit_temperature,
-    probabilities,
-    reliability_figure,
 )
+from landcover.figures import coverage_figure, reliability_figure
+from landcover.probabilities import probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import colormap
+from landcover import figures
 
 matplotlib.use("Agg")
 
@@ -78,7 +79,7 @@ def test_stretch_ignores_nodata():
 
 
 def test_legend_names_only_the_classes_shown():
-    fig = colormap.comparison_figure(
+    fig = figures.comparison_figure(
         np.zeros((8, 8, 3), np.uint8), np.full((8, 8), 3), np.array([[3, 12] * 4] * 8)
     )
     texts = [t.get_text() for lg in fig.legends for t in lg.get_texts()]

@@ -9,9 +9,10 @@ import torch
 from helpers import write_pair
 
 from landcover.common import InputError
-from landcover.dataset import EpochSampler, TileDataset, dihedral, rare_class_weights
+from landcover.dataset import EpochSampler, TileDataset, rare_class_weights
 from landcover.distributed import Proc
 from landcover.layout import tile_pairs
+from landcover.transforms import dihedral
 
 
 def test_dataset_targets_ignore_nodata_and_unknown_codes(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torchvision
 
+from landcover.probabilities import predict_classes
 from model import (
     ENCODERS,
     MIT,
@@ -22,7 +23,6 @@ from model import (
     build_model,
     imagenet_weights_path,
     model_from_config,
-    predict_classes,
 )
 
 

@@ -13,7 +13,7 @@ from helpers import write_pair
 
 from landcover import tile_cache
 from landcover.common import InputError
-from landcover.dataset import EpochSampler, TileDataset, dihedral, make_loader, to_device
+from landcover.dataset import EpochSampler, TileDataset, make_loader, to_device
 from landcover.distributed import Proc
 from landcover.layout import tile_pairs
 from landcover.resident import (
@@ -29,6 +29,7 @@ from landcover.resident import (
 )
 from landcover.stats import Normalize
 from landcover.tile_cache import build_tile_cache
+from landcover.transforms import dihedral
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -89,9 +89,9 @@ def read(path: Path):
 
 
 def test_the_table_is_dataset_dihedral():
-    """The named ops are dataset.dihedral's k = 1, 2, 3, 4, 6 (what training uses)."""
+    """The named ops are transforms.dihedral's k = 1, 2, 3, 4, 6 (what training uses)."""
 
-    from landcover.dataset import dihedral
+    from landcover.transforms import dihedral
 
     a = np.arange(3 * 4 * 5, dtype=np.int32).reshape(3, 4, 5)
     for op, k in zip(OPS, (1, 2, 3, 4, 6), strict=True):

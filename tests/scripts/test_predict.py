@@ -22,7 +22,8 @@ from helpers import S2_BANDS, assert_one_line_error, run_script, write_raster
 
 import predict
 from colormap import CODES, gdal_colour_table
-from landcover import inference
+from landcover import inference, mapping
+from landcover import probabilities as probabilities_
 from landcover.checkpoint import load_checkpoint, make_checkpoint
 from landcover.common import run_main
 from landcover.stats import Normalize
@@ -129,7 +130,7 @@ def check_confidence_raster(path, codes: np.ndarray, grid) -> np.ndarray:
 
 
 def predict_maps(net, stats, img, **kw) -> tuple[np.ndarray, np.ndarray]:
-    """predict.predict_scene over an in-memory scene: the map and its confidence as arrays."""
+    """mapping.predict_scene over an in-memory scene: the map and its confidence as arrays."""
     h, w = img.shape[1:]
     out = np.full((2, h, w), 254, dtype=np.uint8)  # 254: never written
 
@@ -139,7 +140,7 @@ def predict_maps(net, stats, img, **kw) -> tuple[np.ndarray, np.ndarray]:
     def write(row0, codes, confidence):
         out[:, row0 : row0 + len(codes)] = codes, confidence
 
-    predict.predict_scene(net, read, stats, h, w, write, show_progress=False, **kw)
+    mapping.predict_scene(net, read, stats, h, w, write, show_progress=False, **kw)
     assert (out != 254).all(), "every pixel written"
     return out[0], out[1]
 
@@ -154,8 +155,8 @@ def test_no_seams_window_edges_agree_with_a_window_centred_on_them(ckpt, scene):
     net, c = load_checkpoint(ckpt, torch.device("cpu"))
     stats = c["stats"]
     full = predict_array(net, stats, img, window=WINDOW, overlap=OVERLAP, batch_size=4, workers=2)
-    rows = predict.window_starts(H, WINDOW, OVERLAP)
-    cols = predict.window_starts(W, WINDOW, OVERLAP)
+    rows = mapping.window_starts(H, WINDOW, OVERLAP)
+    cols = mapping.window_starts(W, WINDOW, OVERLAP)
     # every interior window edge: the first and last row / column of every window not on the border
     edge_rows = sorted({r for r in rows[1:]} | {r + WINDOW - 1 for r in rows[:-1]})
     edge_cols = sorted({c for c in cols[1:]} | {c + WINDOW - 1 for c in cols[:-1]})
@@ -245,7 +246,7 @@ def test_every_pixel_is_predicted_once_in_place(h, w, window, overlap, batch, wo
     ("size", "window", "overlap"), [(300, 128, 32), (1000, 512, 64), (513, 512, 0), (50, 128, 8)]
 )
 def test_window_starts_cover_the_scene_with_at_least_the_overlap(size, window, overlap):
-    starts = predict.window_starts(size, window, overlap)
+    starts = mapping.window_starts(size, window, overlap)
     w = min(window, size)
     assert starts[0] == 0 and starts[-1] + w == size
     assert all(b - a <= w - overlap for a, b in itertools.pairwise(starts))
@@ -255,8 +256,8 @@ def test_window_starts_cover_the_scene_with_at_least_the_overlap(size, window, o
 def test_memory_holds_the_overlap_rows_not_the_scene():
     """The blender keeps a window and the overlap rows across the width, nothing the size of the scene."""
     h, w = 2000, 700
-    rows, cols = predict.window_starts(h, 128, 16), predict.window_starts(w, 128, 16)
-    b = predict.Blender(h, w, rows, cols, (128, 128), 16)
+    rows, cols = mapping.window_starts(h, 128, 16), mapping.window_starts(w, 128, 16)
+    b = mapping.Blender(h, w, rows, cols, (128, 128), 16)
     biggest = 0
     for i in range(len(rows)):
         for j in range(len(cols)):
@@ -478,9 +479,9 @@ def test_check_scenes_matches_by_position_and_bands(names, expected):
     scenes = [(Path(f"/x/{n}.tif"), list(S2_BANDS)) for n in names]
     if expected == "wrong order":
         with pytest.raises(InputError, match="wrong order"):
-            predict.check_scenes(bands, scenes)
+            inference.check_scenes(bands, scenes)
     else:
-        assert predict.check_scenes(bands, scenes) == expected
+        assert inference.check_scenes(bands, scenes) == expected
 
 
 @pytest.fixture(scope="module")
@@ -704,22 +705,21 @@ def test_check_bands(expected, found, ok):
 
 
 def test_window_probabilities_are_calibrations_and_codes_follow_predict_classes():
-    from landcover.calibration import probabilities
-    from model import predict_classes
+    from landcover.probabilities import predict_classes, probabilities
 
     torch.manual_seed(0)
     z = torch.randn(2, 13, 37, 53) * 4
     for t in (1.0, 1.7):
-        p = predict.code_probabilities(z, (t,))
+        p = probabilities_.code_probabilities(z, (t,))
         assert torch.allclose(p, probabilities(z, t), atol=1e-6) and (p[:, 0] == 0).all()
-    both = predict.code_probabilities(z, (1.0, 0.5))
+    both = probabilities_.code_probabilities(z, (1.0, 0.5))
     assert both.shape == (2, 26, 37, 53)
     assert torch.allclose(both[:, 13:], probabilities(z, 0.5), atol=1e-6)
     # ties: the first best code, as predict_classes; NaN sums: still a code 1..12
     sums = both[0].clone()
     sums[5, :10] = sums[9, :10] = 2.0
     sums[3, 10:12] = float("nan")
-    codes, conf = predict.codes_and_confidence(sums)
+    codes, conf = probabilities_.codes_and_confidence(sums)
     want = predict_classes(sums[None, :13])[0]
     assert torch.equal(codes[12:].long(), want[12:]) and (codes[:10] == 5).all()
     assert codes.dtype == conf.dtype == torch.uint8 and codes.min() >= 1 and codes.max() <= 12

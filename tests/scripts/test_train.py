@@ -391,7 +391,7 @@ def test_sampler_shards_and_depends_only_on_seed_and_epoch():
 def test_argmax_never_predicts_nodata(tmp_path):
     """Validation counts predictions from classes 1..12 even where the nodata logit is the largest."""
     from landcover.metrics import ConfusionMatrix
-    from model import predict_classes
+    from landcover.probabilities import predict_classes
 
     logits = torch.zeros(1, 13, 2, 2)
     logits[:, 0] = 100.0

@@ -1,0 +1,157 @@
+"""The rasters of a map: writing finished rows by whole blocks, the files beside a map, their metadata.
+
+Middle floor: rests on colormap.py, geo.py and common.py. A map is uint8 codes (nodata 0) with the class
+colour table and names; its confidence and review mask are uint8 with nodata 255; all are tiled like
+``geo.map_profile`` says, with internal overviews (mode for classes, average for confidence).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from colormap import CLASSES, NODATA, NUM_CLASSES, gdal_colour_table
+from landcover.geo import MAP_BLOCK
+
+OVERVIEW_MIN = 256  # overviews are added until the smallest fits in this many pixels
+GDAL_CACHE_MB = 256  # a fixed GDAL block cache: reading and writing never hold more than this
+CONFIDENCE_NODATA = 255  # nodata of the confidence and review rasters (0 is a confidence and a flag)
+REVIEW_COLOURS = {0: (0, 0, 0, 0), 1: (230, 0, 77, 255), CONFIDENCE_NODATA: (0, 0, 0, 0)}
+OVERVIEW_RESAMPLING = (Resampling.mode, Resampling.average, Resampling.mode)  # map, confidence, review
+
+
+class BlockWriter:
+    """Writes finished rows to a GeoTIFF in whole rows of blocks (a compressed block is written once)."""
+
+    def __init__(self, dst: rasterio.io.DatasetWriter, block: int = MAP_BLOCK):
+        self.dst, self.block = dst, block
+        self.row0, self.buf = 0, np.zeros((0, dst.width), dtype=np.uint8)
+
+    def __call__(self, row0: int, values: np.ndarray) -> None:
+        assert row0 == self.row0 + len(self.buf), "rows must come in order"
+        self.buf = np.concatenate([self.buf, values]) if len(self.buf) else values.copy()
+        end = self.row0 + len(self.buf)
+        upto = end if end == self.dst.height else (end // self.block) * self.block
+        if upto > self.row0:
+            n = upto - self.row0
+            try:
+                self.dst.write(self.buf[:n], 1, window=Window(0, self.row0, self.dst.width, n))
+            except OSError as e:  # a full disk: name this raster (several are written at once)
+                e.filename = e.filename or self.dst.name
+                raise
+            self.row0, self.buf = upto, self.buf[n:]
+
+
+class MapWriters:
+    """Writes finished rows to the map, its confidence and (with ``review_below``) its review mask, each
+    through its own ``BlockWriter``; sums what the summary reports."""
+
+    def __init__(self, dsts: Sequence[rasterio.io.DatasetWriter], review_below: float | None):
+        self.writers = [BlockWriter(d) for d in dsts]
+        self.review_below = review_below
+        self.valid = 0  # mapped pixels
+        self.confidence_sum = 0  # their confidence, percent
+        self.flagged = 0  # those below review_below
+
+    def __call__(self, row0: int, codes: np.ndarray, confidence: np.ndarray) -> None:
+        valid = codes != NODATA
+        layers = [codes, confidence]
+        if self.review_below is not None:
+            flag = (confidence < self.review_below) & valid
+            layers.append(np.where(valid, flag, CONFIDENCE_NODATA).astype(np.uint8))
+            self.flagged += int(np.count_nonzero(flag))
+        self.valid += int(np.count_nonzero(valid))
+        self.confidence_sum += int(confidence.sum(where=valid, dtype=np.int64))
+        for writer, layer in zip(self.writers, layers, strict=True):
+            writer(row0, layer)
+
+
+@dataclass(frozen=True)
+class MapFiles:
+    """The files of one map, named after ``--out MAP.tif``."""
+
+    map: Path
+
+    def beside(self, suffix: str, ext: str | None = None) -> Path:
+        return self.map.with_name(f"{self.map.stem}{suffix}{ext or self.map.suffix}")
+
+    @property
+    def confidence(self) -> Path:
+        return self.beside("_confidence")
+
+    @property
+    def review(self) -> Path:
+        return self.beside("_review")
+
+    @property
+    def preview(self) -> Path:
+        return self.map.with_suffix(".png")
+
+    @property
+    def confidence_preview(self) -> Path:
+        return self.beside("_confidence", ".png")
+
+    @property
+    def categories(self) -> Path:
+        return self.map.with_name(self.map.name + ".aux.xml")
+
+    def rasters(self, review: bool) -> list[Path]:
+        """The GeoTIFFs written, the map first (it is renamed into place last)."""
+        return [self.map, self.confidence, *([self.review] if review else [])]
+
+    def all(self, review: bool, preview: bool) -> list[Path]:
+        pictures = [self.preview, self.confidence_preview] if preview else []
+        return [*self.rasters(review), *pictures, self.categories]
+
+
+def overview_factors(height: int, width: int) -> list[int]:
+    """Overview levels 2, 4, 8 ... until the smallest fits in OVERVIEW_MIN pixels (at least one level)."""
+    factors = [2]
+    while max(height, width) / factors[-1] > OVERVIEW_MIN:
+        factors.append(factors[-1] * 2)
+    return factors
+
+
+def category_names_xml() -> str:
+    """GDAL's PAM side-car (MAP.tif.aux.xml) naming the classes: QGIS labels the colour table with it."""
+    cats = "\n".join(f"      <Category>{escape(CLASSES[c][0])}</Category>" for c in range(NUM_CLASSES))
+    return (
+        '<PAMDataset>\n  <PAMRasterBand band="1">\n    <CategoryNames>\n'
+        f"{cats}\n    </CategoryNames>\n  </PAMRasterBand>\n</PAMDataset>\n"
+    )
+
+
+def describe_rasters(
+    dsts: Sequence[rasterio.io.DatasetWriter], tags: dict, temperature: float, review_below: float | None
+) -> None:
+    """Colour tables, band descriptions and tags of the map, its confidence and its review mask."""
+    for dst in dsts:
+        dst.update_tags(**tags)
+    dsts[0].write_colormap(1, gdal_colour_table())
+    dsts[0].set_band_description(1, "land-cover class code")
+    dsts[0].update_tags(1, **{f"CLASS_{c}": CLASSES[c][0] for c in range(NUM_CLASSES)})
+    what = f"confidence of the mapped class, percent (temperature {temperature:.3g})"
+    dsts[1].set_band_description(1, what)
+    dsts[1].set_band_unit(1, "%")
+    if review_below is not None:
+        dsts[2].write_colormap(1, REVIEW_COLOURS)
+        dsts[2].set_band_description(1, f"1: confidence below {review_below:g} %, for review; 0: not")
+        dsts[2].update_tags(1, REVIEW_BELOW=f"{review_below:g}")
+
+
+def gdal_env(workers: int) -> rasterio.Env:
+    """GDAL's settings for reading the scenes and writing the rasters: a fixed block cache, a chunk's
+    blocks decoded in parallel, overviews compressed and tiled like the rasters."""
+    return rasterio.Env(
+        GDAL_CACHEMAX=GDAL_CACHE_MB,
+        GDAL_NUM_THREADS=max(workers, 1),
+        COMPRESS_OVERVIEW="DEFLATE",
+        GDAL_TIFF_OVR_BLOCKSIZE=MAP_BLOCK,
+    )
