@@ -119,7 +119,7 @@ def count_classes(ds, what: str, wins: Sequence, within=None) -> tuple[np.ndarra
     """Pixels of each code 0..12 in the whole map and in each window ((windows, 13) uint32); a code
     above 12 is one line. ``within``: another open map on the grid, counting only where it is valid."""
     per = np.zeros((len(wins), MAX_CODE + 1), np.uint32)
-    for i, w in enumerate(progress(wins, desc=f"counting {what}", unit="block", leave=False)):
+    for i, w in enumerate(progress(wins, desc=f"counting {what}", unit="block", leave=False, delay=1.0)):
         data = read_pixels(ds, what, 1, window=w)
         if within is not None:
             data = data[read_pixels(within, "map", 1, window=w) != NODATA]
@@ -156,7 +156,7 @@ def locate(ds, wins: Sequence, per: np.ndarray, ordinals: dict[int, np.ndarray])
                 picks[c] = ords[lo:hi] - start[i, c]
         if picks:
             need.append((i, picks))
-    for i, picks in progress(need, desc="locating the sample", unit="block", leave=False):
+    for i, picks in progress(need, desc="locating the sample", unit="block", leave=False, delay=1.0):
         w = wins[i]
         flat = read_pixels(ds, "map", 1, window=w).ravel()
         for c, local in picks.items():
