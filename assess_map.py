@@ -37,6 +37,7 @@ from landcover.sampling import (
     read_map_info,
     read_points,
     read_table,
+    reading,
     values_at,
     windows,
 )
@@ -110,6 +111,7 @@ def read_maps(inp: Inputs) -> tuple[np.ndarray, np.ndarray]:
     codes at the points; the stratification map must be the one the sample was drawn from."""
     p = inp.points
     with contextlib.ExitStack() as stack:
+        stack.enter_context(reading())
         strata = stack.enter_context(open_class_map(inp.strata_map, "the sample's map"))
         check_grid(strata, inp.info, "the sample's map", inp.strata_map)
         wins = windows(strata)

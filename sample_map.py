@@ -38,6 +38,7 @@ from landcover.sampling import (
     locate,
     map_info,
     open_class_map,
+    reading,
     values_at,
     windows,
     write_sample,
@@ -170,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     fixed = parse_allocation(args.allocation)
     check_paths(args)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(reading())
         ds = stack.enter_context(open_class_map(args.map))
         info = map_info(ds, args.map, args.seed)
         conf, ref = (r if r is None else stack.enter_context(r) for r in open_extras(args, info.grid))

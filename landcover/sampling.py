@@ -42,6 +42,9 @@ SAMPLE, STRATA, MAP = "sample", "strata", "map"
 SAMPLE_FIELDS = ("id", "row", "col", "stratum", "map_code", "map_name", "confidence", "reference")
 CHUNK_PIXELS = 1 << 22  # pixels per window when a raster is stored in strips (about 4 MB of uint8)
 MAX_CODE = max(CODES)
+GDAL_CACHE_MB = (
+    64  # GDAL's block cache: each block is read once per pass, a larger cache only grows with the map
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,14 @@ class Points:
 
 # ---------------------------------------------------------------------------------------------------
 # Reading a class map by blocks
+
+
+def reading():
+    """The GDAL settings of the block passes: a fixed block cache (GDAL's default, a share of the
+    machine's memory, would fill with blocks never read again and grow with the map)."""
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
 
 
 def open_class_map(path: str | Path, what: str = "map"):
