@@ -139,6 +139,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = scores[chosen]["results"] / "landcover_demo.tif"
     step(["predict.py", "--checkpoint", scores[chosen]["run"] / "best.pt", "--image", *images, "--out", out])
     report(scores, chosen, base, (time.perf_counter() - t0) / 60)
+    # The map's accuracy and error-adjusted areas (README: "Assessing the map"), from a stratified sample
+    # labelled with the demo's truth; it covers the training tiles too, so the figures are optimistic.
+    res, truth = scores[chosen]["results"], data / "mask_10m.tif"
+    sample = res / "landcover_demo_sample.gpkg"
+    if not (ROOT / sample).is_file():  # sample_map.py never overwrites a sample: it may hold labels
+        step(["sample_map.py", "--map", out, "--out", sample, "--reference", truth, "--seed", args.seed])
+    step(["assess_map.py", "--sample", sample, "--out", res / "assessment"])
 
 
 if __name__ == "__main__":
