@@ -84,3 +84,19 @@ def trained_checkpoint(
     net.eval()
     torch.save(make_checkpoint(net, list(bands), stats, epoch=1, best_miou=None), path)
     return path
+
+
+# The test scene of predict.py's and the mapping engine's tests, and the window they map it with
+H, W = 300, 370  # not a multiple of the window
+WINDOW, OVERLAP = 128, 32
+
+
+def scene_data(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, image) of a scene with nodata outside an irregular region and a nodata hole."""
+    rng = np.random.default_rng(seed)
+    labels = label_map(H, W, rng, block=37)
+    yy, xx = np.mgrid[:H, :W]
+    labels[(yy < 60) & (xx < 90)] = 0  # a nodata corner
+    labels[(yy - 200) ** 2 + (xx - 250) ** 2 < 25**2] = 0  # a nodata hole across window edges
+    labels[:, -3:] = 0
+    return labels, image_of(labels, rng)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from checkpoints import trained_checkpoint
+from checkpoints import scene_data, trained_checkpoint
+from helpers import S2_BANDS, write_raster
 from prefork import Prefork
 
 
@@ -31,3 +32,14 @@ def runner():
     r = Prefork()
     yield r
     r.close()
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """predict.py's test scene (tests/checkpoints.py's scene_data) as a tiled GeoTIFF, per module."""
+    labels, img = scene_data()
+    path = tmp_path_factory.mktemp("scene") / "s2_april.tif"
+    write_raster(
+        path, img, descriptions=S2_BANDS, tiled=True, blockxsize=64, blockysize=64, compress="deflate"
+    )
+    return path, labels, img

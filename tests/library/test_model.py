@@ -12,7 +12,6 @@ import pytest
 import torch
 import torchvision
 
-from landcover.probabilities import predict_classes
 from model import (
     ENCODERS,
     MIT,
@@ -187,14 +186,6 @@ def test_model_from_config_rebuilds_the_architecture(encoder):
 def test_unknown_encoder_is_refused():
     with pytest.raises(ValueError, match="unknown encoder"):
         UNet("vgg16")
-
-
-def test_predict_classes_never_returns_nodata():
-    logits = torch.randn(2, 13, 5, 6)
-    logits[:, 0] += 100  # nodata would win an argmax over all 13 outputs
-    pred = predict_classes(logits)
-    assert pred.shape == (2, 5, 6) and pred.min() >= 1 and pred.max() <= 12
-    assert torch.equal(pred, logits[:, 1:].argmax(1) + 1)
 
 
 # ---------------------------------------------------------------------------------------------
