@@ -84,3 +84,16 @@ def test_legend_names_only_the_classes_shown():
     )
     texts = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
     assert texts == ["3 Forest", "12 Watercourses and water bodies"]
+
+
+def test_the_command_prints_the_class_table_and_writes_a_legend(tmp_path, capsys):
+    from PIL import Image
+
+    colormap.main(["--legend", str(tmp_path / "legend.png")])
+    out = capsys.readouterr().out
+    for code, (name, colour) in PIPELINE_TABLE.items():
+        assert f"| {code} | {name} | {colour} |" in out
+    with Image.open(tmp_path / "legend.png") as im:
+        pixels = {tuple(p[:3]) for p in im.convert("RGB").getdata()}
+    assert {colormap.hex_to_rgb(c) for _, c in PIPELINE_TABLE.values()} <= pixels, "every class's colour"
+    assert not list(tmp_path.glob("*.partial"))

@@ -529,3 +529,22 @@ def test_weights_holding_pickled_objects_are_refused_unrun(tmp_path, arch, encod
 def test_missing_weights_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"encoder weights not found: .*nothing\.pth"):
         build_model("mit_b0", 4, 13, weights=str(tmp_path / "nothing.pth"), arch="segformer")
+
+
+def test_the_command_prints_parameters_flops_and_parts(capsys):
+    import model
+
+    model.main(["--arch", "segformer", "--encoder", "mit_b0", "--bands", "20", "--size", "64"])
+    out = capsys.readouterr().out
+    n = sum(p.numel() for p in build_model("mit_b0", 20, arch="segformer", full_res=32).parameters())
+    assert f"{n / 1e6:.2f} M parameters" in out and "GFLOP per 20-band 64 x 64 tile" in out
+    assert "encoder" in out and "MiT" in out
+
+
+def test_the_command_refuses_an_encoder_of_the_other_architecture(capsys):
+    import model
+    from landcover.common import run_main
+
+    assert run_main(model.main, ["--arch", "unet", "--encoder", "mit_b0"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "mit_b0 is a segformer encoder" in err
