@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from landcover.probabilities import probabilities
+
 TEMPERATURE_RANGE = (0.05, 20.0)  # the search interval of T; a fit at either end is a broken model
 MAX_PIXELS = 1_000_000  # the subsample of TemperatureFit: T is one number, a million pixels pin it down
 BINS = 20  # reliability bins (the ECE's), equal width in confidence
@@ -198,9 +200,8 @@ class TemperatureFit:
         a second pass over the split (an estimate, on the pixels T was fitted on)."""
         z, t = self.sample()
         counts = ReliabilityCounts(bins, fine_bins)
-        if len(t):
-            conf, best = (z / temperature).softmax(dim=1).max(dim=1)  # z: codes 1..12 only
-            counts.add(conf, best == t)
+        if len(t):  # the sample holds codes 1..12: code 0's column back, as the model's outputs have it
+            counts.update(probabilities(torch.nn.functional.pad(z, (1, 0)), temperature), t + 1)
         return counts
 
 
