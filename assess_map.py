@@ -17,6 +17,7 @@ counted); the variances include the finite population correction (see landcover/
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -85,6 +86,18 @@ class Inputs:
         unknown = sorted(set(np.unique(p.stratum).tolist()) - set(self.pixels))
         if unknown:
             fail(f"the sample has points of stratum {unknown[0]}, not in its strata table: {self.sample}")
+
+
+def parse(parser: ArgumentParser, argv: Sequence[str] | None):
+    """Parse, with no "(default: None)" in --help: an option without a default shows none and is None."""
+    for action in parser._actions:
+        if action.default is None:
+            action.default = argparse.SUPPRESS
+    args = parser.parse_args(argv)
+    for action in parser._actions:
+        if action.dest != "help" and not hasattr(args, action.dest):
+            setattr(args, action.dest, None)
+    return args
 
 
 def locate_strata_map(given: Path | None, info: MapInfo, sample: Path) -> Path:
@@ -197,7 +210,7 @@ def result(estimator: str, a: Assessment, mapped: np.ndarray, inp: Inputs, total
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     inp = Inputs(args)
     inp.check_points()
     check_out(args.out, [inp.sample, inp.map, inp.strata_map])
@@ -247,7 +260,7 @@ def markdown(res: dict, inp: Inputs) -> str:
         f"{res['estimator']}; {res['samples_used']} points used, {res['samples_skipped']} skipped "
         "(no reference).",
         "",
-        f"Overall accuracy: {interval(oa)} (95 % interval), standard error {oa['se']:.3f}.",
+        f"Overall accuracy: {interval(oa)} (95 % interval), standard error {_fmt(oa['se'])}.",
         "",
         "| class | mapped area (ha) | error-adjusted area (ha), 95 % interval | user's accuracy "
         "| producer's accuracy |",
@@ -307,6 +320,10 @@ def write_figure(res: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def _nan(v: float | None) -> float:

@@ -20,6 +20,7 @@ labels.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ from landcover.sampling import (
 )
 
 CONFIDENCE_NODATA = 255
+MIN_POINTS = 2  # the fewest points of a class with more pixels: a stratum's variance needs two
 
 
 def build_parser() -> ArgumentParser:
@@ -73,6 +75,18 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the draw (same seed, same sample)")
     return p
+
+
+def parse(parser: ArgumentParser, argv: Sequence[str] | None):
+    """Parse, with no "(default: None)" in --help: an option without a default shows none and is None."""
+    for action in parser._actions:
+        if action.default is None:
+            action.default = argparse.SUPPRESS
+    args = parser.parse_args(argv)
+    for action in parser._actions:
+        if action.dest != "help" and not hasattr(args, action.dest):
+            setattr(args, action.dest, None)
+    return args
 
 
 def parse_allocation(pairs: Sequence[str]) -> dict[int, int]:
@@ -129,6 +143,8 @@ def sample_sizes(args, pixels: dict[int, int], fixed: dict[int, int]) -> dict[in
             fail(f"--allocation {c}={k}: the map has no pixel of class {c}")
         if k > pixels[c]:
             fail(f"--allocation {c}={k}: class {c} has only {pixels[c]} pixels")
+        if k < min(MIN_POINTS, pixels[c]):
+            fail(f"--allocation {c}={k}: a class needs {MIN_POINTS} points at least (for its variance)")
     size = args.size
     if size is None and any(c not in fixed for c in codes):
         weights = [pixels[c] for c in codes]
@@ -162,11 +178,11 @@ def fill(points: Points, ds, what: str, nodata: set[int], allowed: range | None)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
     if args.size is not None:
         check_range("--size", args.size, 1)
     check_range("--target-se", args.target_se, 0, 1, low_open=True)
-    check_range("--min-per-class", args.min_per_class, 0)
+    check_range("--min-per-class", args.min_per_class, MIN_POINTS)
     check_range("--expected-accuracy", args.expected_accuracy, 0, 1)
     fixed = parse_allocation(args.allocation)
     check_paths(args)

@@ -158,15 +158,13 @@ def locate(ds, wins: Sequence, per: np.ndarray, ordinals: dict[int, np.ndarray])
     holding a drawn ordinal are read again."""
     start = np.cumsum(per, axis=0, dtype=np.int64) - per  # ordinal of each class's first pixel in a window
     found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    need = []
-    for i in range(len(wins)):
-        picks = {}
-        for c, ords in ordinals.items():
-            lo, hi = np.searchsorted(ords, [start[i, c], start[i, c] + per[i, c]])
-            if hi > lo:
-                picks[c] = ords[lo:hi] - start[i, c]
-        if picks:
-            need.append((i, picks))
+    picked: dict[int, dict[int, np.ndarray]] = {}
+    for c, ords in ordinals.items():
+        lo = np.searchsorted(ords, start[:, c])
+        hi = np.searchsorted(ords, start[:, c] + per[:, c])
+        for i in np.flatnonzero(hi > lo):
+            picked.setdefault(int(i), {})[c] = ords[lo[i] : hi[i]] - start[i, c]
+    need = sorted(picked.items())
     for i, picks in progress(need, desc="locating the sample", unit="block", leave=False, delay=1.0):
         w = wins[i]
         flat = read_pixels(ds, "map", 1, window=w).ravel()

@@ -98,6 +98,7 @@ def test_fixed_allocation_and_cochran(runner, scene, tmp_path):
         ("reference code 13", "code 13"),
         ("allocation of an absent class", "no pixel of class 5"),
         ("allocation too large", "has only 30 pixels"),
+        ("allocation of one point", "2 points at least"),
         ("code above 12", "code 41"),
     ],
 )
@@ -120,6 +121,8 @@ def test_bad_input_is_one_line_and_writes_nothing(runner, scene, tmp_path, case,
         extra = ["--allocation", "5=10"]
     elif case == "allocation too large":
         extra = ["--allocation", "7=31"]
+    elif case == "allocation of one point":
+        extra = ["--allocation", "7=1"]
     elif case == "code above 12":
         bad = m.copy()
         bad[300, 300] = 41
