@@ -177,3 +177,30 @@ def test_bad_input_is_one_line_and_writes_nothing(runner, drawn, tmp_path, case,
     res = runner.run("assess_map.py", "--sample", sample, "--out", out, *extra)
     assert_one_line_error(res, needle)
     assert tree(tmp_path) == before
+
+
+def test_a_moved_sample_finds_its_map_beside_it(runner, drawn, tmp_path):
+    d = drawn[0]
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    first.mkdir()
+    shutil.copy(d / "map.tif", first / "map.tif")
+    res = runner.run("sample_map.py", "--map", first / "map.tif", "--out", first / "s.gpkg", "--size", 100)
+    assert res.returncode == 0, res.stderr
+    first.rename(moved)  # the path the sample recorded is gone: the map beside the sample is used
+    edit(moved / "s.gpkg", "UPDATE sample SET reference = map_code")
+    res = runner.run("assess_map.py", "--sample", moved / "s.gpkg", "--out", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "out/assessment.json").read_text())["overall_accuracy"]["estimate"] == 1.0
+    (moved / "map.tif").rename(tmp_path / "elsewhere.tif")
+    res = runner.run("assess_map.py", "--sample", moved / "s.gpkg", "--out", tmp_path / "out2")
+    assert_one_line_error(res, "give --strata-map")
+    res = runner.run(
+        "assess_map.py",
+        "--sample",
+        moved / "s.gpkg",
+        "--strata-map",
+        tmp_path / "elsewhere.tif",
+        "--out",
+        tmp_path / "out2",
+    )
+    assert res.returncode == 0, res.stderr
