@@ -9,6 +9,7 @@ to the device, where ``Normalize`` standardises a whole batch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -62,24 +63,41 @@ def band_stats(train: str | Path, pairs: list[tuple[Path, Path]] | None = None) 
     """Band statistics of the train split, cached in ``<train>/../band_stats.json``.
 
     The cache is reused only while the train split holds the same tiles (names, sizes and modification
-    times of images and masks: an uncompressed tile rewritten with other values keeps its size).
+    times of images and masks: an uncompressed tile rewritten with other values keeps its size) and its
+    content matches its checksum (``read_cache``).
     """
     train = Path(train)
     pairs = pairs if pairs is not None else tile_pairs(train)
     cache = train.parent / STATS_FILE
     key = fingerprint(pairs)
-    if cache.is_file():
-        try:
-            cached = json.loads(cache.read_text())
-            fresh = cached.get("fingerprint") == key and cached.get("split") == train.name
-            if fresh and all(k in cached for k in STATS_KEYS):
-                return cached
-        except (json.JSONDecodeError, OSError):
-            pass
+    cached = read_cache(cache)
+    if cached is not None and cached.get("fingerprint") == key and cached.get("split") == train.name:
+        return cached
     stats = compute_band_stats(pairs)
     stats.update(fingerprint=key, split=train.name, tiles=len(pairs))
+    stats["checksum"] = checksum(stats)
     atomic_write_text(cache, json.dumps(stats, indent=1))
     return stats
+
+
+def read_cache(cache: Path) -> dict | None:
+    """The statistics ``band_stats.json`` holds, or None (then recomputed) when it is missing, damaged
+    or not ours: not JSON (bytes that are not UTF-8 included), not a dict, a key missing, or a content
+    that does not match its checksum. A damaged digit is valid JSON and would change the normalisation
+    of every tile without a word; a cache written before checksums is recomputed once."""
+    try:
+        cached = json.loads(cache.read_bytes())
+    except (ValueError, OSError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    if not isinstance(cached, dict) or any(k not in cached for k in STATS_KEYS):
+        return None
+    return cached if cached.get("checksum") == checksum(cached) else None
+
+
+def checksum(stats: dict) -> str:
+    """sha256 of the statistics' content (all but the checksum), independent of the file's layout."""
+    body = {k: v for k, v in stats.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 class Normalize:

@@ -497,6 +497,11 @@ CASES = [
      ["--weight-power", "inf"]),
     ("move_images.py", "--val nan", None, [*MOVE, "{tmp}/nowhere", "--val", "nan"], ["--val", "nan"]),
     ("move_images.py", "--test inf", None, [*MOVE, "{tmp}/nowhere", "--test", "inf"], ["--test", "inf"]),
+    ("sample_map.py", "--target-se nan", None,
+     ["--map", "{tmp}/nowhere.tif", "--out", "{tmp}/s.gpkg", "--target-se", "nan"], ["--target-se", "nan"]),
+    ("sample_map.py", "--expected-accuracy inf", None,
+     ["--map", "{tmp}/nowhere.tif", "--out", "{tmp}/s.gpkg", "--expected-accuracy", "inf"],
+     ["--expected-accuracy", "inf"]),
 ]  # fmt: skip
 
 
