@@ -172,9 +172,10 @@ def locate(ds, wins: Sequence, per: np.ndarray, ordinals: dict[int, np.ndarray])
             pos = np.flatnonzero(flat == c)[local]
             r, q = np.divmod(pos, int(w.width))
             found.append((r + int(w.row_off), q + int(w.col_off), np.full(len(pos), c, np.uint8)))
-    rows, cols, codes = (
-        np.concatenate(a) if found else np.zeros(0, np.int64) for a in zip(*found, strict=True)
-    )
+    if not found:
+        empty = np.zeros(0, np.int64)
+        return Points(empty, empty, empty, empty, empty, empty)
+    rows, cols, codes = (np.concatenate(a) for a in zip(*found, strict=True))
     order = np.lexsort((cols, rows))
     none = np.full(len(order), -1, np.int64)
     rows, cols, codes = rows[order], cols[order], codes[order]
@@ -186,14 +187,17 @@ def values_at(ds, rows: np.ndarray, cols: np.ndarray, what: str) -> np.ndarray:
     from rasterio.windows import Window
 
     bh, bw = ds.block_shapes[0]
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
     out = np.zeros(len(rows), np.float64)
-    block = (np.asarray(rows) // bh) * (ds.width // bw + 2) + np.asarray(cols) // bw
-    for b in np.unique(block):
-        idx = np.flatnonzero(block == b)
+    block = (rows // bh) * (ds.width // bw + 2) + cols // bw
+    order = np.argsort(block, kind="stable")
+    for idx in np.split(order, np.flatnonzero(np.diff(block[order])) + 1):
+        if not len(idx):
+            continue
         r0, c0 = int(rows[idx[0]]) // bh * bh, int(cols[idx[0]]) // bw * bw
         w = Window(c0, r0, min(bw, ds.width - c0), min(bh, ds.height - r0))
         data = read_pixels(ds, what, 1, window=w)
-        out[idx] = data[np.asarray(rows)[idx] - r0, np.asarray(cols)[idx] - c0]
+        out[idx] = data[rows[idx] - r0, cols[idx] - c0]
     return out
 
 
