@@ -95,12 +95,12 @@ def _feed(h, obj) -> None:
         h.update(f"T{t.dtype}{list(t.shape)}:".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy())  # the tensor's own memory: no copy
     elif isinstance(obj, dict):
-        h.update(f"dict{len(obj)}:".encode())  # an OrderedDict too (host_copy makes state dicts plain)
+        # an OrderedDict as a dict, its _metadata (torch's module versions) left out: host_copy drops both,
+        # and the same content must give the same digest whichever way it was written
+        h.update(f"dict{len(obj)}:".encode())
         for k, v in sorted(obj.items(), key=lambda kv: (type(kv[0]).__name__, repr(kv[0]))):
             _feed(h, k)
             _feed(h, v)
-        if isinstance(getattr(obj, "_metadata", None), dict):  # a state dict's module versions
-            _feed(h, obj._metadata)
     elif isinstance(obj, list | tuple):
         h.update(f"{type(obj).__name__}{len(obj)}:".encode())
         for v in obj:

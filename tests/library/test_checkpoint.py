@@ -197,6 +197,7 @@ def test_digest_survives_the_save_and_load_of_a_training_state(tmp_path):
     writer.wait()
     loaded = read_checkpoint(tmp_path / "last.pt")
     assert loaded["digest"] == content_digest(loaded) != ckpt["digest"]  # sealed again: the optimiser is in
+    assert loaded["digest"] == content_digest(ckpt)  # the host copy (plain dicts) holds the same content
     assert torch.equal(loaded["optimizer"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
 
 
