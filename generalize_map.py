@@ -118,15 +118,15 @@ def read_strip(src, r: int, h: int, what: str) -> np.ndarray:
 def survey(src, threshold: int, connectivity: int) -> SievePlan:
     """First pass: every strip surveyed; codes outside 0..12 refused (before anything is written)."""
     survey = Survey(src.width, threshold, connectivity)
-    bar = progress(total=src.height, desc="patches", unit="row")
-    with bar:
-        for r, h in strips(src.height, STRIP):
-            codes = read_strip(src, r, h, "map")
-            if codes.max(initial=0) >= NUM_CLASSES:
-                bad = int(codes[codes >= NUM_CLASSES][0])
-                fail(f"map holds code {bad} (rows {r}..{r + h - 1}), not a class code 0..12: {src.name}")
-            survey.add(codes)
-            bar.update(h)
+    bar = progress(total=src.height, desc="patches", unit="row", delay=1)  # an early error: no bar
+    for r, h in strips(src.height, STRIP):
+        codes = read_strip(src, r, h, "map")
+        if codes.max(initial=0) >= NUM_CLASSES:
+            bad = int(codes[codes >= NUM_CLASSES][0])
+            fail(f"map holds code {bad} (rows {r}..{r + h - 1}), not a class code 0..12: {src.name}")
+        survey.add(codes)
+        bar.update(h)
+    bar.close()
     return survey.plan()
 
 
@@ -147,27 +147,22 @@ def carried_confidence(
 def generalize(plan: SievePlan, src, sides: dict, writers: list[BlockWriter]) -> np.ndarray:
     """Second pass: each strip sieved and written with its confidence; returns the (13, 13) matrix of
     pixels by code before (rows) and after (columns)."""
-    moved = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    moved = np.zeros(NUM_CLASSES * NUM_CLASSES, dtype=np.int64)
     bar = progress(total=src.height, desc="generalising", unit="row")
-    with bar:
-        for i, (r, h) in enumerate(strips(src.height, STRIP)):
-            old = read_strip(src, r, h, "map")
-            new = plan.apply(i, old)
-            moved += np.bincount(old.ravel() * NUM_CLASSES + new.ravel(), minlength=NUM_CLASSES**2).reshape(
-                NUM_CLASSES, NUM_CLASSES
-            )
-            writers[0](r, new)
-            if "confidence" in sides:
-                conf = read_strip(sides["confidence"], r, h, "confidence")
-                probs = (
-                    read_strip(sides["probabilities"], r, h, "probabilities")
-                    if "probabilities" in sides
-                    else None
-                )
-                conf = np.where(new == NODATA, CONFIDENCE_NODATA, carried_confidence(old, new, conf, probs))
-                writers[1](r, conf.astype(np.uint8))
-            bar.update(h)
-    return moved
+    for i, (r, h) in enumerate(strips(src.height, STRIP)):
+        old = read_strip(src, r, h, "map")
+        new = plan.apply(i, old)
+        moved += np.bincount(old.ravel() * NUM_CLASSES + new.ravel(), minlength=NUM_CLASSES**2)
+        writers[0](r, new)
+        if "confidence" in sides:
+            conf = read_strip(sides["confidence"], r, h, "confidence")
+            probs = sides.get("probabilities")
+            probs = None if probs is None else read_strip(probs, r, h, "probabilities")
+            conf = np.where(new == NODATA, CONFIDENCE_NODATA, carried_confidence(old, new, conf, probs))
+            writers[1](r, conf.astype(np.uint8))
+        bar.update(h)
+    bar.close()
+    return moved.reshape(NUM_CLASSES, NUM_CLASSES)
 
 
 def open_sides(files: MapFiles, grid: Grid, stack: contextlib.ExitStack) -> dict:
