@@ -502,6 +502,8 @@ CASES = [
     ("sample_map.py", "--expected-accuracy inf", None,
      ["--map", "{tmp}/nowhere.tif", "--out", "{tmp}/s.gpkg", "--expected-accuracy", "inf"],
      ["--expected-accuracy", "inf"]),
+    ("generalize_map.py", "--mmu nan", None,
+     ["--map", "{tmp}/nowhere.tif", "--mmu", "nan"], ["--mmu", "nan"]),
 ]  # fmt: skip
 
 
