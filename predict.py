@@ -8,7 +8,7 @@ class colour table and names, overviews), ``MAP_confidence.tif`` (the probabilit
 percent at the checkpoint's temperature, nodata 255), with ``--review-below P`` ``MAP_review.tif``, and
 the previews ``MAP.png`` and ``MAP_confidence.png``. A MAP.tif that exists is complete, everything beside
 it included: all are written under temporary names and renamed, the map last. The scene is read by
-windows and blended (``landcover.mapping``); README "Predicting a whole scene" says how and at what cost.
+windows and blended (``landcover.mapping``); the README's "7. predict.py" section says how and at what cost.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ window's valid pixels on threads; ``predict_scene`` predicts batches of windows 
 ``Blender`` blends their probabilities, with weights ramping to zero over the overlap, into finished rows
 that go to the writers while the device computes the next batch. The code of a pixel is the best class of
 the blended probabilities at T = 1, so a temperature never changes the map; its confidence is that class's
-weighted mean probability at the checkpoint's temperature. README "Predicting a whole scene" explains
+weighted mean probability at the checkpoint's temperature. The README's "7. predict.py" section explains
 the memory this takes (it grows with the scene's width only).
 """
 
