@@ -52,6 +52,7 @@ from landcover.common import (
     atomic_path,
     atomic_write_text,
     check_range,
+    csv_rows,
     fail,
     first_line,
     open_raster,
@@ -189,11 +190,21 @@ def read_csv_rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
     """Rows of an existing tiles.csv keyed by (name, height), as text (rewritten unchanged)."""
     if not path.exists():
         return {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if list(reader.fieldnames or [])[: len(CSV_COLUMNS)] != CSV_COLUMNS:
-            fail(f"{path} is not a tiles.csv written by divide_img.py (columns {reader.fieldnames})")
-        return {(r["name"], r["height"]): r for r in reader}
+    rows = csv_rows(path, "tiles.csv")
+    header = rows[0] if rows else []
+    if header[: len(CSV_COLUMNS)] != CSV_COLUMNS:
+        fail(f"{path} is not a tiles.csv written by divide_img.py (columns {header})")
+    table = {}
+    for line, values in enumerate(rows[1:], start=2):
+        row = dict(zip(header, values, strict=False))
+        try:
+            if len(values) != len(header):
+                raise ValueError
+            int(row["height"]), int(row["row_off"]), int(row["col_off"])  # what the rewrite sorts by
+        except ValueError:
+            fail(f"damaged row in {path} (line {line}): a field is missing or not an integer")
+        table[(row["name"], row["height"])] = row
+    return table
 
 
 def write_csv_rows(path: Path, rows: dict[tuple[str, str], dict[str, str]]) -> None:

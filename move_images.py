@@ -48,6 +48,7 @@ from landcover.common import (
     atomic_path,
     atomic_write_text,
     check_range,
+    csv_rows,
     fail,
     open_raster,
     progress,
@@ -132,20 +133,21 @@ def counts_from_csv(csv_path: Path, size: int) -> dict[str, np.ndarray]:
     if not csv_path.is_file():
         return {}
     cols = [count_column(c) for c in CODES]
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "name" not in reader.fieldnames:
-            return {}
-        if any(c not in reader.fieldnames for c in cols):
-            return {}
-        out = {}
-        for row in reader:
-            try:
-                if "height" in row and int(row["height"]) != size:
-                    continue
-                out[row["name"]] = np.array([int(row[c]) for c in cols], dtype=np.int64)
-            except (TypeError, ValueError):
-                fail(f"damaged row in {csv_path} (line {reader.line_num}): class counts are not integers")
+    rows = csv_rows(csv_path, "tiles.csv")
+    header = rows[0] if rows else []
+    if "name" not in header or any(c not in header for c in cols):
+        return {}
+    out = {}
+    for line, values in enumerate(rows[1:], start=2):
+        try:
+            if len(values) != len(header):
+                raise ValueError
+            row = dict(zip(header, values, strict=True))
+            if "height" in row and int(row["height"]) != size:
+                continue
+            out[row["name"]] = np.array([int(row[c]) for c in cols], dtype=np.int64)
+        except ValueError:
+            fail(f"damaged row in {csv_path} (line {line}): class counts are not integers")
     return out
 
 
@@ -358,8 +360,7 @@ def write_plan(path: Path, plan: list[PlanRow]) -> None:
 
 def read_plan(path: Path) -> list[PlanRow]:
     """The plan written by an earlier run; a damaged file is an error naming it."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    rows = csv_rows(path, "split.csv")
     if not rows or tuple(rows[0]) != PLAN_COLUMNS:
         fail(f"not a plan of move_images.py (header differs): {path}")
     plan, seen = [], set()

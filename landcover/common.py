@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import errno
 import math
 import os
@@ -190,6 +191,16 @@ def progress(iterable: Iterable[T] | None = None, **kwargs) -> tqdm:
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("file", sys.stderr)
     return tqdm(iterable, **kwargs)
+
+
+def csv_rows(path: str | os.PathLike, what: str) -> list[list[str]]:
+    """Every row of a CSV table one of our scripts wrote (the header first); a file that is not UTF-8
+    text or not CSV (a damaged copy, a file of another kind) is one line naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        fail(f"{what} is damaged, not a CSV table ({first_line(e, 80)}): {path}")
 
 
 def require_file(path: str | os.PathLike, what: str) -> Path:
