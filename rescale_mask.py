@@ -2,45 +2,10 @@
 
 Reads ``--mask`` (one-band integer GeoTIFF, any extent and CRS, nodata 0) and the grid of ``--like``
 (a scene: only its CRS, transform, width and height are used). Writes ``--out``: a uint8 GeoTIFF on
-exactly that grid (tiled 512, DEFLATE, nodata 0, the class colour table); pixels outside the mask are
-nodata, a mask in another CRS is reprojected.
-
-Codes are remapped before resampling, so merged codes vote together: the stray codes of the 41-class
-source map go to their class (``colormap.DEFAULT_REMAP``: 19 beaches -> 5, 41 sea -> 12; ``--remap``
-overrides), any other code outside 1..12 is reported with its pixel count and made nodata. Nothing
-is clipped into a neighbouring class.
-
-Methods:
-  near      the mask pixel under each output pixel centre: ``gdalwarp -r near``, pixel for pixel.
-  mode      the most frequent valid class in each output pixel: ``gdalwarp -r mode``, pixel for pixel,
-            except that GDAL gives the output pixels just before the mask's top or left edge the
-            value of the edge (its window is never empty); here, outside the mask is nodata.
-  weighted  a majority vote in which class c counts ``w_c`` per source pixel, so that thin or small
-            rare features (roads, isolated houses) survive the 10x reduction. Default weights come
-            from inverse class frequency, tempered: ``w_c = (f_max / f_c) ** POWER`` with f_c the
-            share of class c in the mask over the scene, f_max that of the commonest class (weight 1)
-            and ``--weight-power`` 0.5 (1 = plain inverse frequency, which lets a single 1 m pixel of
-            a rare class claim a whole 10 m pixel; 0 = plain mode). ``--weights CODE=W ...`` sets
-            them by hand (unlisted classes weigh 1). The weights used are printed. Ties go to the
-            lower code. In the same CRS, north up, with output pixels no smaller than the mask's,
-            each mask pixel votes in the output pixel holding its centre (counted in numpy: GDAL has
-            no weighted vote); otherwise (another CRS, rotation, a coarser mask) each class's covered
-            fraction of the output pixel comes from GDAL's warper (``average`` of the class's
-            indicator) and is weighted, which is much slower (GDAL averages a band per class present).
-
-How it streams: the output is cut into blocks of whole 512 x 512 tiles; for each block the covering
-window of the mask (plus a small margin) is read, remapped and resampled with GDAL's warper
-(``rasterio.warp.reproject``), several blocks at a time on ``--threads`` threads; rows of tiles are
-written in order. Memory is a few source windows (``BLOCK_SOURCE_PIXELS`` each, buffers reused) plus
-a fixed GDAL cache, whatever the size of the mask (measured in the README's Performance section).
-Shortcuts that change no pixel: ``near`` remaps the picked pixels only (it picks the same pixel either
-way); windows without nodata skip GDAL's validity mask; windows of nothing but nodata skip the warp.
-
-The per-class shares printed before and after come from a histogram of the mask pixels whose centre
-lies in the scene. For near and mode it is counted in the same pass, on the windows already read,
-by run lengths (cheap next to the read: a class map changes value rarely), so it costs no extra
-pass. ``weighted`` needs the class frequencies before voting, so with default weights it makes one
-extra read pass over the mask first (the read is the cheap part of the work).
+exactly that grid (tiled 512, DEFLATE, nodata 0, the class colour table; the method and weights in its
+tags), and prints the weights and each class's share before and after. It exists because the tiles,
+the model and the map live on the scene's 10 m pixels; the README's "1. rescale_mask.py" section says
+how the methods (near, mode, weighted) vote and how the mask streams in flat memory.
 """
 
 from __future__ import annotations
@@ -591,6 +556,7 @@ def rescale(
             if weights is not None:
                 dst.update_tags(1, weights=" ".join(f"{c}={weights[c]:.4g}" for c in CODES))
             bar = progress(total=len(blocks), desc=f"rescaling ({method})", unit="block")
+            # without the pre-pass, the histogram is counted on the windows already read (no extra pass)
             run = functools.partial(worker.run, count=not prepass)
             rows = TileRows(dst, grid)
             with contextlib.closing(ordered_map(run, blocks, threads, threads + 1)) as results:
