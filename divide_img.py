@@ -1,30 +1,13 @@
 """Cut scenes and their 10 m mask into GeoTIFF tile pairs, with a table of every tile's class counts.
 
-Reads  --images: Sentinel-2 scenes (default: data/raw/s2_*.tif, expanded here and sorted) and
-       --mask: the 10 m land-cover mask on the scenes' grid (from rescale_mask.py).
-Writes under --out (default data/tiles):
-  img<SIZE>/<name>.tif and mask<SIZE>/<name>.tif, one pair per place, <name> =
-      <scene stem>_<row offset>_<col offset>. Image tiles keep all bands, the dtype, the band
-      descriptions and the values bit for bit; every tile has its own transform, CRS and nodata.
-      With --stack: one image tile per place holding every scene's bands in the order given,
-      named stack_<row>_<col>, bands described "<scene stem>:<band>" (e.g. s2_april:B4).
-  tiles.csv: one row per written tile (offsets, bounds, nodata fraction, pixels of codes 0..12).
-  divide_img.json: what each scene was tiled from and with; a finished scene is skipped on a re-run.
-
-Tiles start every --stride pixels; the last row and column of tiles are shifted back to end at the
-scene's edge (unless --drop-partial), so the whole scene is covered. A pixel is nodata when the mask
-is 0 or the image has no data there: every band equals the scene's nodata (0 when none is set), and
-with --stack every band of every scene. Dropped and counted: tiles without a valid pixel, tiles whose
-valid pixels are all water (unless --keep-water-only), tiles with more nodata than --max-nodata.
-Clouds and snow are kept. Each scene's tiles are judged on that scene's own pixels: the mask is
-common, so the mask-only filters agree for every scene of a place, while a scene's own nodata can
-tip its tile over --max-nodata. So a scene's tiles never depend on which other scenes are tiled with
-it, and an image tile and its mask tile are always written or dropped together.
-
-Each scene is read once, one strip of a tile row at a time (in column chunks of bounded size), while
-a pool of threads checks and writes the tiles of the strip read before (GDAL releases the GIL while
-it compresses). Every file is written under a temporary name and renamed; a re-run removes the
-leftovers of a killed run, keeps the tiles already written, and writes the rest.
+Reads ``--images`` (Sentinel-2 scenes; default data/raw/s2_*.tif, expanded here and sorted) and
+``--mask`` (the 10 m mask on their grid, from rescale_mask.py). Writes under ``--out`` (default
+data/tiles) ``img<SIZE>/<name>.tif`` and ``mask<SIZE>/<name>.tif``, one pair per kept place
+(``<scene stem>_<row offset>_<col offset>``; with ``--stack`` one ``stack_<row>_<col>`` image holding
+every scene's bands), ``tiles.csv`` (one row per tile: offsets, bounds, nodata fraction, pixels of
+codes 0..12) and ``divide_img.json`` (what each scene was tiled from and with: a re-run skips it). It
+exists because the model trains on fixed-size tiles; which tiles are dropped, and why each scene is
+judged on its own pixels, is in the README's "2. divide_img.py" section.
 """
 
 from __future__ import annotations
