@@ -1,29 +1,12 @@
 """Split the tiles into train / val / test by place, in whole spatial blocks: move_images.py.
 
-Reads  ``<tiles>/img<SIZE>/<name>.tif`` and ``<tiles>/mask<SIZE>/<name>.tif`` (pairs with the same
-       file name, written by divide_img.py; ``<name>`` ends with ``_<row offset>_<col offset>``) and
-       ``<tiles>/tiles.csv`` for the class pixel counts of every tile (without it, the masks are read).
-Writes ``<out>/split.csv``, the plan: one row per tile (name, place, block, split, n1..n12), written
-       atomically before anything moves; then moves every pair into ``<out>/<split>/img/`` and
-       ``<out>/<split>/mask/`` (train, val, test), file names unchanged. Prints a table of tiles and
-       class shares per split.
-
-A place is a tile position (its offsets), shared by every scene (season) tiled on the same grid, and
-a block is a square of ``--block`` x ``--block`` places: ``(row // (block * size), col // (block *
-size))``. Whole blocks go to one split, so neighbouring tiles and the seasons of a place never sit on
-both sides. Blocks are assigned by a seeded local search: start from a random fill that meets the
-fractions, then move or swap blocks while that lowers the objective, which is (1) every class that
-occurs in at least three blocks present in every split with a non-zero fraction, (2) the tiles of
-each split within one block (the largest block's tile count) of ``fraction x all tiles``, and (3)
-the mean squared relative difference between each split's class pixel shares and the whole's
-(every class counts the same, so rare classes are balanced too). Same ``--seed``, same split.
-
-Crash safety: the plan is the single source of truth. Every move is a rename (a copy, then a rename,
-then deleting the source, across file systems), so each file is always whole in exactly one place,
-or whole in two when a cross-device copy was interrupted. Re-running finds the plan, checks where
-every file of every pair is, and moves what is left, repairing a half-moved pair; a finished split
-is left as it is and nothing on disk changes. Tiles with overlapping footprints (``--stride`` smaller
-than ``--size`` in divide_img.py) that reach into a block of another split are counted and reported.
+Reads ``<tiles>/img<SIZE>/`` and ``<tiles>/mask<SIZE>/`` (pairs with the same file name, written by
+divide_img.py) and ``<tiles>/tiles.csv`` for every tile's class pixel counts (without it, the masks
+are read). Writes ``<out>/split.csv``, the plan (one row per tile: name, place, block, split,
+n1..n12), before anything moves; then moves every pair into ``<out>/<split>/img/`` and
+``<out>/<split>/mask/`` (train, val, test), names unchanged, and prints tiles and class shares per
+split. It exists so that no neighbouring tile, and no season of a place, sits on both sides of a
+score: how blocks are assigned and why a killed run is safe is in the README's "3. move_images.py".
 """
 
 from __future__ import annotations
