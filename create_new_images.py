@@ -1,20 +1,12 @@
 """Rare-class augmentation of the train split: create_new_images.py.
 
-Reads  ``<train>/img/*.tif`` and ``<train>/mask/*.tif``: the train split made by move_images.py (an
-       image and its mask have the same file name).
-Writes, beside every pair in which one of ``--classes`` covers more than ``--threshold`` of the
-       valid (non-zero) mask pixels, five new pairs ``<name>_<op>.tif`` (op: rot90, rot180, rot270,
-       flip_h, flip_v; see ``AUGMENTATIONS``), image (every band, any count) and mask transformed
-       alike. Prints the class pixel counts of the train split before and after.
-
-A copy keeps the source's dtype, band count and descriptions, nodata, CRS, transform, colour table,
-tags and compression. Its pixels are rotated or mirrored, so it is a training sample, not a map: it
-keeps the source's footprint (the same transform; tiles are square) and says what it is in two
-GeoTIFF tags, ``AUGMENTATION`` (the op) and ``AUGMENTED_FROM`` (the source file name). Copies are
-recognised by their name (an original tile name ends with its column offset, a copy with ``_<op>``)
-or by the tag, and are never augmented again; a copy that already exists is not written again, so a
-re-run adds nothing. Every file is written under a temporary name and renamed; after a kill, a copy
-whose image exists without its mask (or the reverse) is completed by the next run.
+Reads ``<train>/img/*.tif`` and ``<train>/mask/*.tif``: the train split made by move_images.py (an
+image and its mask have the same file name). Writes, beside every pair in which one of ``--classes``
+covers more than ``--threshold`` of the valid mask pixels, five new pairs ``<name>_<op>.tif`` (op:
+rot90, rot180, rot270, flip_h, flip_v; see ``AUGMENTATIONS``), image and mask transformed alike, and
+prints the class pixel counts of the train split before and after. It exists so that rare classes
+weigh more in training; what a copy keeps and how a re-run behaves is in the README's "4.
+create_new_images.py" section.
 """
 
 from __future__ import annotations
