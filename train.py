@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import math
 import pickle
 import random
@@ -461,7 +462,25 @@ def set_up(args: argparse.Namespace) -> Setup:
             )
         net, resumed = new_model(args, info.bands, rgb), None
     tile_size = (info.height, info.width)
+    check_single_tile_batch(net, math.ceil(len(train_pairs) / proc.world), args.batch_size, info)
     return Setup(proc, device, fast, train_pairs, val_pairs, bands, rgb, tile_size, net, resumed)
+
+
+def check_single_tile_batch(net: nn.Module, draws: int, batch_size: int, info: TileInfo) -> None:
+    """Fail now, not at an epoch's last step, when an epoch's last batch holds a single tile that batch
+    norm cannot train on (tiles so small that the deepest feature map is 1 x 1: one value per channel)."""
+    if draws % batch_size != 1 and batch_size != 1:
+        return
+    trial = copy.deepcopy(net).train()  # the trial moves batch-norm statistics: not the run's model's
+    try:
+        with torch.no_grad():
+            trial(torch.zeros(1, info.bands, info.height, info.width))
+    except ValueError:  # batch norm's "Expected more than 1 value per channel when training"
+        fail(
+            f"batch norm cannot train on a batch of one {info.height} x {info.width} px tile: {draws} train "
+            f"tiles per process leave one in the last batch of --batch-size {batch_size}; choose another "
+            "--batch-size, or larger tiles"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -314,6 +314,18 @@ def test_bad_data_is_refused_before_writing(tmp_path, capsys, case, needles):
     assert not out.exists() and not (data / "band_stats.json").exists()
 
 
+def test_a_last_batch_of_one_tile_batch_norm_cannot_train_is_refused_before_writing(tmp_path, capsys):
+    """32 px tiles end a ResNet at 1 x 1: a batch of one tile has one value per channel. 3 tiles in
+    batches of 2 leave one: one line before anything is written (it was a traceback at the last step);
+    batches of 3 train."""
+    data = make_data(tmp_path / "data", n_train=3)
+    assert run(["--data", data, "--out", tmp_path / "run", *FAST, "--epochs", 1]) == 2
+    assert_one_line(capsys.readouterr().err, "batch of one 32 x 32 px tile", "--batch-size 2")
+    assert not (tmp_path / "run").exists() and not (data / "band_stats.json").exists()
+    argv = ["--data", data, "--out", tmp_path / "run", *FAST, "--batch-size", 3, "--epochs", 1]
+    assert run(argv) == 0 and (tmp_path / "run" / "best.pt").is_file()
+
+
 def test_resume_and_run_folder_mistakes(tmp_path, capsys, monkeypatch):
     data = make_data(tmp_path / "data")
     out = tmp_path / "run"
