@@ -1,39 +1,14 @@
 """Make the demo data: a synthetic, Catalonia-like area seen by Sentinel-2 in April and August.
 
-Reads nothing. Writes into --out (default data/raw):
-  s2_april.tif, s2_august.tif  10 bands uint16 surface reflectance x 10000 (B2 B3 B4 B5 B6 B7 B8 B8A
-                               B11 B12, named in the band descriptions), 10 m, EPSG:32631, nodata 0,
-                               tiled DEFLATE GeoTIFF; --size x --size pixels
-  landcover_1m.tif             uint8 class codes of colormap.py (plus 19 beaches and 41 sea, as in the
-                               real ICGC map), 1 m, same extent and CRS, nodata 0, colour table
-
-How it is made. The landscape is a list of polygons in painter's order (metres from the top-left
-corner): Voronoi districts of forest and scrub on the hills and of field parcels in the plains, woods,
-clearings and bare patches, meandering rivers and streams, roads along the district edges and
-between towns, towns (blocks on a street grid, a denser old core, parks, industrial estates),
-farmhouses and residential estates, quarries, ponds and reservoirs, a highway, a railway and a coast
-with beaches and the sea, and nodata outside an irregular region boundary. GDAL's rasterizer burns
-it at 1 m, one strip of rows at a time. Each 10 m pixel of the scenes is the mean of the spectra of
-its 100 1 m pixels (class fractions @ spectra: roads, streams and houses narrower than 10 m are mixed
-pixels, as in reality), times a per-patch brightness and vigour, a texture and sensor noise. The
-seasons differ as they do in reality: winter cereals are green in April and stubble in August,
-summer crops the reverse, vineyards leaf out, scrub and grassland dry up, forests and towns stay.
-A few clouds (and their shadows) cover part of the April scene only; the mask does not see them.
-
-The code reads in that order: the covers and their spectra; geometry helpers; the Terrain (hills,
-coastline, region boundary) and the Canvas the layers paint on; one paint_* function a layer, bottom
-to top, called in turn by build_landscape; the per-patch gains and the clouds; then the rendering of
-a strip and the writing. All layers draw from one random generator, one after the other: the order
-of the layers and of the draws inside each is what a seed means.
-
-The 1 m mask is never held whole: the work streams by strips of 640 mask rows (memory grows with the
-width, about 0.6 GB at the default size). The same --seed gives the same pixels, another seed another
-layout. A finished set of the same size, seed and generator version is left as it is (--force
-makes it again); an interrupted run leaves only *.partial files, replaced by the next run.
-
-Owns: what the demo data looks like (COVERS, ENDMEMBERS, the April and August mixtures, the layers),
-its file names (outputs), and VERSION, the tag that tells a finished set from one made by an older
-generator.
+Reads nothing. Writes into --out (default data/raw) what the real ICGC inputs look like, so that the
+demo and the tests run the whole chain with no download: ``s2_april.tif`` and ``s2_august.tif`` (10
+bands uint16 surface reflectance x 10000, B2 B3 B4 B5 B6 B7 B8 B8A B11 B12 named in the band
+descriptions, 10 m, EPSG:32631, nodata 0, tiled DEFLATE; --size x --size pixels) and
+``landcover_1m.tif`` (uint8 codes of colormap.py plus 19 beaches and 41 sea, as in the ICGC map; 1 m,
+same extent and CRS, nodata 0, colour table). The same --seed gives the same pixels; a finished set
+of the same size, seed and ``VERSION`` is left as it is (--force makes it again), and an interrupted
+run leaves only *.partial files. How the landscape is painted: ``paint_landscape``; rendered:
+``render_scenes``.
 """
 
 from __future__ import annotations
@@ -969,7 +944,16 @@ class Landscape:
 
 
 def build_landscape(size: int, seed: int) -> Landscape:
-    """The polygons of a demo area of ``size`` x ``size`` scene pixels, in painter's order."""
+    """The polygons of a demo area of ``size`` x ``size`` scene pixels, in painter's order.
+
+    Metres from the top-left corner, bottom to top: Voronoi districts of forest and scrub on the hills
+    and of field parcels in the plains; woods, clearings and bare patches; meandering rivers and
+    streams; roads along the district edges and between towns, and a railway; reservoirs, quarries,
+    ponds, residential estates and farmhouses; towns (blocks on a street grid, a denser old core,
+    parks, industrial estates); a highway; a coast with beaches and the sea; nodata outside an
+    irregular region boundary. Every layer draws from the canvas's one generator in turn: the order
+    of the layers, and of the draws inside each, is what a seed means (never reorder them).
+    """
     canvas = Canvas.start(size, seed)
     districts = paint_districts(canvas)
     paint_patches(canvas)
@@ -1087,7 +1071,17 @@ MIX_TABLE = np.hstack([SPECTRA["april"], SPECTRA["august"], TEXTURE[:, None]])
 
 
 def render_scenes(land: Landscape, counts: np.ndarray, ids: np.ndarray, r0: int) -> dict[str, np.ndarray]:
-    """(10, rows, size) uint16 reflectance of each season from the block counts of a strip."""
+    """(10, rows, size) uint16 reflectance of each season from the block counts of a strip.
+
+    Each 10 m pixel is the mean of the spectra of its 100 1 m pixels (class fractions @ spectra: roads,
+    streams and houses narrower than 10 m are mixed pixels, as in reality), times a per-patch
+    brightness and vigour, a texture and sensor noise. The seasons differ as in reality (MIXTURES):
+    winter cereals are green in April and stubble in August, summer crops the reverse, vineyards leaf
+    out, scrub and grassland dry up, forests and towns stay. A few clouds and their shadows cover part
+    of the April scene only; the mask does not see them.
+    The 1 m mask is never held whole: GDAL burns the polygons one strip (640 mask rows) at a time, so
+    memory grows with the width only (about 0.6 GB at the default size).
+    """
     rows, n = counts.shape[:2]
     counts = counts.reshape(-1, N_COVERS)
     valid = counts[:, 0] <= FINE * FINE // 2  # nodata where most of the 1 m pixels are outside
