@@ -2,16 +2,10 @@
 
 Reads nothing; writes ``data/`` (demo scenes, mask, tiles, splits), ``runs/demo-*`` (checkpoints and
 TensorBoard logs) and ``results/demo-*`` (metrics.json, confusion matrix, comparison pictures, the
-land-cover map and its preview), all under ``--root`` (default: the repository). Each step is one
-of the pipeline's scripts, run exactly as a user would run it from the shell; every step is
-idempotent, so re-running the demo after an interruption completes it.
-
-By default two modes are trained with the same model, epochs and seed: ``april`` (one date per
-input, the 10 bands of the April scene) and ``stacked`` (both dates of a place in one 20-band
-input); each has one tile per place, so both cost the same per epoch. ``--modes april august
-stacked`` adds the August-only mode (bench/seasons.py runs all three).
-The mode with the better validation mIoU is kept (choosing on the test split would leak it into the
-choice); both test scores are printed, and the map is made with the chosen model.
+land-cover map and its preview), all under ``--root`` (default: the repository). It exists to show
+the chain end to end: each step is one of the pipeline's scripts, run as a user would run it from the
+shell, and each is idempotent, so re-running after an interruption completes it. The input modes it
+compares, and why it chooses on the validation split, are in the README's "Two commands".
 """
 
 from __future__ import annotations
@@ -28,7 +22,10 @@ from pathlib import Path
 from landcover.common import ArgumentParser, run_main
 
 ROOT = Path(__file__).resolve().parent
-MODES = {"april": [0], "august": [1], "stacked": [0, 1]}  # mode -> scenes (0 April, 1 August)
+# mode -> scenes (0 April, 1 August): april and august take one date's 10 bands per input, stacked both
+# dates of a place in one 20-band input; each has one tile per place, so april and stacked (the default
+# pair) cost the same per epoch
+MODES = {"april": [0], "august": [1], "stacked": [0, 1]}
 
 
 def step(args: Sequence[str]) -> None:
@@ -134,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     roots = {"april": data, "august": data / "august", "stacked": data / "stacked"}
     scenes = prepare(args, data, roots)
     scores = {mode: train_and_test(args, mode, roots[mode], base) for mode in args.modes}
+    # chosen on validation mIoU (choosing on the test split would leak it); both test scores are printed
     chosen = max(scores, key=lambda m: scores[m]["val"] if scores[m]["val"] is not None else -1)
     images = [scenes[i] for i in MODES[chosen]]
     out = scores[chosen]["results"] / "landcover_demo.tif"
