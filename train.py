@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 import colormap
 from landcover.calibration import TemperatureFit
 from landcover.checkpoint import (
+    CHECKPOINT_KEYS,
     CheckpointWriter,
     check_resumable,
     make_checkpoint,
@@ -402,6 +403,8 @@ def load_splits(data: Path, max_tiles: int, seed: int) -> tuple[list, list, Tile
 
 def new_model(args: argparse.Namespace, bands: int, rgb: Sequence[int]) -> nn.Module:
     """A fresh model, seeded; encoder weights that cannot be loaded are one line."""
+    if args.weights not in ("none", "imagenet"):
+        refuse_pipeline_checkpoint(Path(args.weights))
     seed_everything(args.seed)
     try:
         return build_model(
@@ -424,6 +427,21 @@ def new_model(args: argparse.Namespace, bands: int, rgb: Sequence[int]) -> nn.Mo
         fail(f"cannot load encoder weights {args.weights}: the file {what}")
     except (ValueError, RuntimeError, OSError, KeyError, EOFError) as e:
         fail(f"cannot load encoder weights {args.weights}: {first_line(e)}")
+
+
+def refuse_pipeline_checkpoint(path: Path) -> None:
+    """--weights takes an encoder's weights: a checkpoint of this pipeline given there is checked as
+    every checkpoint is (a damaged one is refused as damaged), then refused with what to do instead."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # build_model's reading of the file says what is wrong with it
+        return
+    if isinstance(state, dict) and all(k in state for k in CHECKPOINT_KEYS):
+        read_checkpoint(path)
+        fail(
+            f"--weights takes encoder weights (torchvision's ResNet, MiT's), and {path} is a checkpoint of "
+            f"train.py: continue its run with --resume --out {path.parent}"
+        )
 
 
 def resumed_model(args: argparse.Namespace, bands: list[str]) -> tuple[nn.Module, dict]:

@@ -326,6 +326,21 @@ def test_a_last_batch_of_one_tile_batch_norm_cannot_train_is_refused_before_writ
     assert run(argv) == 0 and (tmp_path / "run" / "best.pt").is_file()
 
 
+def test_weights_refuses_a_checkpoint_of_ours_and_checks_it_first(tmp_path, capsys, ckpt):
+    """--weights takes encoder weights: one of our checkpoints is named as such (what to do instead),
+    and one whose content no longer matches its digest is refused as damaged."""
+    data = make_data(tmp_path / "data")
+    argv = ["--data", data, "--out", tmp_path / "run", *FAST, "--epochs", 1, "--weights"]
+    assert run([*argv, ckpt]) == 2
+    assert_one_line(capsys.readouterr().err, "is a checkpoint of train.py", "--resume")
+    c = torch.load(ckpt, weights_only=True)
+    next(iter(c["model"].values())).add_(1.0)  # bit rot inside a tensor: the digest is the old one
+    torch.save(c, tmp_path / "damaged.pt")
+    assert run([*argv, tmp_path / "damaged.pt"]) == 2
+    assert_one_line(capsys.readouterr().err, "damaged", "damaged.pt")
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_and_run_folder_mistakes(tmp_path, capsys, monkeypatch):
     data = make_data(tmp_path / "data")
     out = tmp_path / "run"
