@@ -1,20 +1,12 @@
 """Per-pixel confidence a reviewer can trust: temperature scaling and calibration statistics.
 
-Bottom floor: imports nothing of ours. The confidence of a pixel is the probability of its predicted
-class, the best of codes 1..12 under a softmax over codes 1..12 only (code 0, nodata, has no
-probability; ``probabilities.probabilities``). This module owns:
-
-* temperature scaling (Guo et al. 2017): one T > 0 dividing the logits, chosen to minimise the
-  negative log-likelihood of the truth over valid pixels. ``TemperatureFit`` keeps a bounded, seeded,
-  uniform random subsample of (logits, truth) pairs over a whole split (and over every torchrun
-  process), so that a split of any size is fitted in bounded memory. T leaves the predicted code
-  unchanged; only the confidence moves.
-* ``ReliabilityCounts``: one accumulator of (confidence, correct) over every valid pixel of a split,
-  in the spirit of ``metrics.ConfusionMatrix``; the expected and maximum calibration errors, the
-  reliability table and accuracy against coverage (which confidence threshold sends which share of
-  pixels to human review) all derive from it.
-
-Pixels whose truth is the ignore code (nodata, 0) never count.
+Bottom floor: rests on probabilities.py only (a pixel's confidence is the probability of its predicted
+class under the softmax over codes 1..12, ``probabilities.probabilities``). Owns ``TemperatureFit``
+(one T > 0 dividing the logits, minimising the negative log-likelihood on a bounded random subsample
+of a split's valid pixels, over every torchrun process; T never changes the predicted code) and
+``ReliabilityCounts`` (one accumulator of (confidence, correct) over a split, from which the expected
+and maximum calibration errors, the reliability table and accuracy against coverage derive). Pixels
+whose truth is nodata (0) never count.
 """
 
 from __future__ import annotations

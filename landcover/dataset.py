@@ -1,12 +1,10 @@
 """Training data as torch sees it: the tile Dataset, the epoch sampler, the loader, a batch on its device.
 
-Middle floor: rests on tiles.py, stats.py, tile_cache.py, resident.py, transforms.py and distributed.py.
-``make_batches`` is the one place that builds a split's batches, for either path (worker processes, or
-the tiles held in memory). The loader ships tiles
-as stored (uint16 bands, uint8 targets); ``to_device`` moves a batch to the model's device and
-standardises it there (``stats.Normalize``). Training draws the order of the tiles and their dihedral
-transforms in ``EpochSampler`` from (seed, epoch) alone, so the run does not depend on the number of
-workers and a resumed run draws what the uninterrupted one would have.
+Middle floor: rests on tiles.py, stats.py, tile_cache.py, resident.py, transforms.py, distributed.py
+and common.py. ``make_batches`` is the one place that builds a split's batches, for either path
+(worker processes, or the tiles held in memory); tiles travel as stored and ``to_device``
+standardises them on the model's device. ``EpochSampler`` draws the order and the dihedral
+transforms from (seed, epoch) alone, so a run depends neither on its workers nor on a resume.
 """
 
 from __future__ import annotations

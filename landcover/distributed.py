@@ -1,11 +1,9 @@
 """Processes, devices, precision and seeds: where and how a script's tensors are computed.
 
-Bottom floor (rests on common.py's one-line failures only). Under ``torchrun`` every process learns
-its place from the environment (``Proc``), joins the process group (nccl on CUDA, gloo on CPU) and
-trains on one GPU or one CPU share; a plain ``python`` process is rank 0 of 1. Devices are chosen by
-one rule for every script (``pick_device``), precision is decided once (``Precision``), and every
-random draw of a training epoch comes from seeds derived from (seed, epoch, rank), so that a run and
-its resume draw the same numbers.
+Bottom floor (rests on common.py's one-line failures only). Owns the torchrun process (``Proc``: a
+plain ``python`` process is rank 0 of 1; nccl on CUDA, gloo on CPU), the one device rule of every
+script (``pick_device``), precision decided once (``Precision``), and the seeds derived from (seed,
+epoch, rank), so that a run and its resume draw the same numbers.
 """
 
 from __future__ import annotations

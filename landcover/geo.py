@@ -1,10 +1,8 @@
 """Grids and GeoTIFF profiles: where a raster's pixels are and how our maps are written.
 
-Bottom floor: imports nothing of ours. ``Grid`` is a raster's CRS, transform and size (read from an
-open dataset, compared with another, described in one line); ``map_profile`` is the GeoTIFF of a class
-map on a grid (rescale_mask.py's 10 m mask, predict.py's land-cover map): one uint8 band, tiled in
-``MAP_BLOCK`` x ``MAP_BLOCK`` blocks, DEFLATE, a nodata value, BigTIFF when it could outgrow 4 GB;
-``colour_table`` reads a map's colours back (None for a raster without).
+Bottom floor: imports nothing of ours. Owns ``Grid`` (a raster's CRS, transform and size: read,
+compared, described in one line), ``map_profile`` (a class map's GeoTIFF: one uint8 band, tiled in
+``MAP_BLOCK`` blocks, DEFLATE, nodata, BigTIFF when it could outgrow 4 GB) and ``colour_table``.
 """
 
 from __future__ import annotations

@@ -1,12 +1,11 @@
 """The folder contract every script shares: the default folders, where tiles live, what they are named
 and how an image finds its mask.
 
-Bottom floor (rests on common.py's one-line failures only). divide_img.py writes a tile folder:
-``img<SIZE>/`` and ``mask<SIZE>/`` with one GeoTIFF per tile and ``tiles.csv``; move_images.py moves
-the pairs into split folders ``train/``, ``val/``, ``test/``, each holding ``img/`` and ``mask/``.
-An image and its mask always have the same file name: they are paired by name, never by sort order.
-A tile's name says where it was cut: ``<scene stem or "stack">_<row offset>_<col offset>``.
-The scripts' default folders are here too, so that each one's default output is the next one's input.
+Bottom floor (rests on common.py's one-line failures only). A tile folder holds ``img<SIZE>/``,
+``mask<SIZE>/`` and ``tiles.csv`` (divide_img.py); a split folder (``train/``, ``val/``, ``test/``,
+move_images.py) holds ``img/`` and ``mask/``. An image and its mask have the same file name, paired
+by name, never by sort order: ``<scene stem or "stack">_<row offset>_<col offset>``. Each script's
+default output folder is the next one's default input.
 """
 
 from __future__ import annotations

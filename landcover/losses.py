@@ -1,6 +1,6 @@
 """Losses of the segmentation model: per-class weights, cross-entropy, focal, soft Dice, Lovasz.
 
-Bottom floor: imports nothing of ours. Every loss takes float32 logits (N, K, H, W) and int64 targets
+Bottom floor: imports nothing of ours. Every loss takes float32 logits (N, K, H, W), int64 targets
 (N, H, W) and a (K,) weight per class; nodata has weight 0, so its pixels never count.
 """
 

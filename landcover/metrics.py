@@ -1,9 +1,8 @@
 """Segmentation metrics, all derived from one confusion matrix.
 
-Bottom floor: imports nothing of ours. ``ConfusionMatrix`` accumulates truth x prediction counts over
-every valid pixel of a whole split (never per batch); overall accuracy, per-class recall, precision,
-IoU, Dice, support, their means and Cohen's kappa are all computed from it. Pixels whose truth is the
-ignore code (nodata, 0) never count.
+Bottom floor: imports nothing of ours. ``ConfusionMatrix`` accumulates truth x prediction over every
+valid pixel of a whole split (never per batch); overall accuracy, per-class recall, precision, IoU,
+Dice, support, their means and Cohen's kappa all derive from it. Nodata truth (0) never counts.
 """
 
 from __future__ import annotations

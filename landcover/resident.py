@@ -1,20 +1,12 @@
 """Tiles resident in memory: a split's decoded tiles held as one tensor, and the batches drawn from it.
 
 Middle floor: rests on tile_cache.py (the decoded arrays), transforms.py (training's transform) and
-common.py (one-line failures). When the training step outruns the DataLoader's workers (a 1.9 MB
-tile crossing a process boundary costs more than it saves once decoding is gone), a split's tiles
-are decoded once (``tile_cache``), then held as one (N, C, H, W) image tensor and one (N, H, W) uint8
-target tensor: on the GPU when they fit there, else in host memory, gathered batch by batch into
-pinned buffers and copied while the previous step runs. ``choose_placement`` says which, with the
-sizes behind the choice; where neither fits, the caller keeps the worker DataLoader. On a CPU device
-the host memory is the device's.
-
-``ResidentLoader`` replaces the DataLoader on that path: it iterates the caller's sampler (train.py's
-``EpochSampler``: order, dihedral transforms, torchrun shards and resumes as the worker path has them)
-or index list (validation), gathers each batch with one index per tile, applies the transforms
-batch-wise on the device (tiles grouped by transform) and yields ``(raw, y)`` as the DataLoader does:
-raw in the stored dtype, y uint8, bit for bit the same batches. Everything but the CUDA stream and
-the pinning runs on CPU tensors too, which is how it is tested without a GPU.
+common.py (one-line failures). For a training step that outruns the DataLoader's workers (a 1.9 MB
+tile crossing a process boundary costs more than it saves once decoding is gone):
+``choose_placement`` puts a split's tiles on the GPU when they fit, else in host memory, else says
+why not (the caller keeps the workers); ``ResidentLoader`` replaces the DataLoader on that path,
+yielding bit for bit its batches. Everything but the CUDA stream and the pinning runs on CPU tensors
+too, which is how it is tested without a GPU.
 """
 
 from __future__ import annotations

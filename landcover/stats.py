@@ -1,10 +1,9 @@
 """Band statistics of the train split and the normalisation they define.
 
-Middle floor: rests on tiles.py and layout.py. Each band is standardised with the mean and std of the
-valid pixels of the train split, computed once, cached beside the data (``band_stats.json``) and
-carried inside every checkpoint, so evaluation and prediction reuse them and never recompute them on
-other data. Nodata pixels are 0 in the model's input. Tiles travel as stored (uint16) from the loader
-to the device, where ``Normalize`` standardises a whole batch.
+Middle floor: rests on tiles.py, layout.py and common.py. Each band's mean and std over the train
+split's valid pixels are computed once, cached beside the data (``band_stats.json``) and carried in
+every checkpoint, so evaluation and prediction never recompute them on other data. ``Normalize``
+standardises a whole batch on its device (nodata pixels are 0 in the model's input).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The decoded-tile cache (train.py --cache-tiles): a split's tiles decoded once into two arrays.
 
-Middle floor: rests on tiles.py. For a GPU whose step outruns the decoding of compressed tiles, the
-train and val tiles are decoded once into uncompressed ``.npy`` arrays under ``DATA/tile_cache/`` and
-read by memory map: the same values bit for bit, a copy instead of a decode. A cache is named after
-its tiles (a new name whenever one changes), locked while a training uses it, allocated before it is
-filled, and renamed into place only when whole.
+Middle floor: rests on tiles.py and common.py. Owns the cache's layout under ``DATA/tile_cache/``:
+``<split>-v<version>-<fingerprint>.img.npy`` (N, C, H, W, the stored dtype) and ``.target.npy``
+(N, H, W uint8), read by memory map: the same values bit for bit, a copy instead of a decode, for a
+GPU whose step outruns the decoding of compressed tiles. A new name whenever a tile changes,
+locked while a training uses it, allocated before it is filled, renamed into place only when whole
+(``build_tile_cache`` says how).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Middle floor: rests on common.py (one-line failures, raster opening) and colormap.py (codes). A tile
 is read as stored (uint16 for Sentinel-2) with its mask; a pixel is valid where the image has data
-(nodata is 0 in every band) and the mask holds a code the model knows (0..12). Every tile of a split
-shares size, band count and dtype: ``scan_tiles`` checks it before any work starts.
+(nodata is 0 in every band) and the mask holds a code the model knows (0..12). ``scan_tiles`` checks
+that every tile of a split shares size, band count and dtype before any work starts.
 """
 
 from __future__ import annotations
