@@ -4,13 +4,13 @@ whole.
 
 Reads: ``--map MAP.tif`` (predict.py's class map: uint8 codes 1..12, nodata 0) and, when they are beside
 it, ``MAP_confidence.tif`` and ``MAP_probabilities.tif`` (predict.py --probabilities). Writes ``--out
-MAP_mmu.tif`` (the same grid, colour table, class names and overviews), ``MAP_mmu_confidence.tif`` (the
-confidence carried along: a merged pixel gets the probability of the class it now carries when the
-probabilities are beside the map, else 0, "not the model's choice", so that a review threshold flags it),
-the previews MAP_mmu.png and MAP_mmu_confidence.png, and prints the area of each class before and after.
-Nodata never grows or shrinks; a patch touching only nodata stays. The map is read twice, strip by
-strip (``landcover.sieve`` says how, and why the result is GDAL's on every pixel); everything is
-written under temporary names and renamed, the map last.
+MAP_mmu.tif`` (a Cloud-Optimized GeoTIFF on the same grid, colour table, class names, overviews),
+``MAP_mmu_confidence.tif`` (the confidence carried along: a merged pixel gets the probability of the
+class it now carries when the probabilities are beside the map, else 0, "not the model's choice", so
+that a review threshold flags it), the previews MAP_mmu.png and MAP_mmu_confidence.png, and prints the
+area of each class before and after. Nodata never grows or shrinks; a patch touching only nodata stays.
+The map is read twice, strip by strip (``landcover.sieve`` says how, and why the result is GDAL's on
+every pixel); everything is written under temporary names and renamed, the map last.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ from landcover.rasters import (
     describe_rasters,
     gdal_env,
     overview_factors,
+    staged,
+    to_cog,
 )
 from landcover.sieve import STRIP, SievePlan, Survey, strips
 
@@ -206,17 +208,24 @@ def write_outputs(args, src, files: MapFiles, plan: SievePlan, threshold: int) -
         paths = files.rasters(False)[: 1 + ("confidence" in sides)]
         with gdal_env(2), contextlib.ExitStack() as placed:
             tmps = [placed.enter_context(atomic_path(p)) for p in paths]
-            with whole_raster(*tmps), contextlib.ExitStack() as opened:
+            stagings = [placed.enter_context(staged(t)) for t in tmps]  # tiled GeoTIFFs, then COGs
+            with whole_raster(*stagings), contextlib.ExitStack() as opened:
                 nodata = (NODATA, CONFIDENCE_NODATA)
                 dsts = [
                     opened.enter_context(rasterio.open(t, "w", **map_profile(grid, nd)))
-                    for t, nd in zip(tmps, nodata, strict=False)
+                    for t, nd in zip(stagings, nodata, strict=False)
                 ]
                 describe(dsts, src, sides, args, threshold)
                 moved = generalize(plan, src, sides, [BlockWriter(d) for d in dsts])
                 for dst, how in zip(dsts, OVERVIEW_RESAMPLING, strict=False):
                     dst.build_overviews(overview_factors(grid.height, grid.width), how)
-                    dst.update_tags(ns="rio_overview", resampling=how.name)
+                    dst.update_tags(
+                        OVERVIEW_RESAMPLING=how.name
+                    )  # the COG copy keeps the default domain only
+            with whole_raster(*tmps):
+                for staging, tmp in zip(stagings, tmps, strict=True):
+                    to_cog(staging, tmp)
+                    staging.unlink()
             if not args.no_preview:
                 title = f"{files.map.name}: {args.map.name}, minimum mapping unit {args.mmu:g} ha"
                 write_preview(tmps[0], files.preview, moved.sum(axis=0), title)

@@ -8,6 +8,7 @@ shows) and common.py. A function that draws returns the figure; ``save_figure`` 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -18,8 +19,10 @@ matplotlib.use("Agg")  # files only, never a window: scripts run on servers with
 import matplotlib.pyplot as plt
 
 from colormap import CODES, NODATA, PALETTE, colorize, legend_handles, name
-from landcover.calibration import ReliabilityCounts
 from landcover.common import atomic_path
+
+if TYPE_CHECKING:  # for annotations only: the map scripts draw previews without importing torch
+    from landcover.calibration import ReliabilityCounts
 
 CONFIDENCE_CMAP = "viridis"  # perceptually uniform, readable in grey and by colour-blind readers
 

@@ -47,6 +47,8 @@ from landcover.rasters import (
     describe_rasters,
     gdal_env,
     overview_factors,
+    staged,
+    to_cog,
 )
 from landcover.stats import Normalize
 from landcover.tiles import valid_pixels
@@ -301,29 +303,37 @@ def write_map(
     tags: dict,
 ) -> tuple[np.ndarray, MapWriters]:
     """Predict the scenes (``scene_options``: ``predict_scene``'s) into the map, its confidence and its
-    review mask, with previews and category names; the rasters are renamed into place once all are
-    complete, the map last. Returns the class counts and the writers' sums."""
+    review mask (Cloud-Optimized GeoTIFFs: written tiled, then copied into the COG layout), with
+    previews and category names; the rasters are renamed into place once all are complete, the map
+    last. Returns the class counts and the writers' sums."""
     reader = SceneReader(scene_paths)
     with rasterio.open(scene_paths[0]) as src:
         grid = Grid.of(src)
     temperature = scene_options["temperature"]
     with gdal_env(scene_options["workers"]), contextlib.ExitStack() as placed:
         tmps = [placed.enter_context(atomic_path(p)) for p in files.rasters(review_below is not None)]
+        stagings = [placed.enter_context(staged(t)) for t in tmps]  # tiled GeoTIFFs, then COGs
         nodata = (NODATA, CONFIDENCE_NODATA, CONFIDENCE_NODATA)
         try:
-            with whole_raster(*tmps), contextlib.ExitStack() as opened:
+            with whole_raster(*stagings), contextlib.ExitStack() as opened:
                 dsts = [
                     opened.enter_context(rasterio.open(tmp, "w", **map_profile(grid, nd)))
-                    for tmp, nd in zip(tmps, nodata, strict=False)
+                    for tmp, nd in zip(stagings, nodata, strict=False)
                 ]
                 describe_rasters(dsts, tags, temperature, review_below)
                 writers = MapWriters(dsts, review_below)
                 counts = predict_scene(net, reader, stats, grid.height, grid.width, writers, **scene_options)
                 for dst, how in zip(dsts, OVERVIEW_RESAMPLING, strict=False):
                     dst.build_overviews(overview_factors(grid.height, grid.width), how)
-                    dst.update_tags(ns="rio_overview", resampling=how.name)
+                    dst.update_tags(
+                        OVERVIEW_RESAMPLING=how.name
+                    )  # the COG copy keeps the default domain only
         finally:
             reader.close()
+        with whole_raster(*tmps):
+            for staging, tmp in zip(stagings, tmps, strict=True):
+                to_cog(staging, tmp)
+                staging.unlink()
         if preview:
             title = f"{files.map.name}: {' + '.join(p.name for p in scene_paths)}"
             write_preview(tmps[0], files.preview, counts, title)

@@ -1,4 +1,5 @@
-"""The rasters of a map: writing finished rows by whole blocks, the files beside a map, their metadata.
+"""The rasters of a map: writing finished rows by whole blocks, the files beside a map, their metadata,
+and the Cloud-Optimized GeoTIFF layout they are delivered in.
 
 Middle floor: rests on colormap.py, geo.py and common.py. A map is uint8 codes (nodata 0) with the class
 colour table and names; its confidence and review mask are uint8 with nodata 255; all are tiled like
@@ -7,7 +8,8 @@ colour table and names; its confidence and review mask are uint8 with nodata 255
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -18,6 +20,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from colormap import CLASSES, NODATA, NUM_CLASSES, gdal_colour_table
+from landcover.common import PARTIAL
 from landcover.geo import MAP_BLOCK
 
 OVERVIEW_MIN = 256  # overviews are added until the smallest fits in this many pixels
@@ -155,3 +158,59 @@ def gdal_env(workers: int) -> rasterio.Env:
         COMPRESS_OVERVIEW="DEFLATE",
         GDAL_TIFF_OVR_BLOCKSIZE=MAP_BLOCK,
     )
+
+
+# GDAL's GTiff copy with the source's overviews writes the COG layout (IFDs first, overviews before the
+# full resolution, the ghost header that makes GDAL report LAYOUT=COG; GDAL's COG validator passes it), and
+# unlike the COG driver (GDAL 3.10) it keeps the bands' metadata (class names, review threshold). Only the
+# default metadata domain is copied (asking for others, SRC_MDD, drops the bands' default domain)
+COG_OPTIONS = dict(
+    TILED="YES", BLOCKXSIZE=MAP_BLOCK, BLOCKYSIZE=MAP_BLOCK, COMPRESS="DEFLATE", BIGTIFF="IF_SAFER",
+    COPY_SRC_OVERVIEWS="YES",
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def staged(tmp: Path) -> Iterator[Path]:
+    """A second temporary name beside ``tmp`` for the tiled GeoTIFF a COG is copied from; removed
+    however the block ends (it ends in .partial: an interrupted run's is removed by the next)."""
+    staging = tmp.with_name(tmp.name.removesuffix(PARTIAL) + ".staging" + PARTIAL)
+    staging.unlink(missing_ok=True)
+    try:
+        yield staging
+    except OSError as e:  # name the file the user knows (atomic_path turns ``tmp`` into the final name)
+        if e.filename == str(staging):
+            e.filename = str(tmp)
+        raise
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def to_cog(staging: Path, tmp: Path) -> None:
+    """Copy a finished tiled GeoTIFF with internal overviews into GDAL's Cloud-Optimized GeoTIFF layout
+    (IFDs first, overviews before the full resolution, LAYOUT=COG): block by block through GDAL's fixed
+    cache, colour table, names, tags and nodata included."""
+    import rasterio.shutil
+
+    rasterio.shutil.copy(staging, tmp, driver="GTiff", **COG_OPTIONS)
+
+
+def write_class_raster(src: rasterio.io.DatasetReader, out: Path, cog: bool = True) -> None:
+    """Write band 1 of ``src`` as our class map (tiled, DEFLATE, mode overviews; a COG by default) strip
+    by strip: what predict.py does with finished rows, for bench/products.py's cost of the COG."""
+    from landcover.common import atomic_path, whole_raster
+    from landcover.geo import Grid, map_profile
+
+    grid = Grid.of(src)
+    with gdal_env(2), atomic_path(out) as tmp, staged(tmp) as staging:
+        target = staging if cog else tmp
+        with whole_raster(target), rasterio.open(target, "w", **map_profile(grid, NODATA)) as dst:
+            dst.write_colormap(1, gdal_colour_table())
+            writer = BlockWriter(dst)
+            for r in range(0, grid.height, MAP_BLOCK):
+                h = min(MAP_BLOCK, grid.height - r)
+                writer(r, src.read(1, window=Window(0, r, grid.width, h)))
+            dst.build_overviews(overview_factors(grid.height, grid.width), Resampling.mode)
+        if cog:
+            with whole_raster(tmp):
+                to_cog(staging, tmp)

@@ -65,10 +65,12 @@ def test_outputs_are_described_like_predicts(made):
                      "map_mmu_confidence.png", "map_mmu_confidence.tif"]  # fmt: skip
     with rasterio.open(folder / "map_mmu.tif") as m:
         assert m.nodata == 0 and m.overviews(1) and m.block_shapes[0] == (512, 512)
+        assert m.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG", "a Cloud-Optimized GeoTIFF"
         assert all(m.colormap(1)[c] == rgba for c, rgba in gdal_colour_table().items())
         assert m.tags()["mmu_ha"] == "0.5" and m.tags(1)["CLASS_3"] == "Forest"
     with rasterio.open(folder / "map_mmu_confidence.tif") as c:
         assert c.nodata == 255 and c.overviews(1) and "MERGED_PIXELS" in c.tags(1)
+        assert c.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
 
 
 def test_confidence_is_carried_and_merged_pixels_are_marked(made):

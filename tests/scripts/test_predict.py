@@ -64,6 +64,7 @@ def test_map_is_on_the_scene_grid_with_nodata_colours_names_overviews_and_previe
         assert m.profile["tiled"] and m.block_shapes[0] == (512, 512)
         assert m.compression is not None and m.compression.name.lower() == "deflate"
         assert m.overviews(1), "internal overviews"
+        assert m.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG", "a Cloud-Optimized GeoTIFF"
         table = m.colormap(1)
         for code, rgba in gdal_colour_table().items():
             assert table[code] == rgba
@@ -91,7 +92,7 @@ def check_confidence_raster(path, codes: np.ndarray, grid) -> np.ndarray:
         assert c.count == 1 and c.dtypes[0] == "uint8" and c.nodata == 255
         assert c.profile["tiled"] and c.block_shapes[0] == (512, 512)
         assert c.compression is not None and c.compression.name.lower() == "deflate"
-        assert c.overviews(1) and c.tags(ns="rio_overview")["resampling"] == "average"
+        assert c.overviews(1) and c.tags()["OVERVIEW_RESAMPLING"] == "average"
         assert "confidence" in c.descriptions[0]
         conf = c.read(1)
         overview = c.read(1, out_shape=(c.height // 2, c.width // 2))
@@ -152,8 +153,10 @@ def test_review_mask_flags_the_pixels_below_the_threshold(tmp_path, ckpt, scene,
             255,
         )
         assert r.overviews(1) and r.tags(1)["REVIEW_BELOW"] == "40"
+        assert r.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
     with rasterio.open(tmp_path / "m_confidence.tif") as c:
         conf = c.read(1)
+        assert c.overviews(1) and c.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG", "confidence as COG"
     valid = codes != 0
     assert np.array_equal(review, np.where(valid, conf < 40, 255).astype(np.uint8))
     flagged = int((review == 1).sum())
