@@ -14,6 +14,7 @@ run leaves only *.partial files. How the landscape is painted: ``paint_landscape
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,8 +26,11 @@ from numpy.typing import ArrayLike
 from rasterio import features
 from rasterio.transform import Affine
 from rasterio.windows import Window
+from scipy import ndimage
 from scipy.signal import lfilter
 from scipy.spatial import Voronoi
+from shapely.geometry import Polygon
+from shapely.ops import unary_union
 
 from colormap import CLASSES, NODATA, gdal_colour_table
 from landcover.common import ArgumentParser, atomic_path, check_range, fail, progress, run_main
@@ -35,6 +39,7 @@ BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
 SEASONS = ("april", "august")
 SCENE_NAMES = {"april": "s2_april.tif", "august": "s2_august.tif"}
 MASK_NAME = "landcover_1m.tif"
+CHANGES_NAME = "changes.json"  # the second year's planned changes
 CRS = "EPSG:32631"
 ORIGIN = (420000.0, 4610000.0)  # top-left corner (UTM 31N, inland of the Maresme coast)
 PIXEL = 10.0  # metres per scene pixel
@@ -402,6 +407,7 @@ class Canvas:
     cover: list[int] = field(default_factory=list)  # burnt code of each polygon
     ident: list[int] = field(default_factory=list)  # patch id of each polygon
     patch_cover: list[int] = field(default_factory=lambda: [0])  # burnt code of each patch id (0: none)
+    marks: dict[str, int] = field(default_factory=dict)  # layer -> polygons painted up to its end
 
     @classmethod
     def start(cls, size: int, seed: int) -> Canvas:
@@ -882,6 +888,165 @@ def paint_outside(canvas: Canvas) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The second year (--changes-from): planned changes of known place, kind and size, painted over the
+# first year's polygons. Sites are chosen on the first year's 10 m classes, inside one class, so that
+# the planned area is what changes; new covers go above the fields and patches (rivers, roads and
+# houses stay on top of them, as they would), switched parcels and the shrunk reservoir in place.
+
+HERBACEOUS = ("winter cereal", "summer crop", "fallow")
+WOODY = ("olive grove", "vineyard", "orchard")
+
+
+def _site(
+    cover10: np.ndarray, cls: int, radius: float, rng: np.random.Generator
+) -> tuple[float, float] | None:
+    """The centre (metres) of a square of 2 ``radius`` metres that is the most of class ``cls`` (80 %
+    at least; ties drawn), or None."""
+    k = max(3, round(2 * radius / PIXEL))
+    share = ndimage.uniform_filter((cover10 == cls).astype(np.float32), k, mode="constant")
+    best = share.max()
+    if best < 0.8:
+        return None
+    rows, cols = np.nonzero(share >= best - 1e-3)
+    i = rng.integers(rows.size)
+    return (cols[i] + 0.5) * PIXEL, (rows[i] + 0.5) * PIXEL
+
+
+def _insert(canvas: Canvas, at: int, rings: list[np.ndarray], cover: str, ident: int | None = None) -> int:
+    """Paint a polygon at painter's position ``at`` (its own patch unless ``ident``); the next position."""
+    code = COVER_CODE[cover]
+    canvas.geoms.insert(at, rings)
+    canvas.cover.insert(at, code)
+    canvas.ident.insert(at, canvas.new_id(code) if ident is None else ident)
+    return at + 1
+
+
+def _change(kind: str, before: int, after: int, area_m2: float, x: float | None, y: float | None) -> dict:
+    """One planned transition: the area of the polygons painted for it in hectares (parcels: those
+    switched, partly hidden by what lies above them) and where it is (metres from the top-left)."""
+    at = None if x is None else [round(float(x)), round(float(y))]
+    return dict(kind=kind, before=before, after=after, painted_ha=round(area_m2 / 1e4, 4), at=at)
+
+
+def measure_changes(planned: list[dict], before10: np.ndarray, after10: np.ndarray) -> list[dict]:
+    """Each planned transition's area as it came out: its 10 m pixels in the two years' burns (hectares;
+    the 1 m truth agrees to a few percent)."""
+    pairs = before10.astype(np.int64) * 256 + after10
+    counts = np.bincount(pairs.ravel(), minlength=65536)
+    ha = PIXEL * PIXEL / 1e4
+    return [{**c, "area_ha": round(float(counts[c["before"] * 256 + c["after"]] * ha), 2)} for c in planned]
+
+
+def _shape(rings: list[np.ndarray]) -> Polygon:
+    return Polygon(rings[0], rings[1:]).buffer(0)
+
+
+def plan_estate(canvas: Canvas, cover10: np.ndarray, rng: np.random.Generator, at: int) -> tuple[int, list]:
+    """A new housing estate on farmland, its two streets and an access road."""
+    r = min(250.0, 0.05 * canvas.side)
+    site = _site(cover10, 1, 1.5 * r, rng)
+    if site is None:
+        return at, []
+    x, y = site
+    estate = _blob(rng, x, y, r, 0.2, 1.0, rng.uniform(0, np.pi))
+    at = _insert(canvas, at, [estate], "residential estate")
+    a = rng.uniform(0, np.pi)
+    roads = []
+    for angle, lo, hi in ((a, -0.45, 0.45), (a + np.pi / 2, -0.45, 0.45), (a, 0.45, 1.4)):
+        t = np.linspace(lo * r, hi * r, 20)
+        line = np.stack([x + t * np.cos(angle), y + t * np.sin(angle)], axis=1)
+        for ring in _buffer(line, 6.0 if hi > 1 else 5.0):
+            at = _insert(canvas, at, [ring], "road", 0)
+            roads.append(Polygon(ring).buffer(0))
+    road = unary_union(roads)
+    houses = _shape([estate]).difference(road).area
+    return at, [
+        _change("housing estate", 1, 7, houses, x, y),
+        _change("estate roads", 1, 11, road.area, x, y),
+    ]
+
+
+def plan_burn(canvas: Canvas, cover10: np.ndarray, rng: np.random.Generator, at: int) -> tuple[int, list]:
+    """A burnt forest patch: bare soil, with scrub already back in a few places."""
+    r = min(400.0, 0.06 * canvas.side)
+    site = _site(cover10, 3, 1.5 * r, rng)
+    if site is None:
+        return at, []
+    x, y = site
+    burnt = _blob(rng, x, y, r, 0.3, rng.uniform(1, 1.5), rng.uniform(0, np.pi))
+    at = _insert(canvas, at, [burnt], "bare soil")
+    scrub = []
+    for angle in rng.uniform(0, 2 * np.pi, 3):
+        ring = _blob(rng, x + 0.35 * r * np.cos(angle), y + 0.35 * r * np.sin(angle), 0.22 * r, 0.3)
+        at = _insert(canvas, at, [ring], "scrub")
+        scrub.append(Polygon(ring).buffer(0))
+    burnt_shape, regrown = _shape([burnt]), unary_union(scrub)
+    return at, [
+        _change("burnt forest", 3, 5, burnt_shape.difference(regrown).area, x, y),
+        _change("burnt forest, scrub back", 3, 4, regrown.area, x, y),
+    ]
+
+
+def plan_quarry(canvas: Canvas, cover10: np.ndarray, rng: np.random.Generator, at: int) -> tuple[int, list]:
+    """A quarry opening in the scrub."""
+    r = min(150.0, 0.03 * canvas.side)
+    site = _site(cover10, 4, 1.5 * r, rng)
+    if site is None:
+        return at, []
+    x, y = site
+    pit = _blob(rng, x, y, r, 0.3, rng.uniform(1, 1.6), rng.uniform(0, np.pi))
+    return _insert(canvas, at, [pit], "quarry"), [_change("new quarry", 4, 10, _shape([pit]).area, x, y)]
+
+
+def plan_reservoir(canvas: Canvas, rng: np.random.Generator) -> list:
+    """The largest lake (over 5 ha) drawn down: its outer rim becomes bare shore."""
+    lake = COVER_CODE["lake"]
+    lakes = [i for i, c in enumerate(canvas.cover) if c == lake and _area(canvas.geoms[i][0]) > 5e4]
+    if not lakes:
+        return []
+    i = max(lakes, key=lambda k: _area(canvas.geoms[k][0]))
+    ring = canvas.geoms[i][0]
+    centre = ring[:-1].mean(axis=0)
+    shrunk = _close(centre + rng.uniform(0.7, 0.8) * (ring[:-1] - centre))
+    ident = canvas.ident[i]
+    canvas.cover[i] = COVER_CODE["bare soil"]
+    canvas.ident[i] = canvas.new_id(canvas.cover[i])
+    _insert(canvas, i + 1, [shrunk], "lake", ident)
+    shore = _shape([ring]).difference(Polygon(shrunk).buffer(0)).area
+    return [_change("reservoir shore", 12, 5, shore, *centre)]
+
+
+def plan_fields(canvas: Canvas, rng: np.random.Generator, end: int) -> list:
+    """Parcels replanted: some cereal fields become vineyards or orchards, some groves are grubbed up."""
+    herb = {COVER_CODE[n] for n in HERBACEOUS}
+    woody = {COVER_CODE[n] for n in WOODY}
+    moved = {(1, 2): 0.0, (2, 1): 0.0}
+    for i in range(end):
+        c = canvas.cover[i]
+        if c in herb and rng.random() < 0.03:
+            new, key = WOODY[rng.integers(3)], (1, 2)
+        elif c in woody and rng.random() < 0.08:
+            new, key = HERBACEOUS[rng.integers(3)], (2, 1)
+        else:
+            continue
+        canvas.cover[i] = COVER_CODE[new]
+        canvas.ident[i] = canvas.new_id(canvas.cover[i])
+        moved[key] += _area(canvas.geoms[i][0])
+    kinds = {(1, 2): "fields to woody crops", (2, 1): "woody crops to fields"}
+    return [_change(kinds[k], *k, a, None, None) for k, a in moved.items() if a > 0]
+
+
+def plan_changes(canvas: Canvas, cover10: np.ndarray, rng: np.random.Generator) -> list[dict]:
+    """Paint the second year's changes onto the canvas; what was planned, one row per transition."""
+    at = canvas.marks["patches"]
+    planned = plan_fields(canvas, rng, at)
+    for plan in (plan_estate, plan_burn, plan_quarry):
+        at, rows = plan(canvas, cover10, rng, at)
+        planned += rows
+    return planned + plan_reservoir(canvas, rng)
+
+
+# ---------------------------------------------------------------------------------------------------
 # What the scenes add to the painted polygons: per-patch variation, and clouds over April.
 
 
@@ -933,6 +1098,7 @@ class Landscape:
     shadow_shift: tuple[float, float]  # cloud shadow offset in metres
     texture: list[Noise]  # smooth noise of the texture
     cloud_edge: Noise
+    year: int = 1  # 2: the second year (--changes-from), its own gains, clouds and noise
 
     @property
     def width_m(self) -> float:
@@ -943,7 +1109,7 @@ class Landscape:
         return np.flatnonzero((self.ymax >= y0) & (self.ymin <= y1))
 
 
-def build_landscape(size: int, seed: int) -> Landscape:
+def paint_landscape(size: int, seed: int) -> Canvas:
     """The polygons of a demo area of ``size`` x ``size`` scene pixels, in painter's order.
 
     Metres from the top-left corner, bottom to top: Voronoi districts of forest and scrub on the hills
@@ -957,6 +1123,7 @@ def build_landscape(size: int, seed: int) -> Landscape:
     canvas = Canvas.start(size, seed)
     districts = paint_districts(canvas)
     paint_patches(canvas)
+    canvas.marks["patches"] = len(canvas.geoms)  # the second year's new covers go on top of these
     paint_rivers(canvas)
     towns = place_towns(canvas)
     paint_roads(canvas, districts, towns)
@@ -969,12 +1136,17 @@ def build_landscape(size: int, seed: int) -> Landscape:
     paint_highways(canvas)
     paint_coast(canvas)
     paint_outside(canvas)
+    return canvas
+
+
+def finish_landscape(canvas: Canvas, year: int = 1) -> Landscape:
+    """The painted canvas with its per-patch gains, clouds and textures (drawn from canvas.rng)."""
     gains = patch_gains(canvas)
     clouds, shadow_shift = draw_clouds(canvas)
     rng, side = canvas.rng, canvas.side
     return Landscape(
-        size=size,
-        seed=seed,
+        size=canvas.size,
+        seed=canvas.seed,
         geoms=canvas.geoms,
         cover=np.array(canvas.cover, dtype=np.uint8),
         ident=np.array(canvas.ident, dtype=np.int32),
@@ -985,7 +1157,27 @@ def build_landscape(size: int, seed: int) -> Landscape:
         shadow_shift=shadow_shift,
         texture=[Noise(rng, side, 60.0), Noise(rng, side, 25.0)],
         cloud_edge=Noise(rng, side, 150.0),
+        year=year,
     )
+
+
+def build_landscape(size: int, seed: int) -> Landscape:
+    """The first year: the painted polygons, their gains, the clouds (the draws of ``seed``)."""
+    return finish_landscape(paint_landscape(size, seed))
+
+
+def build_second_year(size: int, seed: int) -> tuple[Landscape, list[dict]]:
+    """The same landscape a year later, with the planned changes (plan_changes) painted in,
+    and its own gains, clouds and noise; the changes as planned. The first year's draws are made
+    unchanged first, the second year's come from generators of their own, so the first year stays
+    byte-identical."""
+    canvas = paint_landscape(size, seed)
+    first = finish_landscape(canvas)  # the first year's draws, as they are made for the first year
+    cover10 = CLASS_OF[burn(first, 0.0, size * PIXEL, PIXEL)]
+    planned = plan_changes(canvas, cover10, np.random.default_rng([seed, 3]))
+    canvas.rng = np.random.default_rng([seed, 4])
+    second = finish_landscape(canvas, year=2)
+    return second, measure_changes(planned, cover10, CLASS_OF[burn(second, 0.0, size * PIXEL, PIXEL)])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1089,7 +1281,7 @@ def render_scenes(land: Landscape, counts: np.ndarray, ids: np.ndarray, r0: int)
     y = (np.arange(r0, r0 + rows) + 0.5)[:, None] * PIXEL
     x = (np.arange(n) + 0.5)[None, :] * PIXEL
     smooth = (0.7 * land.texture[0](x, y) + 0.5 * land.texture[1](x, y)).ravel()
-    rng = np.random.default_rng([land.seed, 2, r0])
+    rng = np.random.default_rng([land.seed, 2, r0] if land.year == 1 else [land.seed, 2, r0, land.year])
     texture = 1 + mixed[:, -1] * (smooth + 0.5 * rng.standard_normal(smooth.shape, dtype=np.float32))
     ids = ids.ravel()
     nb = len(BANDS)
@@ -1118,13 +1310,14 @@ def render_scenes(land: Landscape, counts: np.ndarray, ids: np.ndarray, r0: int)
 # Writing.
 
 
-def _tags(size: int, seed: int) -> dict[str, str]:
-    return {
+def _tags(size: int, seed: int, year: int = 1) -> dict[str, str]:
+    tags = {
         "DEMO_GENERATOR": "make_demo_data.py",
         "DEMO_VERSION": VERSION,
         "DEMO_SIZE": str(size),
         "DEMO_SEED": str(seed),
     }
+    return tags if year == 1 else {**tags, "DEMO_YEAR": str(year)}  # the first year's tags as they were
 
 
 def outputs(out: str | Path) -> dict[str, Path]:
@@ -1137,18 +1330,32 @@ def outputs(out: str | Path) -> dict[str, Path]:
     }
 
 
-def is_done(out: str | Path, size: int, seed: int) -> bool:
-    """Whether ``out`` already holds a finished set made with this size, seed and generator version."""
-    want = _tags(size, seed)
+def is_done(out: str | Path, size: int, seed: int, year: int = 1) -> bool:
+    """Whether ``out`` already holds a finished set made with this size, seed, year and generator
+    version (the second year also has its changes.json)."""
+    want = {**_tags(size, seed, year), "DEMO_YEAR": str(year)}
     for path in outputs(Path(out)).values():
         try:
             with rasterio.open(path) as src:
-                tags = src.tags()
+                tags = {"DEMO_YEAR": "1", **src.tags()}
         except (rasterio.errors.RasterioError, OSError):
             return False
         if any(tags.get(k) != v for k, v in want.items()):
             return False
-    return True
+    return year == 1 or (Path(out) / CHANGES_NAME).is_file()
+
+
+def first_year_of(folder: Path) -> tuple[int, int]:
+    """The size and seed of the finished first-year set in ``folder``, or one line."""
+    try:
+        with rasterio.open(outputs(folder)["mask"]) as src:
+            tags = src.tags()
+        size, seed = int(tags["DEMO_SIZE"]), int(tags["DEMO_SEED"])
+    except (rasterio.errors.RasterioError, OSError, KeyError, ValueError):
+        fail(f"--changes-from holds no finished demo data (make_demo_data.py --out {folder}): {folder}")
+    if tags.get("DEMO_YEAR", "1") != "1" or not is_done(folder, size, seed):
+        fail(f"--changes-from is not a finished first year of this generator (make it again): {folder}")
+    return size, seed
 
 
 def _profile(size: int, count: int, dtype: str, res: float) -> dict:
@@ -1174,8 +1381,11 @@ def _profile(size: int, count: int, dtype: str, res: float) -> dict:
     return profile
 
 
-def generate(out: str | Path, size: int = 3000, seed: int = 0, show_progress: bool = True) -> dict[str, Path]:
-    """Write the two scenes and the 1 m mask of a demo area of ``size`` x ``size`` scene pixels.
+def generate(
+    out: str | Path, size: int = 3000, seed: int = 0, show_progress: bool = True, year: int = 1
+) -> dict[str, Path]:
+    """Write the two scenes and the 1 m mask of a demo area of ``size`` x ``size`` scene pixels (year 2:
+    the same area a year later, with changes.json, the planned changes).
 
     Returns the paths written ("april", "august", "mask"). Files appear only when all are finished.
     """
@@ -1183,14 +1393,27 @@ def generate(out: str | Path, size: int = 3000, seed: int = 0, show_progress: bo
         raise ValueError(f"size must be positive, got {size}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    land = build_landscape(size, seed)
+    planned = None
+    if year == 1:
+        land = build_landscape(size, seed)
+    else:
+        land, planned = build_second_year(size, seed)
     paths = outputs(out)
+    _write(land, paths, size, seed, show_progress, planned)
+    return paths
+
+
+def _write(land: Landscape, paths: dict, size: int, seed: int, show_progress: bool, planned) -> None:
+    """Render the strips into the three files (and changes.json for a second year), renamed last."""
     n_fine = size * FINE
     totals = np.zeros(N_COVERS, dtype=np.int64)
     # GDAL's block cache holds the tiles being written: the rows of tiles a strip touches, plus room.
     cache = 64 * 2**20 + 2 * size * 512 * len(BANDS) * 2 + n_fine * 512
     with contextlib.ExitStack() as stack:
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=cache))
+        if planned is not None:  # written first, renamed last of all: is_done needs the four files
+            changes = stack.enter_context(atomic_path(paths["mask"].with_name(CHANGES_NAME)))
+            changes.write_text(json.dumps(planned, indent=1) + "\n")
         tmp = {key: stack.enter_context(atomic_path(p)) for key, p in paths.items()}  # renamed last
         dst = {}
         for season in SEASONS:
@@ -1198,14 +1421,14 @@ def generate(out: str | Path, size: int = 3000, seed: int = 0, show_progress: bo
                 rasterio.open(tmp[season], "w", **_profile(size, len(BANDS), "uint16", PIXEL))
             )
             dst[season].update_tags(
-                **_tags(size, seed), SEASON=season, REFLECTANCE_SCALE=str(REFLECTANCE_SCALE)
+                **_tags(size, seed, land.year), SEASON=season, REFLECTANCE_SCALE=str(REFLECTANCE_SCALE)
             )
             for i, band in enumerate(BANDS, start=1):
                 dst[season].set_band_description(i, band)
         mask = dst["mask"] = stack.enter_context(
             rasterio.open(tmp["mask"], "w", **_profile(n_fine, 1, "uint8", PIXEL / FINE))
         )
-        mask.update_tags(**_tags(size, seed))
+        mask.update_tags(**_tags(size, seed, land.year))
         mask.set_band_description(1, "land cover")
         mask.write_colormap(1, gdal_colour_table())
         bar = stack.enter_context(
@@ -1222,7 +1445,6 @@ def generate(out: str | Path, size: int = 3000, seed: int = 0, show_progress: bo
                 dst[season].write(value, window=Window(0, r0, size, r1 - r0))
             bar.update(r1 - r0)
     _report(totals)
-    return paths
 
 
 def _report(totals: np.ndarray) -> None:
@@ -1255,24 +1477,41 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--force", action="store_true", help="make the data again even if a finished set is there"
     )
+    parser.add_argument(
+        "--changes-from",
+        type=Path,
+        metavar="DIR",
+        help="make the second year of the first year's set in DIR (its size and seed; --size and --seed "
+        "are not used): the same landscape with planned changes (listed in changes.json), its own "
+        "clouds and seasons",
+    )
     args = parser.parse_args(argv)
     check_range("--size", args.size, MIN_SIZE, MAX_SIZE)
     check_range("--seed", args.seed, 0)
-    out = Path(args.out)
+    out, year = Path(args.out), 1
+    if args.changes_from is not None:
+        if out.resolve() == args.changes_from.resolve():
+            fail(f"--out must be another folder than --changes-from (the first year): {out}")
+        (args.size, args.seed), year = first_year_of(args.changes_from), 2
     if out.exists() and not out.is_dir():
         fail(f"--out is not a folder: {out}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         fail(f"cannot make the --out folder {out}: {e.strerror}")
-    if not args.force and is_done(out, args.size, args.seed):
+    if not args.force and is_done(out, args.size, args.seed, year):
         print(
             f"{out}: demo data of size {args.size} and seed {args.seed} already there (--force to remake it)"
         )
         return
-    paths = generate(out, args.size, args.seed)
+    paths = generate(out, args.size, args.seed, year=year)
     for p in paths.values():
         print(f"wrote {p}")
+    if year == 2:
+        print(f"wrote {out / CHANGES_NAME}:")
+        for c in json.loads((out / CHANGES_NAME).read_text()):
+            print(f"  {c['before']:2d} -> {c['after']:2d} {c['kind']:26s} {c['area_ha']:9.2f} ha")
+        print("(area_ha: the transition's area as generated; painted_ha: its polygons')")
 
 
 if __name__ == "__main__":
