@@ -144,6 +144,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not (ROOT / sample).is_file():  # sample_map.py never overwrites a sample: it may hold labels
         step(["sample_map.py", "--map", out, "--out", sample, "--reference", truth, "--seed", args.seed])
     step(["assess_map.py", "--sample", sample, "--out", res / "assessment"])
+    products(out)
+
+
+def products(out: Path) -> None:
+    """The map's products (README: "Map products"): the map at a minimum mapping unit of 0.5 ha, its
+    vector map (a styled GeoPackage) and where they are."""
+    mmu, vector = out.with_name(f"{out.stem}_mmu.tif"), out.with_name(f"{out.stem}_mmu.gpkg")
+    step(["generalize_map.py", "--map", out, "--mmu", "0.5", "--out", mmu])
+    step(["vectorize_map.py", "--map", mmu, "--out", vector])
+    print(f"  map at MMU 0.5 ha: {mmu} (preview {mmu.with_suffix('.png')})")
+    print(f"  vector map:        {vector} (open in QGIS: coloured and labelled by class)")
 
 
 if __name__ == "__main__":
