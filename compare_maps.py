@@ -153,7 +153,7 @@ def compare(maps: list, confs: list | None, dst, dst_conf, keep_from: int | None
     """Read both maps block by block; write the pair codes (and confidences); the (13, 13) counts."""
     counts = np.zeros((13, 13), dtype=np.int64)
     wins = windows(maps[0])
-    for win in progress(wins, desc="compare", unit="block", disable=len(wins) < 8):
+    for win in progress(wins, desc="comparing", unit="block", leave=False, delay=1.0):
         before, after = (ds.read(1, window=win) for ds in maps)
         if max(int(before.max()), int(after.max())) > max(CODES):
             which = maps[0] if before.max() > max(CODES) else maps[1]

@@ -90,3 +90,18 @@ def matrix_csv(matrix_ha: np.ndarray) -> str:
     for a in CODES:
         lines.append(f"{a}," + ",".join(f"{matrix_ha[a, b]:.4f}" for b in CODES))
     return "\n".join(lines) + "\n"
+
+
+def agreement(mapped: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(145, 145) pixel counts of (mapped pair code, true pair code) of two change blocks: a change
+    map's per-transition recall and precision against a known change (0: unchanged)."""
+    index = mapped.astype(np.int64) * (N * N + 1) + truth
+    return np.bincount(index.ravel(), minlength=(N * N + 1) ** 2).reshape(N * N + 1, N * N + 1)
+
+
+def recall_precision(counts: np.ndarray, code: int) -> tuple[float, float]:
+    """Of the true change ``code``, the share mapped as it (recall); of the mapped, the share true
+    (precision); NaN when there is none to divide by."""
+    hit = float(counts[code, code])
+    true, mapped = float(counts[:, code].sum()), float(counts[code].sum())
+    return (hit / true if true else float("nan")), (hit / mapped if mapped else float("nan"))
