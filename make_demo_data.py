@@ -943,7 +943,7 @@ def _shape(rings: list[np.ndarray]) -> Polygon:
 
 def plan_estate(canvas: Canvas, cover10: np.ndarray, rng: np.random.Generator, at: int) -> tuple[int, list]:
     """A new housing estate on farmland, its two streets and an access road."""
-    r = min(250.0, 0.05 * canvas.side)
+    r = min(250.0, 0.03 * canvas.side)
     site = _site(cover10, 1, 1.5 * r, rng)
     if site is None:
         return at, []
@@ -968,7 +968,7 @@ def plan_estate(canvas: Canvas, cover10: np.ndarray, rng: np.random.Generator, a
 
 def plan_burn(canvas: Canvas, cover10: np.ndarray, rng: np.random.Generator, at: int) -> tuple[int, list]:
     """A burnt forest patch: bare soil, with scrub already back in a few places."""
-    r = min(400.0, 0.06 * canvas.side)
+    r = min(400.0, 0.04 * canvas.side)
     site = _site(cover10, 3, 1.5 * r, rng)
     if site is None:
         return at, []
