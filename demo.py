@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         step(["sample_map.py", "--map", out, "--out", sample, "--reference", truth, "--seed", args.seed])
     step(["assess_map.py", "--sample", sample, "--out", res / "assessment"])
     products(out)
+    change(data, scores[chosen], MODES[chosen], out)
 
 
 def products(out: Path) -> None:
@@ -155,6 +156,43 @@ def products(out: Path) -> None:
     step(["vectorize_map.py", "--map", mmu, "--out", vector])
     print(f"  map at MMU 0.5 ha: {mmu} (preview {mmu.with_suffix('.png')})")
     print(f"  vector map:        {vector} (open in QGIS: coloured and labelled by class)")
+
+
+def change(data: Path, chosen: dict, scene_index: Sequence[int], out: Path) -> None:
+    """A year later (README: "Change between two years"): the second year's scenes with planned changes,
+    mapped by the same model, the change map against the first year's, the true change from the two
+    truths, and each planned transition's mapped area, recall and precision against the truth."""
+    nxt, res = data / "raw/next_year", chosen["results"]
+    step(["make_demo_data.py", "--out", nxt, "--changes-from", data / "raw"])
+    truth = nxt / "mask_10m.tif"
+    like = ["--like", nxt / "s2_april.tif", "--out", truth, "--method", "weighted"]  # as the first year's
+    step(["rescale_mask.py", "--mask", nxt / "landcover_1m.tif", *like])
+    scenes = [nxt / ("s2_april.tif", "s2_august.tif")[i] for i in scene_index]
+    after = res / "landcover_next_year.tif"
+    step(["predict.py", "--checkpoint", chosen["run"] / "best.pt", "--image", *scenes, "--out", after])
+    mapped, true = res / "change/change.tif", res / "true_change/change.tif"
+    step(["compare_maps.py", "--before", out, "--after", after, "--out", mapped])
+    step(["compare_maps.py", "--before", data / "mask_10m.tif", "--after", truth, "--out", true])
+    print_change(json.loads((ROOT / nxt / "changes.json").read_text()), ROOT / mapped, ROOT / true)
+
+
+def print_change(planned: list[dict], mapped: Path, true: Path) -> None:
+    """Mapped against true area of each planned transition, its recall and precision (pixels)."""
+    import rasterio
+
+    from landcover.change import agreement, pair_code, recall_precision
+
+    with rasterio.open(mapped) as m, rasterio.open(true) as t:
+        counts = sum(agreement(m.read(1, window=w), t.read(1, window=w)) for _, w in m.block_windows(1))
+        ha = abs(m.transform.a * m.transform.e) / 1e4
+    print(f"\n== Change, a year later ({mapped}) ==")
+    print(f"  mapped change {counts[1:].sum() * ha:,.1f} ha; true change {counts[:, 1:].sum() * ha:,.1f} ha")
+    print(f"  {'planned transition':34s} {'true ha':>9s} {'mapped ha':>10s} {'recall':>7s} {'precision':>9s}")
+    for c in planned:
+        code = pair_code(c["before"], c["after"])
+        r, p = recall_precision(counts, code)
+        what, areas = f"{c['before']}->{c['after']} {c['kind']}", (counts[:, code].sum(), counts[code].sum())
+        print(f"  {what:34s} {areas[0] * ha:9.1f} {areas[1] * ha:10.1f} {r:7.3f} {p:9.3f}")
 
 
 if __name__ == "__main__":
