@@ -29,11 +29,15 @@ import numpy as np
 
 from colormap import CLASSES, NODATA, name
 from landcover.accuracy import Assessment, Estimate, olofsson, stehman
+from landcover.change import pair_colour, pair_name
 from landcover.common import ArgumentParser, atomic_path, atomic_write_text, fail, require_file, run_main
 from landcover.geo import Grid
 from landcover.sampling import (
+    MAX_CODE,
     MapInfo,
+    class_names,
     count_classes,
+    largest_code,
     open_class_map,
     read_map_info,
     read_points,
@@ -69,10 +73,24 @@ class Inputs:
         strata = read_table(self.sample, "strata", ("stratum", "pixels", "n"))
         self.pixels = {int(s): int(n) for s, n in zip(strata["stratum"], strata["pixels"], strict=True)}
         self.drawn = int(np.sum(strata["n"]))
-        self.points = read_points(self.sample, args.reference_field)
         self.strata_map = locate_strata_map(args.strata_map, self.info, self.sample)
+        with reading(), open_class_map(self.strata_map, "the sample's map") as ds:
+            self.names, self.largest = class_names(ds), largest_code(ds)  # a change raster's pairs, or 1..12
+        self.points = read_points(self.sample, args.reference_field, self.largest)
         self.map = args.map if args.map is not None else self.strata_map
         self.same = self.map.resolve() == self.strata_map.resolve()
+
+    def name(self, code: int) -> str:
+        """A code's name: the map's own, else its class's or from-to pair's."""
+        if code in self.names:
+            return self.names[code]
+        return pair_name(code) if self.largest > MAX_CODE else name(code)
+
+    def colour(self, code: int) -> str:
+        """A code's colour in the figure: its class's, or its from-to pair's."""
+        if self.largest == MAX_CODE:
+            return CLASSES[code][1]
+        return "#{:02x}{:02x}{:02x}".format(*pair_colour(code)[:3])
 
     def check_points(self) -> None:
         """The points are the sample's: in the grid, each pixel once, strata of the table."""
@@ -128,7 +146,7 @@ def read_maps(inp: Inputs) -> tuple[np.ndarray, np.ndarray]:
         strata = stack.enter_context(open_class_map(inp.strata_map, "the sample's map"))
         check_grid(strata, inp.info, "the sample's map", inp.strata_map)
         wins = windows(strata)
-        totals, _ = count_classes(strata, "the sample's map", wins)
+        totals, _ = count_classes(strata, "the sample's map", wins, max_code=inp.largest)
         changed = [c for c in range(1, len(totals)) if int(totals[c]) != inp.pixels.get(c, 0)]
         if changed:
             c = changed[0]
@@ -144,7 +162,7 @@ def read_maps(inp: Inputs) -> tuple[np.ndarray, np.ndarray]:
             return totals, here
         other = stack.enter_context(open_class_map(inp.map, "map"))
         check_grid(other, inp.info, "map", inp.map)
-        mapped, _ = count_classes(other, "map", windows(other), within=strata)
+        mapped, _ = count_classes(other, "map", windows(other), within=strata, max_code=largest_code(other))
         return mapped, values_at(other, p.row, p.col, "map").astype(np.int64)
 
 
@@ -155,7 +173,8 @@ def assess(inp: Inputs, mapped: np.ndarray, codes_at: np.ndarray) -> tuple[str, 
     stratum, code, ref = p.stratum[used], codes_at[used], p.reference[used]
     missing = sorted(c for c, n in inp.pixels.items() if n > 0 and not np.any(stratum == c))
     if missing:
-        fail(f"no labelled point in stratum {missing[0]} ({name(missing[0])}): label some to assess the map")
+        c = missing[0]
+        fail(f"no labelled point in stratum {c} ({inp.name(c)}): label some to assess the map")
     same = np.array_equal(codes_at, p.stratum) and all(
         int(mapped[c]) == inp.pixels.get(c, 0) for c in range(1, len(mapped))
     )
@@ -185,7 +204,7 @@ def result(estimator: str, a: Assessment, mapped: np.ndarray, inp: Inputs, total
     classes = {}
     for i, c in enumerate(a.classes):
         classes[str(c)] = {
-            "name": name(c),
+            "name": inp.name(c),
             "mapped_area_ha": float(mapped[c]) * inp.info.pixel_area_ha,
             "area_ha": as_json(a.area[i], total_ha),
             "area_proportion": as_json(a.area[i]),
@@ -228,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "assessment.json", json.dumps(res, indent=2) + "\n")
     atomic_write_text(args.out / "assessment.md", markdown(res, inp))
-    write_figure(res, args.out / "areas.png")
+    write_figure(res, args.out / "areas.png", inp.colour)
     print_summary(res)
     print(f"wrote {', '.join(str(args.out / f) for f in OUTPUTS)}")
 
@@ -285,7 +304,7 @@ def markdown(res: dict, inp: Inputs) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_figure(res: dict, path: Path) -> None:
+def write_figure(res: dict, path: Path, colour=lambda code: CLASSES[code][1]) -> None:
     """areas.png: mapped and error-adjusted area of each class, with the 95 % intervals."""
     import matplotlib
 
@@ -299,7 +318,7 @@ def write_figure(res: dict, path: Path) -> None:
     low = np.array([_nan(v["area_ha"]["ci95"][0]) for v in c])
     high = np.array([_nan(v["area_ha"]["ci95"][1]) for v in c])
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(codes) + 1.5))
-    colours = [CLASSES[int(k)][1] for k in codes]
+    colours = [colour(int(k)) for k in codes]
     ax.barh(y - 0.2, [v["mapped_area_ha"] for v in c], 0.4, color=colours, edgecolor="0.3", label="mapped")
     ax.barh(y + 0.2, est, 0.4, color="white", edgecolor="0.3", hatch="//", label="error-adjusted")
     ax.errorbar(

@@ -37,6 +37,7 @@ from landcover.change import (
     pair_counts,
     pair_name,
     transitions,
+    with_stable,
 )
 from landcover.common import ArgumentParser, atomic_path, check_range, fail, open_raster, progress, run_main
 from landcover.geo import Grid, map_profile
@@ -55,6 +56,12 @@ def build_parser() -> ArgumentParser:
         type=int,
         metavar="PERCENT",
         help="keep only the changes both maps are at least this sure of (needs both confidence rasters)",
+    )
+    p.add_argument(
+        "--stable",
+        action="store_true",
+        help="code the unchanged pixels as their class's own pair (a -> a) instead of 0, so that 0 is only "
+        "no data: the change raster to sample for the area of each transition (sample_map.py)",
     )
     return p
 
@@ -149,7 +156,7 @@ class Preview:
         plt.close(fig)
 
 
-def compare(maps: list, confs: list | None, dst, dst_conf, keep_from: int | None, preview: Preview):
+def compare(maps: list, confs: list | None, dst, dst_conf, args, preview: Preview):
     """Read both maps block by block; write the pair codes (and confidences); the (13, 13) counts."""
     counts = np.zeros((13, 13), dtype=np.int64)
     wins = windows(maps[0])
@@ -164,23 +171,26 @@ def compare(maps: list, confs: list | None, dst, dst_conf, keep_from: int | None
         counts += pair_counts(before, after, valid)
         if confs is not None:
             c_before, c_after = (ds.read(1, window=win) for ds in confs)
-            codes, conf = change_confidence(codes, c_before, c_after, keep_from)
+            codes, conf = change_confidence(codes, c_before, c_after, args.min_confidence)
             dst_conf.write(conf, 1, window=win)
-        if keep_from is not None:  # the dropped changes count as unchanged in the matrix too
+        if args.min_confidence is not None:  # the dropped changes count as unchanged in the matrix too
             dropped = valid & (before != after) & (codes == 0)
             counts -= pair_counts(before, after, dropped)
             counts += pair_counts(before, before, dropped)
+        if args.stable:
+            codes = with_stable(codes, before, valid)
         dst.write(codes, 1, window=win)
         preview.add(win, codes, valid)
     return counts
 
 
-def describe(dst, counts: np.ndarray) -> None:
+def describe(dst, counts: np.ndarray, stable: bool) -> None:
     """The colour table and the names of the pairs present (tags CHANGE_<code>, and the band's)."""
-    present = [pair_code(a, b) for a in CODES for b in CODES if a != b and counts[a, b] > 0]
+    present = [pair_code(a, b) for a in CODES for b in CODES if (stable or a != b) and counts[a, b] > 0]
     dst.write_colormap(1, {0: (0, 0, 0, 0), **{c: pair_colour(c) for c in present}})
-    dst.set_band_description(1, "from-to pair code: (before - 1) * 12 + after; 0 unchanged or no data")
-    dst.update_tags(1, CHANGE_0="Unchanged or no data", **{f"CHANGE_{c}": pair_name(c) for c in present})
+    zero = "No data" if stable else "Unchanged or no data"
+    dst.set_band_description(1, f"from-to pair code: (before - 1) * 12 + after; 0: {zero.lower()}")
+    dst.update_tags(1, CHANGE_0=zero, **{f"CHANGE_{c}": pair_name(c) for c in present})
 
 
 def report_md(args, matrix_ha: np.ndarray, pixel_ha: float) -> str:
@@ -226,8 +236,8 @@ def write_all(args, maps: list, confs: list | None, files: dict[str, Path], pixe
             )
             dst_conf.set_band_description(1, "confidence of the change: the lower of both years', percent")
         preview = Preview(grid.height, grid.width)
-        counts = compare(maps, confs, dst, dst_conf, args.min_confidence, preview)
-        describe(dst, counts)
+        counts = compare(maps, confs, dst, dst_conf, args, preview)
+        describe(dst, counts, args.stable)
         matrix_ha = counts * pixel_ha
         preview.write(
             tmp["preview"], f"{args.before.name} -> {args.after.name}: changes in the colour of the new class"

@@ -1,6 +1,7 @@
 """Draw a stratified random sample of a land-cover map's pixels for its accuracy assessment.
 
-Reads ``--map`` (a class map: one uint8 band, codes 1..12, nodata 0, e.g. predict.py's output), the
+Reads ``--map`` (a class map: one uint8 band, codes 1..12, nodata 0, e.g. predict.py's output; or a
+change raster of compare_maps.py, its from-to pair codes named in the raster), the
 confidence raster beside it (``MAP_confidence.tif``, when there is one) and optionally ``--reference``
 (a land-cover raster on the same grid). Writes ``--out``, a GeoPackage: the point layer ``sample``
 (one point per sampled pixel centre; the field ``reference`` is what the interpreters fill in QGIS)
@@ -28,14 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
-from colormap import CODES, NODATA, name
+from colormap import NODATA
 from landcover.accuracy import allocate, cochran_size
 from landcover.common import ArgumentParser, atomic_path, check_range, fail, open_raster, run_main
 from landcover.geo import Grid
 from landcover.sampling import (
     Points,
+    class_names,
     count_classes,
     draw_ordinals,
+    largest_code,
     locate,
     map_info,
     open_class_map,
@@ -51,7 +54,12 @@ MIN_POINTS = 2  # the fewest points of a class with more pixels: a stratum's var
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser.for_script(__doc__)
-    p.add_argument("--map", type=Path, required=True, help="the class map to assess (uint8, codes 1..12)")
+    p.add_argument(
+        "--map",
+        type=Path,
+        required=True,
+        help="the class map to assess (uint8, codes 1..12, or a change raster's pair codes)",
+    )
     p.add_argument(
         "--out", type=Path, required=True, help="the GeoPackage to write (.gpkg; never overwritten)"
     )
@@ -98,8 +106,8 @@ def parse_allocation(pairs: Sequence[str]) -> dict[int, int]:
             c, k = int(code), int(n)
         except ValueError:
             fail(f"--allocation {pair}: expected CODE=N, e.g. 3=100")
-        if c not in CODES or k < 0:
-            fail(f"--allocation {pair}: codes are {CODES[0]}..{CODES[-1]}, sizes 0 or more")
+        if c < 1 or k < 0:
+            fail(f"--allocation {pair}: codes are 1 or more (the map's classes), sizes 0 or more")
         out[c] = k
     return out
 
@@ -191,20 +199,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         ds = stack.enter_context(open_class_map(args.map))
         info = map_info(ds, args.map, args.seed)
         conf, ref = (r if r is None else stack.enter_context(r) for r in open_extras(args, info.grid))
-        wins = windows(ds)
-        totals, per = count_classes(ds, "map", wins)
-        pixels = {c: int(totals[c]) for c in CODES if totals[c] > 0}
+        wins, names = windows(ds), class_names(ds)  # a change raster's pair codes, else 1..12
+        totals, per = count_classes(ds, "map", wins, max_code=largest_code(ds))
+        pixels = {c: int(totals[c]) for c in names if totals[c] > 0}
         if not pixels:
-            fail(f"map has no valid pixel (codes 1..12): {args.map}")
+            fail(f"map has no valid pixel (codes {min(names)}..{max(names)}): {args.map}")
         sizes = sample_sizes(args, pixels, fixed)
         points = locate(ds, wins, per, draw_ordinals(pixels, sizes, args.seed))
         if conf is not None:
             points.confidence = fill(points, conf, "confidence raster", {CONFIDENCE_NODATA}, range(0, 101))
         if ref is not None:
             nodata = {NODATA} | ({int(ref.nodata)} if ref.nodata is not None else set())
-            points.reference = fill(points, ref, "reference raster", nodata, range(1, max(CODES) + 1))
+            allowed = range(1, largest_code(ds) + 1)
+            points.reference = fill(points, ref, "reference raster", nodata, allowed)
     strata = [
-        dict(stratum=c, name=name(c), pixels=pixels[c], area_ha=pixels[c] * info.pixel_area_ha, n=sizes[c])
+        dict(stratum=c, name=names[c], pixels=pixels[c], area_ha=pixels[c] * info.pixel_area_ha, n=sizes[c])
         for c in sorted(pixels)
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,12 +38,16 @@ def is_pair(code: int) -> bool:
 def pair_name(code: int) -> str:
     """'Forest -> Bare soil' for the pair code of 3 -> 5."""
     before, after = pair_of(code)
+    if before == after:  # compare_maps.py --stable
+        return f"{CLASSES[before][0]} (unchanged)"
     return f"{CLASSES[before][0]} -> {CLASSES[after][0]}"
 
 
 def pair_colour(code: int) -> tuple[int, int, int, int]:
-    """A pair's colour: its after class's (what the place became), so that a change map reads like a map."""
-    return (*hex_to_rgb(CLASSES[pair_of(code)[1]][1]), 255)
+    """A pair's colour: its after class's (what the place became), so that a change map reads like a
+    map; an unchanged class's (--stable) light grey."""
+    before, after = pair_of(code)
+    return (225, 225, 225, 255) if before == after else (*hex_to_rgb(CLASSES[after][1]), 255)
 
 
 def change_block(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +56,14 @@ def change_block(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.
     changed = valid & (before != after)
     codes = np.where(changed, pair_code(before.astype(np.int64), after), UNCHANGED).astype(np.uint8)
     return codes, valid
+
+
+def with_stable(codes: np.ndarray, before: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """A change block with the unchanged pixels coded as their class's own pair (a -> a, the diagonal
+    codes 1, 14, ... 144): 0 is then only no data, and the unchanged area is a stratum a sample can
+    draw from, where the changes a map missed lie."""
+    stable = valid & (codes == UNCHANGED)
+    return np.where(stable, pair_code(before.astype(np.int64), before), codes).astype(np.uint8)
 
 
 def pair_counts(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> np.ndarray:

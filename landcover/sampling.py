@@ -126,19 +126,37 @@ def windows(ds) -> list:
     return [Window(0, r, ds.width, min(rows, ds.height - r)) for r in range(0, ds.height, rows)]
 
 
-def count_classes(ds, what: str, wins: Sequence, within=None) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels of each code 0..12 in the whole map and in each window ((windows, 13) uint32); a code
-    above 12 is one line. ``within``: another open map on the grid, counting only where it is valid."""
-    per = np.zeros((len(wins), MAX_CODE + 1), np.uint32)
+def largest_code(ds) -> int:
+    """The largest code a class map may hold: a change raster's (named CHANGE_<code>) from-to pair
+    codes reach 12 * 12; other maps 12."""
+    return MAX_CODE * MAX_CODE if any(k.startswith("CHANGE_") for k in ds.tags(1)) else MAX_CODE
+
+
+def class_names(ds) -> dict[int, str]:
+    """The codes of a class map and their names, from the raster itself: a change raster names its
+    from-to pairs in band tags CHANGE_<code> (compare_maps.py); any other map has colormap.py's 1..12."""
+    tags = ds.tags(1)
+    pairs = {int(k[7:]): v for k, v in tags.items() if k.startswith("CHANGE_") and k[7:].isdigit()}
+    pairs.pop(NODATA, None)
+    return dict(sorted(pairs.items())) if pairs else {c: name(c) for c in CODES}
+
+
+def count_classes(
+    ds, what: str, wins: Sequence, within=None, max_code: int = MAX_CODE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of each code 0..max_code in the whole map and in each window ((windows, max_code + 1)
+    uint32); a code above is one line. ``within``: another open map on the grid, counting only where it
+    is valid."""
+    per = np.zeros((len(wins), max_code + 1), np.uint32)
     for i, w in enumerate(progress(wins, desc=f"counting {what}", unit="block", leave=False, delay=1.0)):
         data = read_pixels(ds, what, 1, window=w)
         if within is not None:
             data = data[read_pixels(within, "map", 1, window=w) != NODATA]
         counts = np.bincount(data.ravel(), minlength=256)
-        if counts[MAX_CODE + 1 :].any():
-            bad = int(np.flatnonzero(counts[MAX_CODE + 1 :])[0]) + MAX_CODE + 1
-            fail(f"{what} is not a class map: code {bad} (classes are 1..{MAX_CODE}, nodata 0): {ds.name}")
-        per[i] = counts[: MAX_CODE + 1]
+        if counts[max_code + 1 :].any():
+            bad = int(np.flatnonzero(counts[max_code + 1 :])[0]) + max_code + 1
+            fail(f"{what} is not a class map: code {bad} (classes are 1..{max_code}, nodata 0): {ds.name}")
+        per[i] = counts[: max_code + 1]
     return per.sum(axis=0, dtype=np.int64), per
 
 
@@ -235,7 +253,10 @@ def write_sample(path: Path, pts: Points, strata: list[dict], info: MapInfo) -> 
     y = t.d * (pts.col + 0.5) + t.e * (pts.row + 0.5) + t.f
     geometry = shapely.to_wkb(shapely.points(x, y))
     ids = np.arange(1, len(pts) + 1, dtype=np.int32)
-    names = np.array([name(c) for c in pts.map_code], dtype=object)
+    named = {int(s["stratum"]): s["name"] for s in strata}
+    names = np.array(
+        [named.get(int(c), name(c) if c in CODES else str(c)) for c in pts.map_code], dtype=object
+    )
     ints = [ids, pts.row, pts.col, pts.stratum, pts.map_code, None, pts.confidence, pts.reference]
     data = [names if a is None else np.asarray(a, np.int32) for a in ints]
     masks = [None] * 6 + [pts.confidence < 0, pts.reference < 0]
@@ -324,25 +345,25 @@ def stored_types(path: Path, layer: str, field: str) -> dict[int, str]:
     return bad
 
 
-def read_points(path: Path, field: str) -> Points:
+def read_points(path: Path, field: str, max_code: int = MAX_CODE) -> Points:
     """The sample's points with their reference codes (-1 where NULL or 0: not labelled). A reference
     that is no class code, a missing field or a damaged row/col is one line naming the point."""
     t = read_table(path, SAMPLE, ("id", "row", "col", "stratum", "map_code", field))
     for pid, value in list(stored_types(path, SAMPLE, field).items())[:1]:
-        fail(f"point id {pid} of {path}: {field} holds {value}, not a class code (1..{MAX_CODE})")
+        fail(f"point id {pid} of {path}: {field} holds {value}, not a class code (1..{max_code})")
     ints = {}
     for k in ("id", "row", "col", "stratum", "map_code"):
         v = np.asarray(t[k], np.float64)
         if np.any(~np.isfinite(v)) or np.any(v != np.round(v)):
             fail(f"field '{k}' of {path} has empty or non-integer values: the layer was edited")
         ints[k] = v.astype(np.int64)
-    ref = _codes(np.asarray(t[field], dtype=object), ints["id"], field, path)
+    ref = _codes(np.asarray(t[field], dtype=object), ints["id"], field, path, max_code)
     return Points(
         ints["row"], ints["col"], ints["stratum"], ints["map_code"], np.full(len(ref), -1), ref, ints["id"]
     )
 
 
-def _codes(values: np.ndarray, ids: np.ndarray, field: str, path: Path) -> np.ndarray:
+def _codes(values: np.ndarray, ids: np.ndarray, field: str, path: Path, max_code: int) -> np.ndarray:
     """Reference values as codes, -1 for NULL, NaN, empty or 0."""
     out = np.full(len(values), -1, np.int64)
     for i, v in enumerate(values):
@@ -352,10 +373,10 @@ def _codes(values: np.ndarray, ids: np.ndarray, field: str, path: Path) -> np.nd
             f = float(v)
         except (TypeError, ValueError):
             f = float("nan")
-        if not f.is_integer() or not 0 <= f <= MAX_CODE:
+        if not f.is_integer() or not 0 <= f <= max_code:
             fail(
                 f"point id {ids[i]} of {path}: {field} {v!r} is not a class code "
-                f"(1..{MAX_CODE}; empty or 0: not labelled)"
+                f"(1..{max_code}; empty or 0: not labelled)"
             )
         out[i] = int(f) if f else -1
     return out

@@ -204,3 +204,73 @@ def test_a_moved_sample_finds_its_map_beside_it(runner, drawn, tmp_path):
         tmp_path / "out2",
     )
     assert res.returncode == 0, res.stderr
+
+
+# The area of each transition between two years, from a sample of the change raster (compare_maps.py
+# --stable): its pair codes and names come from the raster, the strata include the unchanged classes.
+
+
+@pytest.fixture(scope="module")
+def two_years(tmp_path_factory, runner):
+    """Two truths 400 x 500 with a burn (3 -> 5, 3600 px) and an estate (1 -> 7, 1600 px), two maps of
+    them each wrong on ~6 % of the pixels, and the mapped and true change rasters."""
+    d = tmp_path_factory.mktemp("years")
+    rng = np.random.default_rng(3)
+    t1 = np.repeat(np.repeat(rng.choice([1, 3, 4], size=(20, 25)), 20, 0), 20, 1).astype(np.uint8)
+    t1[100:160, 100:160], t1[300:340, 300:340] = 3, 1
+    t2 = t1.copy()
+    t2[100:160, 100:160], t2[300:340, 300:340] = 5, 7
+    maps = [np.where(rng.random(t.shape) < 0.06, rng.choice([1, 3, 4, 5], size=t.shape), t) for t in (t1, t2)]
+    for name, a in (("t1", t1), ("t2", t2), ("m1", maps[0]), ("m2", maps[1])):
+        write_raster(d / f"{name}.tif", a.astype(np.uint8), tiled=True, blockxsize=128, blockysize=128)
+    for pair, out in ((("m1", "m2"), "mapped/change.tif"), (("t1", "t2"), "true/change.tif")):
+        args = [
+            "--before",
+            d / f"{pair[0]}.tif",
+            "--after",
+            d / f"{pair[1]}.tif",
+            "--out",
+            d / out,
+            "--stable",
+        ]
+        assert runner.run("compare_maps.py", *args).returncode == 0
+    return d
+
+
+def test_transition_areas_from_a_sample_of_the_change_raster(runner, two_years, tmp_path):
+    d = two_years
+    sample = tmp_path / "change.gpkg"
+    draw = ["--map", d / "mapped/change.tif", "--out", sample, "--reference", d / "true/change.tif"]
+    res = runner.run("sample_map.py", *draw, "--size", 1500, "--min-per-class", 30, "--seed", 0)
+    assert res.returncode == 0, res.stderr
+    assert "Forest -> Bare soil" in res.stdout and "Forest (unchanged)" in res.stdout  # the raster's names
+    assert runner.run("assess_map.py", "--sample", sample, "--out", tmp_path / "a").returncode == 0
+    a = json.loads((tmp_path / "a/assessment.json").read_text())
+    assert a["estimator"] == "olofsson2014"
+    burn, estate = a["classes"][str((3 - 1) * 12 + 5)], a["classes"][str((1 - 1) * 12 + 7)]
+    assert burn["name"] == "Forest -> Bare soil"
+    for c, true_ha in ((burn, 36.0), (estate, 16.0)):
+        low, high = c["area_ha"]["ci95"]
+        assert low <= true_ha <= high, c  # the interval holds the true area
+    changed = [c for k, c in a["classes"].items() if (int(k) - 1) // 12 != (int(k) - 1) % 12]
+    mapped = sum(c["mapped_area_ha"] for c in changed)
+    estimated = sum(c["area_ha"]["estimate"] for c in changed)
+    print(f"change: mapped {mapped:.1f} ha, estimated {estimated:.1f} ha, true 52.0 ha")
+    assert mapped > 4 * 52.0 and abs(estimated - 52.0) < 0.5 * 52.0  # the pixel count overstates it
+
+
+def test_transition_areas_of_another_change_raster_by_stehman(runner, two_years, tmp_path):
+    """Strata from the sure changes (--min-confidence: here the same maps), assessing every change."""
+    d = two_years
+    sample = tmp_path / "s.gpkg"
+    draw = ["--map", d / "mapped/change.tif", "--out", sample, "--reference", d / "true/change.tif"]
+    assert runner.run("sample_map.py", *draw, "--size", 1200, "--min-per-class", 20).returncode == 0
+    other = tmp_path / "other/change.tif"
+    args = ["--before", d / "m1.tif", "--after", d / "t2.tif", "--out", other, "--stable"]
+    assert runner.run("compare_maps.py", *args).returncode == 0
+    res = runner.run("assess_map.py", "--sample", sample, "--map", other, "--out", tmp_path / "a")
+    assert res.returncode == 0, res.stderr
+    a = json.loads((tmp_path / "a/assessment.json").read_text())
+    assert a["estimator"] == "stehman2014"
+    low, high = a["classes"][str(2 * 12 + 5)]["area_ha"]["ci95"]
+    assert low <= 36.0 <= high
