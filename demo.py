@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         step(["sample_map.py", "--map", out, "--out", sample, "--reference", truth, "--seed", args.seed])
     step(["assess_map.py", "--sample", sample, "--out", res / "assessment"])
     products(out)
-    change(data, scores[chosen], MODES[chosen], out)
+    change(data, scores[chosen], MODES[chosen], out, args.seed)
 
 
 def products(out: Path) -> None:
@@ -158,10 +158,11 @@ def products(out: Path) -> None:
     print(f"  vector map:        {vector} (open in QGIS: coloured and labelled by class)")
 
 
-def change(data: Path, chosen: dict, scene_index: Sequence[int], out: Path) -> None:
+def change(data: Path, chosen: dict, scene_index: Sequence[int], out: Path, seed: int) -> None:
     """A year later (README: "Change between two years"): the second year's scenes with planned changes,
     mapped by the same model, the change map against the first year's, the true change from the two
-    truths, and each planned transition's mapped area, recall and precision against the truth."""
+    truths, the change's sample labelled with the true change and its assessment; each planned
+    transition's true, mapped and estimated area, recall and precision."""
     nxt, res = data / "raw/next_year", chosen["results"]
     step(["make_demo_data.py", "--out", nxt, "--changes-from", data / "raw"])
     truth = nxt / "mask_10m.tif"
@@ -171,28 +172,40 @@ def change(data: Path, chosen: dict, scene_index: Sequence[int], out: Path) -> N
     after = res / "landcover_next_year.tif"
     step(["predict.py", "--checkpoint", chosen["run"] / "best.pt", "--image", *scenes, "--out", after])
     mapped, true = res / "change/change.tif", res / "true_change/change.tif"
-    step(["compare_maps.py", "--before", out, "--after", after, "--out", mapped])
-    step(["compare_maps.py", "--before", data / "mask_10m.tif", "--after", truth, "--out", true])
-    print_change(json.loads((ROOT / nxt / "changes.json").read_text()), ROOT / mapped, ROOT / true)
+    step(["compare_maps.py", "--before", out, "--after", after, "--out", mapped, "--stable"])
+    step(["compare_maps.py", "--before", data / "mask_10m.tif", "--after", truth, "--out", true, "--stable"])
+    sample = res / "change/change_sample.gpkg"
+    if not (ROOT / sample).is_file():  # never overwritten: it may hold labels
+        step(["sample_map.py", "--map", mapped, "--out", sample, "--reference", true, "--seed", seed])
+    step(["assess_map.py", "--sample", sample, "--out", res / "change/assessment"])
+    assessed = json.loads((ROOT / res / "change/assessment/assessment.json").read_text())["classes"]
+    print_change(json.loads((ROOT / nxt / "changes.json").read_text()), ROOT / mapped, ROOT / true, assessed)
 
 
-def print_change(planned: list[dict], mapped: Path, true: Path) -> None:
-    """Mapped against true area of each planned transition, its recall and precision (pixels)."""
+def print_change(planned: list[dict], mapped: Path, true: Path, assessed: dict) -> None:
+    """Each planned transition's true, mapped and estimated area (95 % interval), recall and precision."""
     import rasterio
 
-    from landcover.change import agreement, pair_code, recall_precision
+    from landcover.change import agreement, changes_only, is_pair, pair_code, recall_precision
 
     with rasterio.open(mapped) as m, rasterio.open(true) as t:
-        counts = sum(agreement(m.read(1, window=w), t.read(1, window=w)) for _, w in m.block_windows(1))
+        read = [lambda w, ds=ds: changes_only(ds.read(1, window=w)) for ds in (m, t)]
+        counts = sum(agreement(read[0](w), read[1](w)) for _, w in m.block_windows(1))
         ha = abs(m.transform.a * m.transform.e) / 1e4
     print(f"\n== Change, a year later ({mapped}) ==")
     print(f"  mapped change {counts[1:].sum() * ha:,.1f} ha; true change {counts[:, 1:].sum() * ha:,.1f} ha")
-    print(f"  {'planned transition':34s} {'true ha':>9s} {'mapped ha':>10s} {'recall':>7s} {'precision':>9s}")
+    changed = [v["area_ha"]["estimate"] for k, v in assessed.items() if is_pair(int(k))]
+    print(f"  estimated change (sample, assess_map.py) {sum(e for e in changed if e is not None):,.1f} ha")
+    head = f"{'true ha':>8s} {'mapped ha':>9s} {'estimated ha (95 %)':>25s}"
+    print(f"  {'planned transition':34s} {head} recall precision")
     for c in planned:
         code = pair_code(c["before"], c["after"])
         r, p = recall_precision(counts, code)
         what, areas = f"{c['before']}->{c['after']} {c['kind']}", (counts[:, code].sum(), counts[code].sum())
-        print(f"  {what:34s} {areas[0] * ha:9.1f} {areas[1] * ha:10.1f} {r:7.3f} {p:9.3f}")
+        est = assessed.get(str(code), {}).get("area_ha")
+        low, high = est["ci95"] if est else (0, 0)
+        estimate = f"{est['estimate']:.1f} ({low:.1f}-{high:.1f})" if est else "not in the sample"
+        print(f"  {what:34s} {areas[0] * ha:8.1f} {areas[1] * ha:9.1f} {estimate:>25s} {r:6.3f} {p:9.3f}")
 
 
 if __name__ == "__main__":

@@ -117,3 +117,9 @@ def recall_precision(counts: np.ndarray, code: int) -> tuple[float, float]:
     hit = float(counts[code, code])
     true, mapped = float(counts[:, code].sum()), float(counts[code].sum())
     return (hit / true if true else float("nan")), (hit / mapped if mapped else float("nan"))
+
+
+def changes_only(codes: np.ndarray) -> np.ndarray:
+    """A change block with --stable's unchanged codes (a -> a) back to 0."""
+    before, after = np.divmod(codes.astype(np.int64) - 1, N)
+    return np.where((codes > 0) & (before != after), codes, UNCHANGED).astype(np.uint8)
