@@ -13,12 +13,14 @@ tags ``CHANGE_<code>``); its preview (``.png``); with both confidences, ``CHANGE
 Two maps differ wherever either is wrong, so the pixel count of a transition counts every error of
 either year as change: on a map of 90 % accuracy, the apparent change far exceeds the real one.
 ``--min-confidence`` keeps only the changes both maps are sure of; the honest area of each
-transition comes from a sample of the change raster (sample_map.py, assess_map.py; README:
+transition comes from a sample of the change raster written with ``--stable`` (unchanged pixels as
+their class's own pair a -> a, so that they form strata; sample_map.py, assess_map.py; README:
 "Change between two years"). The maps are read by blocks: memory does not grow with the map.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 from collections.abc import Sequence
@@ -48,13 +50,17 @@ PREVIEW_SIDE = 1200  # longest side of the preview, pixels
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser.for_script(__doc__)
-    p.add_argument("--before", type=Path, required=True, help="the earlier class map (uint8, codes 1..12)")
-    p.add_argument("--after", type=Path, required=True, help="the later class map, on the same grid")
-    p.add_argument("--out", type=Path, required=True, help="the change raster to write (.tif)")
+    none = dict(default=argparse.SUPPRESS)  # no "(default: None)" in --help
+    p.add_argument(
+        "--before", type=Path, required=True, help="the earlier class map (uint8, codes 1..12)", **none
+    )
+    p.add_argument("--after", type=Path, required=True, help="the later class map, on the same grid", **none)
+    p.add_argument("--out", type=Path, required=True, help="the change raster to write (.tif)", **none)
     p.add_argument(
         "--min-confidence",
         type=int,
         metavar="PERCENT",
+        **none,
         help="keep only the changes both maps are at least this sure of (needs both confidence rasters)",
     )
     p.add_argument(
@@ -251,6 +257,7 @@ def write_all(args, maps: list, confs: list | None, files: dict[str, Path], pixe
 
 
 def rasterio_open(path: Path, profile: dict):
+    """A raster opened for writing (rasterio imported only when there is work)."""
     import rasterio
 
     return rasterio.open(path, "w", **profile)
@@ -258,6 +265,7 @@ def rasterio_open(path: Path, profile: dict):
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    args.min_confidence = getattr(args, "min_confidence", None)
     if args.min_confidence is not None:
         check_range("--min-confidence", args.min_confidence, 0, 100)
     inputs = [args.before, args.after, confidence_path(args.before), confidence_path(args.after)]

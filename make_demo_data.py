@@ -938,6 +938,7 @@ def measure_changes(planned: list[dict], before10: np.ndarray, after10: np.ndarr
 
 
 def _shape(rings: list[np.ndarray]) -> Polygon:
+    """The polygon of rings (exterior first), made valid, for its area."""
     return Polygon(rings[0], rings[1:]).buffer(0)
 
 

@@ -132,3 +132,15 @@ def test_killed_run_leaves_nothing_finished_and_a_rerun_gives_the_same_files(run
         if p.suffix != ".png":  # the PNG's title names the files, the same here
             assert (out.parent / p.name).read_bytes() == p.read_bytes(), p.name
     assert not list(out.parent.glob("*.partial"))
+
+
+def test_stable_codes_the_unchanged_as_their_own_pair_and_zero_is_only_nodata(runner, maps, tmp_path):
+    d, a, b, *_ = maps
+    out = tmp_path / "stable.tif"
+    args = ["--before", d / "a.tif", "--after", d / "b.tif", "--out", out, "--stable"]
+    assert runner.run("compare_maps.py", *args).returncode == 0
+    with rasterio.open(out) as ds:
+        codes, tags = ds.read(1), ds.tags(1)
+    valid = (a > 0) & (b > 0)
+    assert np.array_equal(codes, np.where(valid, (a.astype(int) - 1) * 12 + b, 0))  # a -> a where unchanged
+    assert tags[f"CHANGE_{pair_code(3, 3)}"] == "Forest (unchanged)" and tags["CHANGE_0"] == "No data"
