@@ -385,3 +385,20 @@ def majority(mask: np.ndarray) -> np.ndarray:
     counts = np.zeros((len(b), 256), np.int32)
     np.add.at(counts, (np.repeat(np.arange(len(b)), 100), b.ravel()), 1)
     return counts.argmax(axis=1).astype(np.uint8).reshape(mask.shape[0] // 10, -1)
+
+
+def test_second_year_killed_between_its_renames_is_remade_the_same(data, second, tmp_path):
+    from helpers import run_script_killed
+
+    out, *_ = data
+    nxt, *_ = second
+    again = tmp_path / "next"
+    killed = run_script_killed(
+        "make_demo_data.py", "replace", 2, "before", "--out", again, "--changes-from", out
+    )
+    assert killed.returncode == -9
+    assert not demo.is_done(again, SIZE, 0, year=2)  # a part renamed is no finished set
+    assert run_script("make_demo_data.py", "--out", again, "--changes-from", out).returncode == 0
+    assert pixel_digest(again) == pixel_digest(nxt)
+    assert (again / demo.CHANGES_NAME).read_text() == (nxt / demo.CHANGES_NAME).read_text()
+    assert not list(again.glob("*.partial"))

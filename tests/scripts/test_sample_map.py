@@ -131,3 +131,27 @@ def test_bad_input_is_one_line_and_writes_nothing(runner, scene, tmp_path, case,
     res = runner.run("sample_map.py", "--map", mp, "--out", out, "--size", 100, *extra)
     assert_one_line_error(res, needle)
     assert tree(tmp_path) == before
+
+
+def test_a_change_raster_is_sampled_on_its_own_codes_and_names(runner, tmp_path):
+    """compare_maps.py's change raster (pair codes up to 144, named in its tags): one stratum per pair
+    present, named as in the raster, and a from-to reference filled."""
+    rng = np.random.default_rng(2)
+    a = rng.choice([3, 4, 12], size=(200, 300)).astype(np.uint8)
+    b = np.where(rng.random(a.shape) < 0.05, 5, a).astype(np.uint8)
+    write_raster(tmp_path / "a.tif", a)
+    write_raster(tmp_path / "b.tif", b)
+    change = tmp_path / "c/change.tif"
+    args = ["--before", tmp_path / "a.tif", "--after", tmp_path / "b.tif", "--out", change, "--stable"]
+    assert runner.run("compare_maps.py", *args).returncode == 0
+    out = tmp_path / "s.gpkg"
+    res = runner.run("sample_map.py", "--map", change, "--out", out, "--size", 300, "--reference", change)
+    assert res.returncode == 0, res.stderr
+    strata, pts = read(out, "strata"), read(out, "sample")
+    codes = (a.astype(int) - 1) * 12 + b
+    assert strata["stratum"].tolist() == sorted(set(np.unique(codes).tolist()))  # 27, 29, 40, 41, 137, 138
+    assert (
+        dict(zip(strata["stratum"].tolist(), strata["name"].tolist(), strict=True))[29]
+        == "Forest -> Bare soil"
+    )
+    assert np.all(pts["reference"] == pts["stratum"]) and pts["reference"].max() > 12
