@@ -11,7 +11,8 @@ published with: the pixel count of a class is biased by the map's errors, the es
 Estimators: when the map assessed is the map the sample was stratified on, Olofsson et al. 2014
 (Remote Sensing of Environment 148); another map on the same grid (the map after a minimum mapping
 unit, a second model, next year's map), Stehman 2014 (International Journal of Remote Sensing 35),
-whose strata differ from the map classes. Points whose reference is NULL or 0 are skipped (and
+whose strata differ from the map classes. A change raster (compare_maps.py --stable) is assessed
+like a map: its from-to pair codes and names come from the raster, each transition's area estimated. Points whose reference is NULL or 0 are skipped (and
 counted); the variances include the finite population correction (see landcover/accuracy.py).
 """
 
