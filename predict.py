@@ -5,7 +5,8 @@ Reads: a checkpoint (train.py's best.pt) and one scene; for a model trained on s
 scene it was trained on, in the training order, matched by position and bands, not by file name (another
 year's or region's mosaics map as well). Writes: ``--out MAP.tif`` (uint8 codes 1..12, nodata 0, the
 class colour table and names, overviews), ``MAP_confidence.tif`` (the probability of the mapped class in
-percent at the checkpoint's temperature, nodata 255), with ``--review-below P`` ``MAP_review.tif``, and
+percent at the checkpoint's temperature, nodata 255), with ``--review-below P`` ``MAP_review.tif``, with
+``--probabilities`` ``MAP_probabilities.tif`` (12 bands: each class's calibrated probability, percent), and
 the previews ``MAP.png`` and ``MAP_confidence.png``. A MAP.tif that exists is complete, everything beside
 it included: all are written under temporary names and renamed, the map last. The scene is read by
 windows and blended (``landcover.mapping``); the README's "7. predict.py" section says how and at what cost.
@@ -111,6 +112,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-preview", action="store_true", help="write neither PNG preview (map, confidence)"
     )
+    parser.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write MAP_probabilities.tif: 12 bands uint8, band k the calibrated probability of code k "
+        "in percent (band descriptions: the class names), 255 nodata; for users who combine years or "
+        "post-process themselves",
+    )
     args = parser.parse_args(argv)
     check_range("--window", args.window, 32)
     check_range("--overlap", args.overlap, 0)
@@ -146,7 +154,7 @@ def output_files(args: argparse.Namespace, images: Sequence[Path]) -> MapFiles:
         fail(f"--out must end with .tif or .tiff (the preview goes beside it as .png): {out}")
     files = MapFiles(out)
     inputs = {Path(p).resolve() for p in images}
-    for path in files.all(args.review_below is not None, not args.no_preview):
+    for path in files.all(args.review_below is not None, not args.no_preview, args.probabilities):
         if path.resolve() in inputs:
             fail(f"--out would overwrite an input scene: {path}")
         if path.is_dir():
@@ -185,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         temperature=temperature,
         device=device,
         workers=args.workers,
+        probabilities=args.probabilities,
     )
     review, preview = args.review_below is not None, not args.no_preview
     counts, sums = write_map(
@@ -195,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(confidence_summary(sums, temperature, args.review_below))
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     print(f"wrote {files.map} ({width} x {height} px, {wall:.1f} s, {cpu:.1f} CPU s)")
-    for path in files.all(review, preview)[1:-1]:  # the category names go without saying
+    for path in files.all(review, preview, args.probabilities)[1:-1]:  # the category names go without saying
         print(f"wrote {path}")
 
 

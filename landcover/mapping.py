@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from colormap import NODATA, NUM_CLASSES
@@ -37,13 +38,14 @@ from landcover.distributed import one_cpu_thread
 from landcover.figures import write_confidence_preview, write_preview
 from landcover.geo import Grid, map_profile
 from landcover.inference import class_probabilities
-from landcover.probabilities import codes_and_confidence
+from landcover.probabilities import class_percent, codes_and_confidence
 from landcover.rasters import (
     CONFIDENCE_NODATA,
     OVERVIEW_RESAMPLING,
     MapFiles,
     MapWriters,
     category_names_xml,
+    describe_probabilities,
     describe_rasters,
     gdal_env,
     overview_factors,
@@ -94,10 +96,18 @@ class PendingRows:
     memory without waiting (on CUDA into pinned memory, an event marking the end of the copy), so that
     the device goes on with the next batch; ``wait`` sets nodata where the input has none."""
 
-    def __init__(self, row0: int, codes: torch.Tensor, confidence: torch.Tensor, valid: np.ndarray):
+    def __init__(
+        self,
+        row0: int,
+        codes: torch.Tensor,
+        confidence: torch.Tensor,
+        valid: np.ndarray,
+        percent: torch.Tensor | None = None,
+    ):
         self.row0, self.valid = row0, valid
         cuda = codes.device.type == "cuda"
         self.host = [t.to("cpu", non_blocking=cuda) for t in (codes, confidence)]
+        self.percent = None if percent is None else percent.to("cpu", non_blocking=cuda)
         self.copied = None
         if cuda:
             self.copied = torch.cuda.Event()
@@ -114,6 +124,13 @@ class PendingRows:
             np.where(self.valid, confidence, CONFIDENCE_NODATA).astype(np.uint8, copy=False),
         )
 
+    def class_percent(self) -> np.ndarray | None:
+        """(12, n, width) uint8 class probabilities in percent, 255 where the input has no data (after
+        ``wait``); None unless asked for."""
+        if self.percent is None:
+            return None
+        return np.where(self.valid, self.percent.numpy(), CONFIDENCE_NODATA).astype(np.uint8, copy=False)
+
 
 class Blender:
     """Blends window probabilities, given in raster order, into finished rows of codes and confidence.
@@ -126,9 +143,17 @@ class Blender:
     """
 
     def __init__(
-        self, height: int, width: int, rows: list[int], cols: list[int], win: tuple[int, int], overlap: int
+        self,
+        height: int,
+        width: int,
+        rows: list[int],
+        cols: list[int],
+        win: tuple[int, int],
+        overlap: int,
+        percent: bool = False,
     ):
         self.width = width
+        self.percent = percent  # also each class's probability (predict.py --probabilities)
         self.rows, self.cols = rows, cols
         self.row_ends = [*rows[1:], height]  # row i of windows finishes the scene rows [rows[i], row_ends[i])
         self.col_ends = [*cols[1:], width]
@@ -144,6 +169,11 @@ class Blender:
         self.left = None
         self.codes = torch.empty((r1 - r0, self.width), dtype=torch.uint8, device=device)
         self.confidence = torch.empty_like(self.codes)
+        self.class_percent = None
+        if self.percent:
+            self.class_percent = torch.empty(
+                (NUM_CLASSES - 1, *self.codes.shape), dtype=torch.uint8, device=device
+            )
         self.valid = np.zeros((r1 - r0, self.width), dtype=bool)
         shape = (probs.shape[0], r0 + self.win[0] - r1, self.width)
         last = i == len(self.rows) - 1
@@ -172,6 +202,8 @@ class Blender:
         if self.carry is not None:  # the sums the row of windows above left on the rows shared with it
             chunk[:, : self.carry.shape[1]] += self.carry[:, :, c0:c1].float()
         self.codes[:, c0:c1], self.confidence[:, c0:c1] = codes_and_confidence(chunk[:, : r1 - r0])
+        if self.class_percent is not None:
+            self.class_percent[:, :, c0:c1] = class_percent(chunk[:, : r1 - r0])
         self.valid[:, c0:c1] = valid[: r1 - r0, : c1 - c0]
         if self.next_carry is not None:
             self.next_carry[:, :, c0:c1] = chunk[:, r1 - r0 :].half()
@@ -179,7 +211,7 @@ class Blender:
         if j < len(self.cols) - 1:
             return None
         self.carry = self.next_carry
-        return PendingRows(r0, self.codes, self.confidence, self.valid)
+        return PendingRows(r0, self.codes, self.confidence, self.valid, self.class_percent)
 
 
 class SceneReader:
@@ -246,9 +278,11 @@ def predict_scene(
     device: torch.device | str = "cpu",
     workers: int = 2,
     show_progress: bool = True,
+    probabilities: bool = False,
 ) -> np.ndarray:
     """Predict a ``height`` x ``width`` scene window by window; ``write(row0, codes, confidence)`` gets
-    finished rows in order ((n, width) uint8, see ``PendingRows.wait``).
+    finished rows in order ((n, width) uint8, see ``PendingRows.wait``); with ``probabilities`` a fourth
+    argument, (12, n, width) uint8 percent of each class.
 
     ``read(r, c, h, w)`` returns a window's bands as stored, called in raster order from one thread;
     ``workers`` threads find each window's valid pixels, and each batch crosses to ``device`` as stored
@@ -261,7 +295,7 @@ def predict_scene(
     win = (min(window, height), min(window, width))
     rows, cols = window_starts(height, win[0], overlap), window_starts(width, win[1], overlap)
     windows = [(i, j) for i in range(len(rows)) for j in range(len(cols))]
-    blender = Blender(height, width, rows, cols, win, overlap)
+    blender = Blender(height, width, rows, cols, win, overlap, percent=probabilities)
     norm = Normalize(stats, device)
     items = [(rows[i], cols[j], *win) for i, j in windows]
     loads = prefetch(items, read, workers, 2 * batch_size + workers)
@@ -271,7 +305,8 @@ def predict_scene(
         for pending in finished:
             row0, codes, confidence = pending.wait()
             counts[:] += np.bincount(codes.ravel(), minlength=NUM_CLASSES)
-            write(row0, codes, confidence)
+            percent = pending.class_percent()
+            write(row0, codes, confidence, *([] if percent is None else [percent]))
 
     bar = progress(total=len(windows), desc="predicting", unit="window", disable=not show_progress)
     # on an error: the threads stop, then the bar ends
@@ -291,6 +326,20 @@ def predict_scene(
     return counts
 
 
+def open_rasters(stagings: Sequence[Path], grid: Grid, percent: bool, opened: contextlib.ExitStack) -> list:
+    """The map, confidence, (review) and (class probability) rasters opened for writing, in that order,
+    each with its overview resampling."""
+    nodata = [NODATA, *[CONFIDENCE_NODATA] * (len(stagings) - 1)]
+    how = list(OVERVIEW_RESAMPLING[: len(stagings) - percent]) + [Resampling.average] * percent
+    dsts = []
+    for i, (path, nd) in enumerate(zip(stagings, nodata, strict=True)):
+        profile = map_profile(grid, nd)
+        if percent and i == len(stagings) - 1:
+            profile.update(count=NUM_CLASSES - 1, interleave="pixel")
+        dsts.append(opened.enter_context(rasterio.open(path, "w", **profile)))
+    return list(zip(dsts, how, strict=True))
+
+
 def write_map(
     net: torch.nn.Module,
     scene_paths: Sequence[Path],
@@ -302,32 +351,31 @@ def write_map(
     preview: bool,
     tags: dict,
 ) -> tuple[np.ndarray, MapWriters]:
-    """Predict the scenes (``scene_options``: ``predict_scene``'s) into the map, its confidence and its
-    review mask (Cloud-Optimized GeoTIFFs: written tiled, then copied into the COG layout), with
-    previews and category names; the rasters are renamed into place once all are complete, the map
-    last. Returns the class counts and the writers' sums."""
+    """Predict the scenes (``scene_options``: ``predict_scene``'s) into the map, its confidence, its
+    review mask and (``probabilities`` in the options) the class probabilities (Cloud-Optimized
+    GeoTIFFs: written tiled, then copied into the COG layout), with previews and category names; the
+    rasters are renamed into place once all are complete, the map last. Returns the class counts and
+    the writers' sums."""
     reader = SceneReader(scene_paths)
     with rasterio.open(scene_paths[0]) as src:
         grid = Grid.of(src)
-    temperature = scene_options["temperature"]
+    temperature, percent = scene_options["temperature"], bool(scene_options.get("probabilities"))
     with gdal_env(scene_options["workers"]), contextlib.ExitStack() as placed:
-        tmps = [placed.enter_context(atomic_path(p)) for p in files.rasters(review_below is not None)]
+        paths = files.rasters(review_below is not None, percent)
+        tmps = [placed.enter_context(atomic_path(p)) for p in paths]
         stagings = [placed.enter_context(staged(t)) for t in tmps]  # tiled GeoTIFFs, then COGs
-        nodata = (NODATA, CONFIDENCE_NODATA, CONFIDENCE_NODATA)
         try:
             with whole_raster(*stagings), contextlib.ExitStack() as opened:
-                dsts = [
-                    opened.enter_context(rasterio.open(tmp, "w", **map_profile(grid, nd)))
-                    for tmp, nd in zip(stagings, nodata, strict=False)
-                ]
-                describe_rasters(dsts, tags, temperature, review_below)
+                rasters = open_rasters(stagings, grid, percent, opened)
+                dsts = [d for d, _ in rasters]
+                describe_rasters(dsts[: len(dsts) - percent], tags, temperature, review_below)
+                if percent:
+                    describe_probabilities(dsts[-1], tags, temperature)
                 writers = MapWriters(dsts, review_below)
                 counts = predict_scene(net, reader, stats, grid.height, grid.width, writers, **scene_options)
-                for dst, how in zip(dsts, OVERVIEW_RESAMPLING, strict=False):
+                for dst, how in rasters:
                     dst.build_overviews(overview_factors(grid.height, grid.width), how)
-                    dst.update_tags(
-                        OVERVIEW_RESAMPLING=how.name
-                    )  # the COG copy keeps the default domain only
+                    dst.update_tags(OVERVIEW_RESAMPLING=how.name)  # the COG copy keeps this domain only
         finally:
             reader.close()
         with whole_raster(*tmps):

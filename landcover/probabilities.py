@@ -68,3 +68,11 @@ def codes_and_confidence(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     share = best / calibrated.sum(dim=0)
     confidence = share.mul_(100).round_().nan_to_num_(0.0).clamp_(0, 100).to(torch.uint8)
     return codes, confidence
+
+
+def class_percent(sums: torch.Tensor) -> torch.Tensor:
+    """Blended sums (13 or 26, H, W) -> (12, H, W) uint8: each code 1..12's calibrated probability in
+    percent (the last 13 channels' shares, as the confidence is), rounded; 0 where the sums are 0."""
+    calibrated = sums[-NUM_CLASSES:]
+    share = calibrated[1:] / calibrated.sum(dim=0, keepdim=True)
+    return share.mul_(100).round_().nan_to_num_(0.0).clamp_(0, 100).to(torch.uint8)

@@ -31,25 +31,29 @@ OVERVIEW_RESAMPLING = (Resampling.mode, Resampling.average, Resampling.mode)  # 
 
 
 class BlockWriter:
-    """Writes finished rows to a GeoTIFF in whole rows of blocks (a compressed block is written once)."""
+    """Writes finished rows to a GeoTIFF in whole rows of blocks (a compressed block is written once);
+    rows of a multi-band raster come as (bands, n, width)."""
 
     def __init__(self, dst: rasterio.io.DatasetWriter, block: int = MAP_BLOCK):
         self.dst, self.block = dst, block
-        self.row0, self.buf = 0, np.zeros((0, dst.width), dtype=np.uint8)
+        shape = (0, dst.width) if dst.count == 1 else (dst.count, 0, dst.width)
+        self.row0, self.buf = 0, np.zeros(shape, dtype=np.uint8)
 
     def __call__(self, row0: int, values: np.ndarray) -> None:
-        assert row0 == self.row0 + len(self.buf), "rows must come in order"
-        self.buf = np.concatenate([self.buf, values]) if len(self.buf) else values.copy()
-        end = self.row0 + len(self.buf)
+        held = self.buf.shape[-2]
+        assert row0 == self.row0 + held, "rows must come in order"
+        self.buf = np.concatenate([self.buf, values], axis=-2) if held else values.copy()
+        end = self.row0 + self.buf.shape[-2]
         upto = end if end == self.dst.height else (end // self.block) * self.block
         if upto > self.row0:
             n = upto - self.row0
+            bands = 1 if self.dst.count == 1 else list(range(1, self.dst.count + 1))
             try:
-                self.dst.write(self.buf[:n], 1, window=Window(0, self.row0, self.dst.width, n))
+                self.dst.write(self.buf[..., :n, :], bands, window=Window(0, self.row0, self.dst.width, n))
             except OSError as e:  # a full disk: name this raster (several are written at once)
                 e.filename = e.filename or self.dst.name
                 raise
-            self.row0, self.buf = upto, self.buf[n:]
+            self.row0, self.buf = upto, self.buf[..., n:, :]
 
 
 class MapWriters:
@@ -63,13 +67,17 @@ class MapWriters:
         self.confidence_sum = 0  # their confidence, percent
         self.flagged = 0  # those below review_below
 
-    def __call__(self, row0: int, codes: np.ndarray, confidence: np.ndarray) -> None:
+    def __call__(
+        self, row0: int, codes: np.ndarray, confidence: np.ndarray, percent: np.ndarray | None = None
+    ) -> None:
         valid = codes != NODATA
         layers = [codes, confidence]
         if self.review_below is not None:
             flag = (confidence < self.review_below) & valid
             layers.append(np.where(valid, flag, CONFIDENCE_NODATA).astype(np.uint8))
             self.flagged += int(np.count_nonzero(flag))
+        if percent is not None:  # (12, n, width): the class probabilities, last
+            layers.append(percent)
         self.valid += int(np.count_nonzero(valid))
         self.confidence_sum += int(confidence.sum(where=valid, dtype=np.int64))
         for writer, layer in zip(self.writers, layers, strict=True):
@@ -94,6 +102,10 @@ class MapFiles:
         return self.beside("_review")
 
     @property
+    def probabilities(self) -> Path:
+        return self.beside("_probabilities")
+
+    @property
     def preview(self) -> Path:
         return self.map.with_suffix(".png")
 
@@ -105,13 +117,14 @@ class MapFiles:
     def categories(self) -> Path:
         return self.map.with_name(self.map.name + ".aux.xml")
 
-    def rasters(self, review: bool) -> list[Path]:
+    def rasters(self, review: bool, probabilities: bool = False) -> list[Path]:
         """The GeoTIFFs written, the map first (it is renamed into place last)."""
-        return [self.map, self.confidence, *([self.review] if review else [])]
+        extra = [self.review] if review else []
+        return [self.map, self.confidence, *extra, *([self.probabilities] if probabilities else [])]
 
-    def all(self, review: bool, preview: bool) -> list[Path]:
+    def all(self, review: bool, preview: bool, probabilities: bool = False) -> list[Path]:
         pictures = [self.preview, self.confidence_preview] if preview else []
-        return [*self.rasters(review), *pictures, self.categories]
+        return [*self.rasters(review, probabilities), *pictures, self.categories]
 
 
 def overview_factors(height: int, width: int) -> list[int]:
@@ -147,6 +160,16 @@ def describe_rasters(
         dsts[2].write_colormap(1, REVIEW_COLOURS)
         dsts[2].set_band_description(1, f"1: confidence below {review_below:g} %, for review; 0: not")
         dsts[2].update_tags(1, REVIEW_BELOW=f"{review_below:g}")
+
+
+def describe_probabilities(dst: rasterio.io.DatasetWriter, tags: dict, temperature: float) -> None:
+    """The class probability raster: band k is code k's calibrated probability, named by its class."""
+    dst.update_tags(**tags)
+    for c in range(1, NUM_CLASSES):
+        dst.set_band_description(c, CLASSES[c][0])
+        dst.set_band_unit(c, "%")
+        dst.update_tags(c, CODE=str(c))
+    dst.update_tags(PROBABILITIES=f"percent, calibrated at temperature {temperature:.3g}; band k: code k")
 
 
 def gdal_env(workers: int) -> rasterio.Env:

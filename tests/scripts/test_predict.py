@@ -19,7 +19,7 @@ from checkpoints import OVERLAP, WINDOW, scene_data, trained_checkpoint
 from helpers import S2_BANDS, assert_one_line_error, run_script, write_raster
 
 import predict
-from colormap import CODES, gdal_colour_table
+from colormap import CLASSES, CODES, gdal_colour_table
 from landcover.checkpoint import make_checkpoint, sealed
 from landcover.common import run_main
 from model import build_model
@@ -163,6 +163,37 @@ def test_review_mask_flags_the_pixels_below_the_threshold(tmp_path, ckpt, scene,
     assert 0 < flagged < valid.sum(), "some pixels flagged, not all"
     share = 100 * flagged / valid.sum()
     assert f"{flagged:,} pixels, {share:.2f}% of the mapped pixels" in printed, printed
+
+
+# ---------------------------------------------------------------------------------------------
+# Class probabilities (issue 23)
+
+
+def test_probabilities_raster_sums_to_100_and_its_argmax_is_the_map(tmp_path, ckpt, scene, capsys):
+    """--probabilities: 12 bands of calibrated percent named by class, nodata 255 where the map has
+    none, summing to about 100 on valid pixels; the best band is the mapped class, and the mapped
+    class's band is its confidence; a Cloud-Optimized GeoTIFF like the map."""
+    ck = with_temperature(ckpt, tmp_path / "t.pt", 1.5)  # calibrated at T = 1.5: still the map's argmax
+    out = tmp_path / "m.tif"
+    argv = ["--checkpoint", ck, "--image", scene[0], "--out", out, "--window", WINDOW, "--overlap", OVERLAP]
+    argv += ["--device", "cpu", "--no-preview", "--probabilities"]
+    assert run_main(predict.main, list(map(str, argv))) == 0
+    assert f"wrote {tmp_path / 'm_probabilities.tif'}" in capsys.readouterr().out
+    with rasterio.open(out) as m, rasterio.open(tmp_path / "m_confidence.tif") as c:
+        codes, conf = m.read(1), c.read(1)
+    with rasterio.open(tmp_path / "m_probabilities.tif") as p:
+        assert p.count == 12 and p.dtypes[0] == "uint8" and p.nodata == 255
+        assert list(p.descriptions) == [CLASSES[c][0] for c in CODES]
+        assert p.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and p.overviews(1)
+        probs = p.read()
+    valid = codes != 0
+    assert (probs[:, ~valid] == 255).all(), "nodata exactly where the map has none"
+    total = probs[:, valid].astype(int).sum(axis=0)
+    assert total.min() >= 94 and total.max() <= 106 and abs(total.mean() - 100) < 1, "percent, rounded"
+    top = probs[:, valid].max(axis=0)
+    mapped = np.take_along_axis(probs[:, valid], codes[valid][None].astype(int) - 1, axis=0)[0]
+    assert (mapped == top).mean() > 0.999, "the best band is the mapped class (ties of rounding aside)"
+    assert np.array_equal(mapped, conf[valid]), "the mapped class's band is its confidence"
 
 
 # ---------------------------------------------------------------------------------------------
