@@ -8,12 +8,13 @@ counts and in estimated area proportions), ``assessment.md`` (the tables a repor
 ``areas.png`` (mapped against error-adjusted area per class). This is the statement a map is
 published with: the pixel count of a class is biased by the map's errors, the estimate is not.
 
-Estimators: when the map assessed is the map the sample was stratified on, Olofsson et al. 2014
-(Remote Sensing of Environment 148); another map on the same grid (the map after a minimum mapping
-unit, a second model, next year's map), Stehman 2014 (International Journal of Remote Sensing 35),
-whose strata differ from the map classes. A change raster (compare_maps.py --stable) is assessed
-like a map: its from-to pair codes and names come from the raster, each transition's area estimated. Points whose reference is NULL or 0 are skipped (and
-counted); the variances include the finite population correction (see landcover/accuracy.py).
+Estimators: when the map assessed is the map the sample was stratified on, Olofsson et al. 2014 (Remote
+Sensing of Environment 148); another map on the same grid (the map after a minimum mapping unit, a
+second model, next year's map), Stehman 2014 (International Journal of Remote Sensing 35), whose strata
+differ from the map classes. A change raster (compare_maps.py --stable) is assessed like a map: its
+from-to pair codes and names come from the raster, each transition's area estimated. Points whose
+reference is NULL or 0 are skipped (and counted); the variances include the finite population
+correction (see landcover/accuracy.py).
 """
 
 from __future__ import annotations

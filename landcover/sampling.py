@@ -3,12 +3,13 @@ interpreters and back (sample_map.py writes it, assess_map.py reads it).
 
 Middle floor: imports landcover.common, landcover.geo and colormap. A class map (one uint8 band, codes
 1..12, nodata 0; or a change raster of compare_maps.py, whose from-to pair codes up to 144 and their
-names the raster carries: ``class_names``, ``largest_code``) is read by its own blocks, in the same order, at most twice: ``count_classes`` counts
-each class's pixels per block; ``draw_ordinals`` draws, for each class c, n_c distinct ordinals from
-range(N_c) with a seeded numpy Generator (the k-th pixel of class c in block order is ordinal k); and
-``locate`` reads again only the blocks holding a drawn ordinal and picks those pixels. Memory: a block
-and a few counters per block (13 integers; 145 for a change raster), whatever the map's size. Other rasters on the grid (the
-confidence, a reference map) are read only at the sampled pixels (``values_at``).
+names the raster carries: ``class_names``, ``largest_code``) is read by its own blocks, in the same
+order, at most twice: ``count_classes`` counts each class's pixels per block; ``draw_ordinals`` draws,
+for each class c, n_c distinct ordinals from range(N_c) with a seeded numpy Generator (the k-th pixel
+of class c in block order is ordinal k); and ``locate`` reads again only the blocks holding a drawn
+ordinal and picks those pixels. Memory: a block and a few counters per block (13 integers; 145 for a
+change raster), whatever the map's size. Other rasters on the grid (the confidence, a reference map)
+are read only at the sampled pixels (``values_at``).
 
 The GeoPackage (written with pyogrio, read back with it):
   sample  points at the sampled pixels' centres, in the map's CRS: id, row, col, stratum, map_code,
