@@ -119,7 +119,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "in percent (band descriptions: the class names), 255 nodata; for users who combine years or "
         "post-process themselves",
     )
-    args = parser.parse_args(argv)
+    return check_args(parser.parse_args(argv))
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Ranges of the numeric options, before any file is read."""
     check_range("--window", args.window, 32)
     check_range("--overlap", args.overlap, 0)
     if args.overlap >= args.window:

@@ -284,11 +284,9 @@ def predict_scene(
     finished rows in order ((n, width) uint8, see ``PendingRows.wait``); with ``probabilities`` a fourth
     argument, (12, n, width) uint8 percent of each class.
 
-    ``read(r, c, h, w)`` returns a window's bands as stored, called in raster order from one thread;
-    ``workers`` threads find each window's valid pixels, and each batch crosses to ``device`` as stored
-    and is normalised there with the checkpoint's ``stats`` (mean, std), as in training. The rows a
-    batch finishes are written after the next batch is queued, so that on a GPU writing overlaps the
-    model. Returns the pixel count of every code 0..12 in the map.
+    ``read(r, c, h, w)``: a window's bands as stored, called in raster order from one thread; batches
+    are normalised on ``device`` with ``stats``; a batch's rows are written once the next is queued
+    (writing overlaps the GPU). Returns the pixel count of every code 0..12 in the map.
     """
     device = torch.device(device)
     temperatures = (1.0,) if temperature == 1 else (1.0, temperature)  # codes at T = 1, see above
@@ -309,7 +307,6 @@ def predict_scene(
             write(row0, codes, confidence, *([] if percent is None else [percent]))
 
     bar = progress(total=len(windows), desc="predicting", unit="window", disable=not show_progress)
-    # on an error: the threads stop, then the bar ends
     with bar, contextlib.closing(loads), torch.inference_mode():
         finished: list[PendingRows] = []
         for b in range(0, len(windows), batch_size):
