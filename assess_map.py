@@ -19,7 +19,6 @@ correction (see landcover/accuracy.py).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -32,7 +31,8 @@ import numpy as np
 from colormap import CLASSES, NODATA, name
 from landcover.accuracy import Assessment, Estimate, olofsson, stehman
 from landcover.change import pair_colour, pair_name
-from landcover.common import ArgumentParser, atomic_path, atomic_write_text, fail, require_file, run_main
+from landcover.common import ArgumentParser, atomic_write_text, fail, require_file, run_main
+from landcover.figures import area_figure, save_figure
 from landcover.geo import Grid
 from landcover.sampling import (
     MAX_CODE,
@@ -106,18 +106,6 @@ class Inputs:
         unknown = sorted(set(np.unique(p.stratum).tolist()) - set(self.pixels))
         if unknown:
             fail(f"the sample has points of stratum {unknown[0]}, not in its strata table: {self.sample}")
-
-
-def parse(parser: ArgumentParser, argv: Sequence[str] | None):
-    """Parse, with no "(default: None)" in --help: an option without a default shows none and is None."""
-    for action in parser._actions:
-        if action.default is None:
-            action.default = argparse.SUPPRESS
-    args = parser.parse_args(argv)
-    for action in parser._actions:
-        if action.dest != "help" and not hasattr(args, action.dest):
-            setattr(args, action.dest, None)
-    return args
 
 
 def locate_strata_map(given: Path | None, info: MapInfo, sample: Path) -> Path:
@@ -231,7 +219,7 @@ def result(estimator: str, a: Assessment, mapped: np.ndarray, inp: Inputs, total
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse(build_parser(), argv)
+    args = build_parser().parse_args_none_unshown(argv)
     inp = Inputs(args)
     inp.check_points()
     check_out(args.out, [inp.sample, inp.map, inp.strata_map])
@@ -308,39 +296,7 @@ def markdown(res: dict, inp: Inputs) -> str:
 
 def write_figure(res: dict, path: Path, colour=lambda code: CLASSES[code][1]) -> None:
     """areas.png: mapped and error-adjusted area of each class, with the 95 % intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    codes = list(res["classes"])
-    c = [res["classes"][k] for k in codes]
-    y = np.arange(len(codes))
-    est = np.array([_nan(v["area_ha"]["estimate"]) for v in c])
-    low = np.array([_nan(v["area_ha"]["ci95"][0]) for v in c])
-    high = np.array([_nan(v["area_ha"]["ci95"][1]) for v in c])
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(codes) + 1.5))
-    colours = [colour(int(k)) for k in codes]
-    ax.barh(y - 0.2, [v["mapped_area_ha"] for v in c], 0.4, color=colours, edgecolor="0.3", label="mapped")
-    ax.barh(y + 0.2, est, 0.4, color="white", edgecolor="0.3", hatch="//", label="error-adjusted")
-    ax.errorbar(
-        est,
-        y + 0.2,
-        xerr=[est - low, high - est],
-        fmt="none",
-        ecolor="black",
-        capsize=3,
-        label="95 % interval",
-    )
-    ax.set_yticks(y, [f"{k} {v['name']}" for k, v in zip(codes, c, strict=True)])
-    ax.invert_yaxis()
-    ax.set_xlabel("area (ha)")
-    ax.set_title(f"Mapped and error-adjusted areas ({res['estimator']})")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(area_figure(res, colour), path, dpi=120)
 
 
 def _fmt(v: float | None) -> str:

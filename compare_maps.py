@@ -42,6 +42,7 @@ from landcover.change import (
     with_stable,
 )
 from landcover.common import ArgumentParser, atomic_path, check_range, fail, open_raster, progress, run_main
+from landcover.figures import picture_figure, write_png
 from landcover.geo import Grid, map_profile
 from landcover.sampling import map_info, open_class_map, reading, windows
 
@@ -145,21 +146,11 @@ class Preview:
 
     def write(self, path: Path, title: str) -> None:
         """The PNG: changes in their after class's colour, unchanged light grey, no data white."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         rgb = np.full((*self.codes.shape, 3), 255, dtype=np.uint8)
         rgb[self.valid] = (225, 225, 225)
         for code in np.unique(self.codes[self.codes > 0]):
             rgb[self.codes == code] = pair_colour(int(code))[:3]
-        fig, ax = plt.subplots(figsize=(9, 9 * rgb.shape[0] / rgb.shape[1] + 0.6), dpi=120)
-        ax.imshow(rgb, interpolation="nearest")
-        ax.set_title(title, fontsize=10)
-        ax.set_axis_off()
-        fig.savefig(path, format="png", bbox_inches="tight")
-        plt.close(fig)
+        write_png(picture_figure(rgb, title), path, dpi=120, tight=True)  # path: the caller's temporary
 
 
 def compare(maps: list, confs: list | None, dst, dst_conf, args, preview: Preview):

@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str] | None):
         "--tile",
         type=int,
         default=150,
-        help="tile size in pixels (smaller tiles give more optimiser steps per minute of CPU)",
+        help="tile size in pixels (smaller tiles give more optimizer steps per minute of CPU)",
     )
     p.add_argument(
         "--arch",

@@ -554,11 +554,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = ArgumentParser(description="Print a model's size, FLOPs per tile and parts (random weights).")
     parser.add_argument("--arch", choices=tuple(ARCHS), default="unet", help="U-Net or SegFormer")
-    parser.add_argument("--encoder", default=None, help="unet: resnet18|34|50; segformer: mit_b0|b1|b2")
+    parser.add_argument(
+        "--encoder", default=None, help="unet: resnet18|34|50 (resnet50); segformer: mit_b0|b1|b2 (mit_b2)"
+    )
     parser.add_argument("--bands", type=int, default=10, help="input bands (20 for two stacked seasons)")
     parser.add_argument("--size", type=int, default=300, help="tile size in pixels (square)")
     parser.add_argument("--full-res", type=int, default=32, help="channels of the full-resolution path")
-    args = parser.parse_args(argv)
+    args = parser.parse_args_none_unshown(argv)
     check_range("--bands", args.bands, 1)
     check_range("--size", args.size, 32)
     check_range("--full-res", args.full_res, 0)

@@ -21,7 +21,6 @@ labels.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 from collections.abc import Sequence
@@ -83,18 +82,6 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the draw (same seed, same sample)")
     return p
-
-
-def parse(parser: ArgumentParser, argv: Sequence[str] | None):
-    """Parse, with no "(default: None)" in --help: an option without a default shows none and is None."""
-    for action in parser._actions:
-        if action.default is None:
-            action.default = argparse.SUPPRESS
-    args = parser.parse_args(argv)
-    for action in parser._actions:
-        if action.dest != "help" and not hasattr(args, action.dest):
-            setattr(args, action.dest, None)
-    return args
 
 
 def parse_allocation(pairs: Sequence[str]) -> dict[int, int]:
@@ -186,7 +173,7 @@ def fill(points: Points, ds, what: str, nodata: set[int], allowed: range | None)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse(build_parser(), argv)
+    args = build_parser().parse_args_none_unshown(argv)
     if args.size is not None:
         check_range("--size", args.size, 1)
     check_range("--target-se", args.target_se, 0, 1, low_open=True)

@@ -242,7 +242,7 @@ def bench_data_path(
         where = DEVICE if kind == "device" or device.type == "cpu" else HOST
         loader = ResidentLoader(ResidentTiles.load(stem, device, where), sampler, batch, device)
     else:
-        ds = TileDataset(pairs, len(norm.mean), augment=True, cache=stem)
+        ds = TileDataset(pairs, len(norm.mean), cache=stem)  # the sampler draws k
         loader = make_loader(ds, sampler, batch, workers, device, 0)
     sync(device)
     setup = time.perf_counter() - start

@@ -196,7 +196,7 @@ def save_checkpoint(ckpt: dict, path: Path) -> None:
     run_main reports in one line, and the previous file stays as it was. torch.save(ckpt, path) would
     raise a RuntimeError of its zip writer ("unexpected pos"); through a Python file the OSError is
     raised, then hidden by the RuntimeError the writer raises again while closing."""
-    ckpt = sealed(ckpt)  # of what is written: train.py adds its optimiser state after make_checkpoint
+    ckpt = sealed(ckpt)  # of what is written: train.py adds its optimizer state after make_checkpoint
     with signals_held(), atomic_path(path) as tmp, open(tmp, "wb") as f:
         try:
             torch.save(ckpt, f)
@@ -208,7 +208,7 @@ def save_checkpoint(ckpt: dict, path: Path) -> None:
 
 def host_copy(obj):
     """A copy of a checkpoint with every tensor copied to host memory: what training changes in place
-    afterwards (weights, optimiser state) no longer touches it."""
+    afterwards (weights, optimizer state) no longer touches it."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
@@ -220,7 +220,7 @@ def host_copy(obj):
 
 class CheckpointWriter:
     """Writes checkpoints, with ``background`` on a thread while training goes on: a GPU epoch takes
-    seconds, and writing the weights with the optimiser's state (hundreds of MB for a ResNet50) would
+    seconds, and writing the weights with the optimizer's state (hundreds of MB for a ResNet50) would
     stall it every epoch. On the CPU an epoch takes minutes and the copy would only cost memory.
 
     ``save`` copies the checkpoints to host memory at once, waits for the previous write, then starts

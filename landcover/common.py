@@ -66,6 +66,18 @@ class ArgumentParser(argparse.ArgumentParser):
         """The parser of a script: its description is the first paragraph of the script's docstring."""
         return cls(description=(doc or "").split("\n\n")[0], **kwargs)
 
+    def parse_args_none_unshown(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
+        """``parse_args`` without "(default: None)" in --help: an option with no default shows none
+        and is None when not given."""
+        for action in self._actions:
+            if action.default is None:
+                action.default = argparse.SUPPRESS
+        args = self.parse_args(argv)
+        for action in self._actions:
+            if action.dest != "help" and not hasattr(args, action.dest):
+                setattr(args, action.dest, None)
+        return args
+
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         sys.exit(2)

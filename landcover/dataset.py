@@ -118,7 +118,7 @@ def rare_class_weights(tile_class_pixels: Sequence[Sequence[int]], share: float)
     """Sampling weight of each tile (they sum to 1): ``1 - share`` spread evenly over the tiles, and
     ``share`` spread evenly over the classes, each class's part over the tiles in proportion to the
     pixels of that class they hold. A class on 0.1 % of the pixels is then drawn about as often as one
-    on 30 %: rare classes (roads, parks, mines) get as many optimiser steps as common ones, without
+    on 30 %: rare classes (roads, parks, mines) get as many optimizer steps as common ones, without
     the offline copies of create_new_images.py. Code 0 (nodata) is ignored.
     """
     counts = np.asarray(tile_class_pixels, dtype=np.float64)[:, 1:]

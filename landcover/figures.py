@@ -7,6 +7,8 @@ shows) and common.py. A function that draws returns the figure; ``save_figure`` 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +32,12 @@ CONFIDENCE_CMAP = "viridis"  # perceptually uniform, readable in grey and by col
 def save_figure(fig, path: Path, dpi: int = 150, tight: bool = False) -> None:
     """Save a figure as PNG under a temporary name, rename it into place, and free it."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
+        write_png(fig, tmp, dpi, tight)
+
+
+def write_png(fig, path: Path, dpi: int = 150, tight: bool = False) -> None:
+    """Write a figure as PNG to ``path`` itself (a caller's temporary name) and free it."""
+    fig.savefig(path, format="png", dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
     plt.close(fig)
 
 
@@ -203,3 +210,47 @@ def write_confidence_preview(path: Path, out_png: Path, title: str, size: int = 
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, shrink=0.8, label="confidence of the mapped class (%)")
     save_figure(fig, out_png, tight=True)
+
+
+def picture_figure(rgb: np.ndarray, title: str):
+    """An (H, W, 3) picture with its title, 9 inches wide (compare_maps.py's change preview)."""
+    fig, ax = plt.subplots(figsize=(9, 9 * rgb.shape[0] / rgb.shape[1] + 0.6), dpi=120)
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.set_axis_off()
+    return fig
+
+
+def area_figure(res: dict, colour: Callable[[int], str]):
+    """assess_map.py's areas.png: each class's mapped and error-adjusted area, with the 95 % intervals
+    (``res``: assessment.json's content; ``colour``: a class code's colour)."""
+    codes = list(res["classes"])
+    c = [res["classes"][k] for k in codes]
+    y = np.arange(len(codes))
+    est = np.array([_or_nan(v["area_ha"]["estimate"]) for v in c])
+    low = np.array([_or_nan(v["area_ha"]["ci95"][0]) for v in c])
+    high = np.array([_or_nan(v["area_ha"]["ci95"][1]) for v in c])
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(codes) + 1.5))
+    colours = [colour(int(k)) for k in codes]
+    ax.barh(y - 0.2, [v["mapped_area_ha"] for v in c], 0.4, color=colours, edgecolor="0.3", label="mapped")
+    ax.barh(y + 0.2, est, 0.4, color="white", edgecolor="0.3", hatch="//", label="error-adjusted")
+    ax.errorbar(
+        est,
+        y + 0.2,
+        xerr=[est - low, high - est],
+        fmt="none",
+        ecolor="black",
+        capsize=3,
+        label="95 % interval",
+    )
+    ax.set_yticks(y, [f"{k} {v['name']}" for k, v in zip(codes, c, strict=True)])
+    ax.invert_yaxis()
+    ax.set_xlabel("area (ha)")
+    ax.set_title(f"Mapped and error-adjusted areas ({res['estimator']})")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def _or_nan(v: float | None) -> float:
+    return math.nan if v is None else v

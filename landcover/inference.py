@@ -4,7 +4,7 @@ probabilities, tile pictures.
 Middle floor: rests on probabilities.py, tiles.py, stats.py, distributed.py, figures.py and colormap.py.
 A checkpoint's bands are matched to a file's, or to several scenes', by count, position and name
 (``check_bands``, ``check_scenes``). With ``tta`` the probabilities are averaged over the four flips of
-the input (``transforms.FLIPS``).
+the input (``transforms.TTA``).
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def tile_figure(
 ):
     """The image / truth / prediction figure of one tile (as stored, (C, H, W)), predicted on the model's
     device as in evaluation. The prediction is nodata where the image has no data; the legend names
-    only the classes shown (``colormap.comparison_figure``)."""
+    only the classes shown (``figures.comparison_figure``)."""
     precision = precision or Precision()
     device = next(net.parameters()).device
     x = norm(raw[None].to(device)).contiguous(memory_format=precision.memory_format)

@@ -184,7 +184,7 @@ def test_digest_is_stable_across_save_and_load_and_changes_with_any_content():
 
 
 def test_digest_survives_the_save_and_load_of_a_training_state(tmp_path):
-    """train.py's path: make_checkpoint, then the optimiser state added, then the background writer (a
+    """train.py's path: make_checkpoint, then the optimizer state added, then the background writer (a
     host copy): the file carries the digest of what it holds, which a reader recomputes equal."""
     net = build_model("resnet18", 4, 13)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
@@ -196,7 +196,7 @@ def test_digest_survives_the_save_and_load_of_a_training_state(tmp_path):
     writer.save([(ckpt, tmp_path / "last.pt")])
     writer.wait()
     loaded = read_checkpoint(tmp_path / "last.pt")
-    assert loaded["digest"] == content_digest(loaded) != ckpt["digest"]  # sealed again: the optimiser is in
+    assert loaded["digest"] == content_digest(loaded) != ckpt["digest"]  # sealed again: the optimizer is in
     assert loaded["digest"] == content_digest(ckpt)  # the host copy (plain dicts) holds the same content
     assert torch.equal(loaded["optimizer"]["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
 

@@ -37,3 +37,17 @@ def test_window_probabilities_are_calibrations_and_codes_follow_predict_classes(
     assert torch.equal(codes[12:].long(), want[12:]) and (codes[:10] == 5).all()
     assert codes.dtype == conf.dtype == torch.uint8 and codes.min() >= 1 and codes.max() <= 12
     assert conf.max() <= 100
+
+
+def test_class_percent_is_the_definition_in_percent_and_its_top_is_the_confidence():
+    torch.manual_seed(1)
+    z = torch.randn(1, 13, 9, 11) * 3
+    both = probabilities_.code_probabilities(z, (1.0, 0.7))[0]  # blended sums of one window
+    percent = probabilities_.class_percent(both)
+    want = (probabilities_.probabilities(z, 0.7)[0, 1:] * 100).round().to(torch.uint8)
+    assert percent.shape == (12, 9, 11) and percent.dtype == torch.uint8
+    assert (percent.int() - want.int()).abs().max() <= 1  # float rounding at .5
+    codes, conf = probabilities_.codes_and_confidence(both)
+    top = percent.gather(0, codes[None].long() - 1)[0]
+    assert (top.int() - conf.int()).abs().max() <= 1
+    assert (probabilities_.class_percent(torch.zeros(13, 2, 2)) == 0).all(), "no weight: 0, not NaN"
