@@ -480,22 +480,27 @@ def set_up(args: argparse.Namespace) -> Setup:
             )
         net, resumed = new_model(args, info.bands, rgb), None
     tile_size = (info.height, info.width)
-    check_single_tile_batch(net, math.ceil(len(train_pairs) / proc.world), args.batch_size, info)
     return Setup(proc, device, fast, train_pairs, val_pairs, bands, rgb, tile_size, net, resumed)
 
 
-def check_single_tile_batch(net: nn.Module, draws: int, batch_size: int, info: TileInfo) -> None:
+def check_single_tile_batch(args: argparse.Namespace, s: Setup) -> None:
     """Fail now, not at an epoch's last step, when an epoch's last batch holds a single tile that batch
     norm cannot train on (tiles so small that the deepest feature map is 1 x 1: one value per channel)."""
+    draws, batch_size, (height, width) = (
+        math.ceil(len(s.train_pairs) / s.proc.world),
+        args.batch_size,
+        s.tile_size,
+    )
     if draws % batch_size != 1 and batch_size != 1:
         return
+    net = s.net
     trial = copy.deepcopy(net).train()  # the trial moves batch-norm statistics: not the run's model's
     try:
         with torch.no_grad():
-            trial(torch.zeros(1, info.bands, info.height, info.width))
+            trial(torch.zeros(1, len(s.bands), height, width))
     except ValueError:  # batch norm's "Expected more than 1 value per channel when training"
         fail(
-            f"batch norm cannot train on a batch of one {info.height} x {info.width} px tile: {draws} train "
+            f"batch norm cannot train on a batch of one {height} x {width} px tile: {draws} train "
             f"tiles per process leave one in the last batch of --batch-size {batch_size}; choose another "
             "--batch-size, or larger tiles"
         )
@@ -879,7 +884,8 @@ def epoch_line(run: Run, losses: tuple[float, float], lr: float, metrics: dict, 
 
 def fit(args: argparse.Namespace, s: Setup) -> None:
     """The recipe: set up once, then per epoch train, validate, log and save."""
-    stats = train_statistics(args, s)
+    stats = train_statistics(args, s)  # every train tile read: a damaged one is found first
+    check_single_tile_batch(args, s)
     data = make_data(args, s, stats)
     run = start_run(args, s, stats, len(data.train))
     criterion = make_criterion(args.loss, run.weight.to(s.device))

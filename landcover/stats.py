@@ -34,7 +34,7 @@ def compute_band_stats(pairs: list[tuple[Path, Path]]) -> dict:
     s = s2 = None
     n = 0
     per_tile = []
-    for img_path, mask_path in progress(pairs, desc="band statistics", unit="tile"):
+    for img_path, mask_path in progress(pairs, desc="band statistics", unit="tile", leave=False):
         img, mask = read_tile(img_path, mask_path)
         valid = valid_pixels(img) & (mask != NODATA)
         x = img[:, valid].astype(np.float64)
