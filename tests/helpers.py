@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +156,12 @@ def write_pair(split: Path, name: str, img: np.ndarray, mask: np.ndarray, **kw) 
     """One tile pair of a split folder: ``img/<name>`` and ``mask/<name>``."""
     write_raster(split / "img" / name, img, **kw)
     write_raster(split / "mask" / name, mask)
+
+
+def edit_gpkg(path, sql: str) -> None:
+    """Change the GeoPackage as an SQLite editor would (GDAL's triggers call these functions)."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        for f in ("ST_IsEmpty", "ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY"):
+            db.create_function(f, 1, lambda g: 0)
+        db.execute(sql)
+        db.commit()

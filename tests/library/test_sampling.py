@@ -4,12 +4,9 @@ round-trips (NULLs, and values as QGIS or another SQLite editor would leave them
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-
 import numpy as np
 import pytest
-from helpers import write_raster
+from helpers import edit_gpkg, write_raster
 
 from landcover.common import InputError
 from landcover.sampling import (
@@ -173,22 +170,13 @@ def test_geopackage_round_trip_keeps_nulls_and_pixel_centres(gpkg):
     assert np.array_equal(back.row, pts.row) and np.array_equal(back.id, np.arange(1, len(pts) + 1))
 
 
-def edit(path, sql: str) -> None:
-    """Change the GeoPackage as another SQLite editor would (GDAL's triggers need these functions)."""
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        for f in ("ST_IsEmpty", "ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY"):
-            db.create_function(f, 1, lambda g: 0)
-        db.execute(sql)
-        db.commit()
-
-
 @pytest.mark.parametrize(
     ("value", "expected"),
     [("7", 7), ("4.0", 4), ("''", -1), ("NULL", -1), ("0", -1), ("' 12 '", 12)],
 )
 def test_values_as_an_editor_leaves_them_are_read_as_codes(gpkg, value, expected):
     out, _, _ = gpkg
-    edit(out, f"UPDATE sample SET reference = {value} WHERE id = 4")
+    edit_gpkg(out, f"UPDATE sample SET reference = {value} WHERE id = 4")
     assert read_points(out, "reference").reference[3] == expected
 
 
@@ -196,7 +184,7 @@ def test_values_as_an_editor_leaves_them_are_read_as_codes(gpkg, value, expected
 def test_values_gdal_would_read_as_another_code_are_refused(gpkg, value):
     # GDAL reads 4.5 as 4 and 'x' as 0 without a word: the stored SQLite type is checked first
     out, _, _ = gpkg
-    edit(out, f"UPDATE sample SET reference = {value} WHERE id = 4")
+    edit_gpkg(out, f"UPDATE sample SET reference = {value} WHERE id = 4")
     with pytest.raises(InputError, match="point id 4"):
         read_points(out, "reference")
 

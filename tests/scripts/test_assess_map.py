@@ -5,14 +5,12 @@ one line, exit 2, nothing written."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import sqlite3
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error, write_raster
+from helpers import assert_one_line_error, edit_gpkg, write_raster
 
 from landcover.accuracy import olofsson, stehman
 from landcover.sampling import read_points
@@ -24,15 +22,6 @@ TOP_KEYS = {"estimator", "samples_used", "samples_skipped", "overall_accuracy", 
 
 def tree(folder) -> dict:
     return {p.relative_to(folder): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
-
-
-def edit(path, sql: str) -> None:
-    """Change the GeoPackage as an SQLite editor would (GDAL's triggers call these functions)."""
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        for f in ("ST_IsEmpty", "ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY"):
-            db.create_function(f, 1, lambda g: 0)
-        db.execute(sql)
-        db.commit()
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +89,9 @@ def test_end_to_end_olofsson(runner, drawn, tmp_path):
 def test_skipped_points_are_counted(runner, drawn, tmp_path):
     d, _, _ = drawn
     sample = shutil.copy(d / "s.gpkg", tmp_path / "s.gpkg")
-    edit(sample, "UPDATE sample SET reference = NULL WHERE id <= 10")
-    edit(sample, "UPDATE sample SET reference = 0 WHERE id = 11")
-    edit(sample, "DELETE FROM sample WHERE id = 12")
+    edit_gpkg(sample, "UPDATE sample SET reference = NULL WHERE id <= 10")
+    edit_gpkg(sample, "UPDATE sample SET reference = 0 WHERE id = 11")
+    edit_gpkg(sample, "DELETE FROM sample WHERE id = 12")
     res = runner.run("assess_map.py", "--sample", sample, "--out", tmp_path / "out")
     assert res.returncode == 0, res.stderr
     a = json.loads((tmp_path / "out/assessment.json").read_text())
@@ -159,9 +148,9 @@ def test_bad_input_is_one_line_and_writes_nothing(runner, drawn, tmp_path, case,
         changed[changed == 4] = 3
         extra = ["--strata-map", write_raster(tmp_path / "x.tif", changed)]
     elif case == "reference 13":
-        edit(sample, "UPDATE sample SET reference = 13 WHERE id = 5")
+        edit_gpkg(sample, "UPDATE sample SET reference = 13 WHERE id = 5")
     elif case == "reference 4.5":
-        edit(sample, "UPDATE sample SET reference = 4.5 WHERE id = 5")
+        edit_gpkg(sample, "UPDATE sample SET reference = 4.5 WHERE id = 5")
     elif case == "missing field":
         extra = ["--reference-field", "label"]
     elif case == "out over the sample":
@@ -170,9 +159,11 @@ def test_bad_input_is_one_line_and_writes_nothing(runner, drawn, tmp_path, case,
     elif case == "not a class map":
         extra = ["--map", write_raster(tmp_path / "x.tif", m.astype(np.float32))]
     elif case == "stratum edited":
-        edit(sample, "UPDATE sample SET stratum = CASE WHEN stratum = 12 THEN 1 ELSE 12 END WHERE id = 5")
+        edit_gpkg(
+            sample, "UPDATE sample SET stratum = CASE WHEN stratum = 12 THEN 1 ELSE 12 END WHERE id = 5"
+        )
     elif case == "no labels in a stratum":
-        edit(sample, "UPDATE sample SET reference = NULL WHERE stratum = 12")
+        edit_gpkg(sample, "UPDATE sample SET reference = NULL WHERE stratum = 12")
     before = tree(tmp_path)
     res = runner.run("assess_map.py", "--sample", sample, "--out", out, *extra)
     assert_one_line_error(res, needle)
@@ -187,7 +178,7 @@ def test_a_moved_sample_finds_its_map_beside_it(runner, drawn, tmp_path):
     res = runner.run("sample_map.py", "--map", first / "map.tif", "--out", first / "s.gpkg", "--size", 100)
     assert res.returncode == 0, res.stderr
     first.rename(moved)  # the path the sample recorded is gone: the map beside the sample is used
-    edit(moved / "s.gpkg", "UPDATE sample SET reference = map_code")
+    edit_gpkg(moved / "s.gpkg", "UPDATE sample SET reference = map_code")
     res = runner.run("assess_map.py", "--sample", moved / "s.gpkg", "--out", tmp_path / "out")
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "out/assessment.json").read_text())["overall_accuracy"]["estimate"] == 1.0
