@@ -368,13 +368,17 @@ def write_map(
                 describe_rasters(dsts[: len(dsts) - percent], tags, temperature, review_below)
                 if percent:
                     describe_probabilities(dsts[-1], tags, temperature)
+                for dst, how in rasters:
+                    dst.update_tags(OVERVIEW_RESAMPLING=how.name)  # the COG copy keeps this domain only
                 writers = MapWriters(dsts, review_below)
                 counts = predict_scene(net, reader, stats, grid.height, grid.width, writers, **scene_options)
-                for dst, how in rasters:
-                    dst.build_overviews(overview_factors(grid.height, grid.width), how)
-                    dst.update_tags(OVERVIEW_RESAMPLING=how.name)  # the COG copy keeps this domain only
         finally:
             reader.close()
+        # closed and checked whole first: GDAL can crash building overviews of a file a full disk cut short
+        with whole_raster(*stagings):
+            for staging, (_, how) in zip(stagings, rasters, strict=True):
+                with rasterio.open(staging, "r+") as dst:
+                    dst.build_overviews(overview_factors(grid.height, grid.width), how)
         with whole_raster(*tmps):
             for staging, tmp in zip(stagings, tmps, strict=True):
                 to_cog(staging, tmp)
