@@ -6,7 +6,8 @@ into ``--out``: ``assessment.json`` (overall, user's and producer's accuracy, ev
 error-adjusted area, each with its standard error and 95 % interval, and the error matrix in sample
 counts and in estimated area proportions), ``assessment.md`` (the tables a report prints) and
 ``areas.png`` (mapped against error-adjusted area per class). This is the statement a map is
-published with: the pixel count of a class is biased by the map's errors, the estimate is not.
+published with: the pixel count of a class is biased by the map's errors, the estimate is not. The
+map's STAC item (``MAP.json`` beside it), when there is one, then lists the assessment.
 
 Estimators: when the map assessed is the map the sample was stratified on, Olofsson et al. 2014 (Remote
 Sensing of Environment 148); another map on the same grid (the map after a minimum mapping unit, a
@@ -48,6 +49,7 @@ from landcover.sampling import (
     values_at,
     windows,
 )
+from landcover.stac import add_to_item
 
 OUTPUTS = ("assessment.json", "assessment.md", "areas.png")
 
@@ -240,6 +242,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     write_figure(res, args.out / "areas.png", inp.colour)
     print_summary(res)
     print(f"wrote {', '.join(str(args.out / f) for f in OUTPUTS)}")
+    item = add_to_item(
+        inp.map, {"assessment": args.out / OUTPUTS[0], "assessment_report": args.out / OUTPUTS[1]}
+    )
+    if item:
+        print(f"wrote {item} (the map's STAC item, now listing the assessment)")
 
 
 def check_out(out: Path, inputs: Sequence[Path]) -> None:

@@ -5,18 +5,20 @@ whole.
 Reads: ``--map MAP.tif`` (predict.py's class map: uint8 codes 1..12, nodata 0) and, when they are beside
 it, ``MAP_confidence.tif`` and ``MAP_probabilities.tif`` (predict.py --probabilities). Writes ``--out
 MAP_mmu.tif`` (a Cloud-Optimized GeoTIFF on the same grid, colour table, class names, overviews),
-``MAP_mmu_confidence.tif`` (the confidence carried along: a merged pixel gets the probability of the
-class it now carries when the probabilities are beside the map, else 0, "not the model's choice", so
-that a review threshold flags it), the previews MAP_mmu.png and MAP_mmu_confidence.png, and prints the
-area of each class before and after. Nodata never grows or shrinks; a patch touching only nodata stays.
-The map is read twice, strip by strip (``landcover.sieve`` says how, and why the result is GDAL's on
-every pixel); everything is written under temporary names and renamed, the map last.
+``MAP_mmu_confidence.tif`` (the confidence carried along: a merged pixel gets the probability of the class
+it now carries when the probabilities are beside the map, else 0, "not the model's choice", so that a
+review threshold flags it), the previews MAP_mmu.png and MAP_mmu_confidence.png, and prints the area of
+each class before and after; then ``MAP_mmu.json``, its STAC item. Nodata never grows or shrinks; a patch
+touching only nodata stays. The map is read twice, strip by strip (``landcover.sieve`` says how, and why
+the result is GDAL's on every pixel); everything is written under temporary names and renamed, the map
+last.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import math
 import sys
 from collections.abc import Sequence
@@ -54,6 +56,7 @@ from landcover.rasters import (
     to_cog,
 )
 from landcover.sieve import STRIP, SievePlan, Survey, strips
+from landcover.stac import item_path, write_item
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -103,7 +106,7 @@ def output_files(args: argparse.Namespace, inputs: Sequence[Path]) -> MapFiles:
         fail(f"--out must end with .tif or .tiff: {out}")
     files = MapFiles(out)
     taken = {Path(p).resolve() for p in inputs}
-    for path in files.all(False, not args.no_preview):
+    for path in [*files.all(False, not args.no_preview), item_path(out)]:
         if path.resolve() in taken:
             fail(f"--out would overwrite an input: {path}")
         if path.is_dir():
@@ -240,6 +243,8 @@ def describe(dsts, src, sides: dict, args, threshold: int) -> None:
     tags = {k: v for k, v in src.tags().items() if k != "AREA_OR_POINT"}
     tags.update(mmu_ha=f"{args.mmu:g}", mmu_pixels=str(threshold), connectivity=str(args.connectivity),
                 generalized_from=str(args.map))  # fmt: skip
+    if "datetime" not in tags:  # a map predict.py did not write: its file's time, the same on a re-run
+        tags["datetime"] = dt.datetime.fromtimestamp(int(args.map.stat().st_mtime), dt.UTC).isoformat()
     if len(dsts) == 1:
         _describe_map_only(dsts[0], tags)
         return
@@ -276,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for path in files.all(False, not args.no_preview)[:-1]:
         if path.exists():
             print(f"wrote {path}")
+    print(f"wrote {write_item(files.map)} (STAC item)")
 
 
 if __name__ == "__main__":

@@ -7,14 +7,16 @@ year's or region's mosaics map as well). Writes: ``--out MAP.tif`` (uint8 codes 
 class colour table and names, overviews), ``MAP_confidence.tif`` (the probability of the mapped class in
 percent at the checkpoint's temperature, nodata 255), with ``--review-below P`` ``MAP_review.tif``, with
 ``--probabilities`` ``MAP_probabilities.tif`` (12 bands: each class's calibrated probability, percent), and
-the previews ``MAP.png`` and ``MAP_confidence.png``. A MAP.tif that exists is complete, everything beside
-it included: all are written under temporary names and renamed, the map last. The scene is read by
+the previews ``MAP.png`` and ``MAP_confidence.png``, then ``MAP.json``, the STAC item that describes them.
+A MAP.tif that exists is complete, everything beside it included: all are written under temporary names
+and renamed, the map last. The scene is read by
 windows and blended (``landcover.mapping``); the README's "7. predict.py" section says how and at what cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 import time
@@ -31,6 +33,7 @@ from landcover.inference import check_scenes, scene_prefixes
 from landcover.layout import RAW
 from landcover.mapping import check_grids, write_map
 from landcover.rasters import MapFiles, MapWriters
+from landcover.stac import item_path, parse_datetime, write_item
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
 
@@ -119,6 +122,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "in percent (band descriptions: the class names), 255 nodata; for users who combine years or "
         "post-process themselves",
     )
+    parser.add_argument(
+        "--datetime",
+        default=None,
+        help="the date (or START/END, ISO 8601) the map shows, for its STAC item, e.g. "
+        "2023-04-01/2023-08-31 for an April and an August mosaic (default: the scenes' modification time)",
+    )
     return check_args(parser.parse_args(argv))
 
 
@@ -132,6 +141,11 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     check_range("--workers", args.workers, 0)
     if args.review_below is not None:
         check_range("--review-below", args.review_below, 1, 100)
+    if args.datetime is not None:
+        try:
+            args.datetime = parse_datetime(args.datetime)
+        except ValueError:
+            fail(f"--datetime must be an ISO 8601 date or time, or START/END: {args.datetime}")
     return args
 
 
@@ -158,7 +172,10 @@ def output_files(args: argparse.Namespace, images: Sequence[Path]) -> MapFiles:
         fail(f"--out must end with .tif or .tiff (the preview goes beside it as .png): {out}")
     files = MapFiles(out)
     inputs = {Path(p).resolve() for p in images}
-    for path in files.all(args.review_below is not None, not args.no_preview, args.probabilities):
+    for path in [
+        *files.all(args.review_below is not None, not args.no_preview, args.probabilities),
+        item_path(out),
+    ]:
         if path.resolve() in inputs:
             fail(f"--out would overwrite an input scene: {path}")
         if path.is_dir():
@@ -188,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "overlap": str(args.overlap),
         "tta": str(args.tta),
         "temperature": f"{temperature:g}",
+        "datetime": args.datetime or scenes_time(images),
+        **checkpoint_tags(ckpt),
     }
     scene_options = dict(
         window=args.window,
@@ -210,6 +229,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"wrote {files.map} ({width} x {height} px, {wall:.1f} s, {cpu:.1f} CPU s)")
     for path in files.all(review, preview, args.probabilities)[1:-1]:  # the category names go without saying
         print(f"wrote {path}")
+    print(f"wrote {write_item(files.map)} (STAC item)")
+
+
+def scenes_time(images: Sequence[Path]) -> str:
+    """The latest modification time of the scenes (UTC, to the second): a map's date when none is given."""
+    newest = max(int(Path(p).stat().st_mtime) for p in images)
+    return dt.datetime.fromtimestamp(newest, dt.UTC).isoformat()
+
+
+def checkpoint_tags(ckpt: dict) -> dict[str, str]:
+    """What the map's STAC item says of the model: architecture, encoder, training data, epoch, digest."""
+    config, options = ckpt.get("model_config", {}), ckpt.get("options", {})
+    tags = {
+        "arch": config.get("arch"),
+        "encoder": config.get("encoder"),
+        "training_data": options.get("data"),
+        "epoch": ckpt.get("epoch"),
+        "checkpoint_sha256": ckpt.get("digest"),
+    }
+    return {k: str(v) for k, v in tags.items() if v is not None}
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
-"""Vectorize a land-cover map: one polygon per connected patch, in a GeoPackage that QGIS opens coloured
-and labelled by class.
+"""Vectorize a land-cover map: one polygon per connected patch, in a GeoPackage that QGIS opens coloured and
+labelled by class.
 
-Reads: ``--map MAP.tif`` (predict.py's or generalize_map.py's class map: uint8 codes 1..12, nodata 0)
-and, when it is beside the map, ``MAP_confidence.tif``. Writes ``--out MAP.gpkg``: one layer of
-polygons with the pixel edges exactly as GDAL's polygonize (gdal_polygonize.py) draws them, one per
-4-connected patch (a patch crossing the strips the work is split into is still one polygon), holes as
-interior rings, no gaps and no overlaps; fields ``code``, ``name``, ``area_ha`` (pixels x pixel area)
-and ``confidence`` (the patch's mean, percent; with the confidence raster); and the QGIS default style in
-the ``layer_styles`` table. Bounded memory (``landcover.vectors``); written under a temporary name and
-renamed. Vectorize a generalised map (generalize_map.py --mmu): a 10 m map has a polygon per speck.
+Reads: ``--map MAP.tif`` (predict.py's or generalize_map.py's class map: uint8 codes 1..12, nodata 0) and,
+when it is beside the map, ``MAP_confidence.tif``. Writes ``--out MAP.gpkg``: one layer of polygons with
+the pixel edges exactly as GDAL's polygonize (gdal_polygonize.py) draws them, one per 4-connected patch (a
+patch crossing the strips the work is split into is still one polygon), holes as interior rings, no gaps
+and no overlaps; fields ``code``, ``name``, ``area_ha`` (pixels x pixel area) and ``confidence`` (the
+patch's mean, percent; with the confidence raster); and the QGIS default style in the ``layer_styles``
+table; the map's STAC item (``MAP.json``), when there is one, then lists it. Bounded memory
+(``landcover.vectors``); written under a temporary name and renamed. Vectorize a generalised map
+(generalize_map.py --mmu): a 10 m map has a polygon per speck.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from landcover.geo import Grid
 from landcover.qgis_style import layer_styles_row
 from landcover.rasters import MapFiles, gdal_env
 from landcover.sieve import STRIP, strips
+from landcover.stac import add_to_item
 from landcover.vectors import Outliner, Patch, mean_confidence
 
 BATCH = 20000  # polygons written at once
@@ -177,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             ha = writer.pixels[c] * pixel_area / 1e4
             print(f"{c:>4}  {CLASSES[c][0][:42]:<42} {writer.polygons[c]:>10,} {ha:>14,.1f}")
     print(f"wrote {out} (layer {layer}: {writer.written:,} polygons, QGIS style in layer_styles)")
+    item = add_to_item(args.map, {"vector": out})
+    if item:
+        print(f"wrote {item} (the map's STAC item, now listing the vector map)")
 
 
 if __name__ == "__main__":

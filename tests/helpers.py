@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import subprocess
 import sys
@@ -165,3 +166,31 @@ def edit_gpkg(path, sql: str) -> None:
             db.create_function(f, 1, lambda g: 0)
         db.execute(sql)
         db.commit()
+
+
+STAC_SCHEMAS = Path(__file__).parent / "data" / "stac"
+
+
+def validate_stac_item(path) -> list[str]:
+    """Validate a STAC item against the STAC schemas, offline: pystac's bundled core schemas and the
+    extension schemas in tests/data/stac; any other schema it would download fails the test. Returns the
+    schema URIs it was validated against."""
+    import pystac
+    from pystac.validation import JsonSchemaSTACValidator, set_validator
+
+    validator = JsonSchemaSTACValidator()
+    for f in STAC_SCHEMAS.glob("*.json"):
+        schema = json.loads(f.read_text())
+        validator.schema_cache[schema["$id"].rstrip("#")] = schema
+
+    def no_download(uri: str):
+        raise AssertionError(f"validation wanted a schema not in tests/data/stac: {uri}")
+
+    validator._get_schema = lambda uri, get=validator._get_schema: (
+        get(uri) if uri in validator.schema_cache else no_download(uri)
+    )
+    set_validator(validator)
+    try:
+        return pystac.Item.from_file(str(path)).validate()
+    finally:
+        set_validator(JsonSchemaSTACValidator())

@@ -171,7 +171,14 @@ def predict_args(chain: Path, checkpoints: dict[str, Path], mode: str, folder: P
     return ["--checkpoint", checkpoints[mode], "--image", *scenes, *out, *PREDICT, *review]
 
 
-PREDICT_FILES = {"map.tif", "map.png", "map.tif.aux.xml", "map_confidence.tif", "map_confidence.png"}
+PREDICT_FILES = {
+    "map.json",
+    "map.tif",
+    "map.png",
+    "map.tif.aux.xml",
+    "map_confidence.tif",
+    "map_confidence.png",
+}
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error, edit_gpkg, write_raster
+from helpers import assert_one_line_error, edit_gpkg, validate_stac_item, write_raster
 
 from landcover.accuracy import olofsson, stehman
 from landcover.sampling import read_points
+from landcover.stac import write_item
 
 ESTIMATE = {"estimate", "se", "ci95"}
 CLASS_KEYS = {"name", "mapped_area_ha", "area_ha", "area_proportion", "users_accuracy", "producers_accuracy"}
@@ -195,6 +196,19 @@ def test_a_moved_sample_finds_its_map_beside_it(runner, drawn, tmp_path):
         tmp_path / "out2",
     )
     assert res.returncode == 0, res.stderr
+
+
+def test_the_maps_stac_item_then_lists_the_assessment(runner, drawn, tmp_path):
+    d = drawn[0]
+    shutil.copy(d / "map.tif", tmp_path / "map.tif")
+    write_item(tmp_path / "map.tif")  # as predict.py leaves it
+    args = ("--sample", d / "s.gpkg", "--strata-map", tmp_path / "map.tif", "--out", tmp_path / "out")
+    res = runner.run("assess_map.py", *args)
+    assert res.returncode == 0, res.stderr
+    assets = json.loads((tmp_path / "map.json").read_text())["assets"]
+    assert assets["assessment"]["href"] == "./out/assessment.json"
+    assert assets["assessment_report"]["href"] == "./out/assessment.md"
+    validate_stac_item(tmp_path / "map.json")
 
 
 # The area of each transition between two years, from a sample of the change raster (compare_maps.py

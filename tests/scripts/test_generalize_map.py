@@ -7,12 +7,13 @@ the files of an uninterrupted run."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
 import rasterio
 import rasterio.features
-from helpers import run_script, run_script_killed, tree_snapshot, write_raster
+from helpers import run_script, run_script_killed, tree_snapshot, validate_stac_item, write_raster
 from scipy import ndimage
 
 from colormap import gdal_colour_table
@@ -61,8 +62,13 @@ def test_map_equals_the_whole_raster_sieve_with_nodata_untouched(made):
 def test_outputs_are_described_like_predicts(made):
     folder = made[0]
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["map.tif", "map_confidence.tif", "map_mmu.png", "map_mmu.tif", "map_mmu.tif.aux.xml",
-                     "map_mmu_confidence.png", "map_mmu_confidence.tif"]  # fmt: skip
+    assert names == ["map.tif", "map_confidence.tif", "map_mmu.json", "map_mmu.png", "map_mmu.tif",
+                     "map_mmu.tif.aux.xml", "map_mmu_confidence.png", "map_mmu_confidence.tif"]  # fmt: skip
+    validate_stac_item(folder / "map_mmu.json")
+    item = json.loads((folder / "map_mmu.json").read_text())
+    assert set(item["assets"]) == {"map", "confidence", "preview", "confidence_preview"}
+    assert item["properties"]["landcover:mmu_ha"] == 0.5
+    assert item["properties"]["proj:shape"] == [1100, 700]
     with rasterio.open(folder / "map_mmu.tif") as m:
         assert m.nodata == 0 and m.overviews(1) and m.block_shapes[0] == (512, 512)
         assert m.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG", "a Cloud-Optimized GeoTIFF"

@@ -9,6 +9,8 @@ scenes of a few hundred pixels whose size is not a multiple of the window.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import shutil
 
 import numpy as np
@@ -16,7 +18,7 @@ import pytest
 import rasterio
 import torch
 from checkpoints import OVERLAP, WINDOW, scene_data, trained_checkpoint
-from helpers import S2_BANDS, assert_one_line_error, run_script, write_raster
+from helpers import S2_BANDS, assert_one_line_error, run_script, validate_stac_item, write_raster
 
 import predict
 from colormap import CLASSES, CODES, gdal_colour_table
@@ -56,7 +58,7 @@ def test_map_is_on_the_scene_grid_with_nodata_colours_names_overviews_and_previe
     )
     assert res.returncode == 0, res.stderr
     assert outputs(tmp_path) == [
-        "map.png", "map.tif", "map.tif.aux.xml", "map_confidence.png", "map_confidence.tif"
+        "map.json", "map.png", "map.tif", "map.tif.aux.xml", "map_confidence.png", "map_confidence.tif"
     ]  # fmt: skip
     with rasterio.open(path) as src, rasterio.open(out) as m:
         assert (m.crs, m.transform, m.width, m.height) == (src.crs, src.transform, src.width, src.height)
@@ -82,6 +84,20 @@ def test_map_is_on_the_scene_grid_with_nodata_colours_names_overviews_and_previe
     assert "no fitted temperature" in res.stdout and "temperature" not in res.stderr  # an old checkpoint
     check_confidence_raster(tmp_path / "map_confidence.tif", got, grid)
     assert (tmp_path / "map_confidence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check_item(tmp_path / "map.json", ckpt, path)
+
+
+def check_item(item, ckpt, scene) -> None:
+    """The STAC item beside the map validates, lists the map's files and names the model and scene."""
+    validate_stac_item(item)
+    d = json.loads(item.read_text())
+    assert set(d["assets"]) == {"map", "confidence", "preview", "confidence_preview"}
+    model = d["properties"]["landcover:checkpoint"]
+    assert model["checkpoint"] == str(ckpt) and model["arch"] == "unet" and model["encoder"] == "resnet18"
+    assert model["checkpoint_sha256"].startswith("sha256:")
+    assert d["properties"]["landcover:scenes"] == [str(scene)]
+    mtime = dt.datetime.fromtimestamp(int(scene.stat().st_mtime), dt.UTC)
+    assert dt.datetime.fromisoformat(d["properties"]["datetime"]) == mtime, "the scene's time by default"
 
 
 def check_confidence_raster(path, codes: np.ndarray, grid) -> np.ndarray:
@@ -220,7 +236,7 @@ def test_stacked_model_maps_the_scenes_in_order(tmp_path, stacked, capsys):
     out = tmp_path / "m.tif"
     argv = ["--checkpoint", ck, "--image", a, b, "--out", out, "--window", WINDOW, "--device", "cpu"]
     assert run_main(predict.main, list(map(str, [*argv, "--no-preview"]))) == 0
-    assert outputs(tmp_path) == ["m.tif", "m.tif.aux.xml", "m_confidence.tif"]
+    assert outputs(tmp_path) == ["m.json", "m.tif", "m.tif.aux.xml", "m_confidence.tif"]
     with rasterio.open(out) as m:
         got = m.read(1)
     valid = labels != 0
@@ -384,6 +400,7 @@ def scene_with(tmp_path, bands, descriptions):
         ("band names", ["band 1 is B3", "expects B2"]),
         ("not tif", ["--out must end with .tif"]),
         ("overwrite input", ["overwrite an input"]),
+        ("datetime", ["--datetime", "ISO 8601"]),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, ckpt, scene, capsys, case, needles):
@@ -395,6 +412,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, ckpt, scene, capsys,
         args["--checkpoint"] = str(tmp_path / "evil.pt")
     elif case == "overlap<0":
         extra = ["--overlap", "-1"]
+    elif case == "datetime":
+        extra = ["--datetime", "2023-08-31/2023-04-01"]
     elif case == "overlap>=window":
         extra = ["--window", "64", "--overlap", "64"]
     elif case == "4 bands":

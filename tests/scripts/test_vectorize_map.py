@@ -6,6 +6,7 @@ style in layer_styles; bad input one line and nothing written; killed and re-run
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pyogrio
@@ -14,10 +15,11 @@ import pytest
 import rasterio
 import rasterio.features
 import shapely
-from helpers import run_script, run_script_killed, tree_snapshot, write_raster
+from helpers import run_script, run_script_killed, tree_snapshot, validate_stac_item, write_raster
 from scipy import ndimage
 
 from colormap import CLASSES
+from landcover.stac import write_item
 
 TILED = dict(tiled=True, blockxsize=512, blockysize=512, compress="deflate")
 
@@ -131,3 +133,14 @@ def test_killed_then_rerun_gives_the_same_file(tmp_path, made):
     run_script("vectorize_map.py", "--map", tmp_path / "map.tif", check=True)
     assert hashlib.sha1((tmp_path / "map.gpkg").read_bytes()).hexdigest() == reference
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.gpkg", "map.tif"]
+
+
+def test_the_maps_stac_item_then_lists_the_vector_map(tmp_path, made):
+    (tmp_path / "map.tif").write_bytes((made[0] / "map.tif").read_bytes())
+    write_item(tmp_path / "map.tif")  # as predict.py or generalize_map.py leaves it
+    res = run_script("vectorize_map.py", "--map", tmp_path / "map.tif", "--out", tmp_path / "v/map.gpkg")
+    assert res.returncode == 0, res.stderr
+    assets = json.loads((tmp_path / "map.json").read_text())["assets"]
+    assert assets["vector"]["href"] == "./v/map.gpkg"
+    assert assets["vector"]["type"] == "application/geopackage+sqlite3"
+    validate_stac_item(tmp_path / "map.json")
