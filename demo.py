@@ -60,9 +60,10 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument(
         "--modes",
         nargs="+",
-        default=["april", "stacked"],
+        default=["stacked"],
         choices=list(MODES),
-        help="input modes to train and compare",
+        help="input modes to train and compare (README: `--modes april stacked` shows what the second "
+        "season adds, in about 6 min more)",
     )
     p.add_argument(
         "--root",
@@ -112,13 +113,19 @@ def report(scores: dict, chosen: str, base: Path, minutes: float) -> None:
     for mode, s in scores.items():
         val = "n/a" if s["val"] is None else f"{s['val']:.3f}"
         print(f"  {mode:8s} validation mIoU {val}   test mIoU {s['test']:.3f}")
-    print(f"Chosen mode: {chosen} (better validation mIoU). Test mIoU {scores[chosen]['test']:.3f}")
+    why = " (better validation mIoU)" if len(scores) > 1 else ""
+    print(f"Mode: {chosen}{why}. Test mIoU {scores[chosen]['test']:.3f}")
     print(f"  metrics:           {res / 'metrics.json'}")
     print(f"  confusion matrix:  {res / 'confusion_matrix.png'}")
     print(f"  calibration:       {res / 'reliability.png'}, {res / 'coverage.png'}")
     print(f"  comparison images: {res / 'comparisons'}/")
     print(f"  land-cover map:    {res / 'landcover_demo.tif'} (preview {res / 'landcover_demo.png'})")
     print(f"  confidence map:    {res / 'landcover_demo_confidence.tif'}")
+    print(f"  assessment:        {res / 'assessment/assessment.md'}")
+    mmu = res / "landcover_demo_mmu"
+    print(f"  map at MMU 0.5 ha: {mmu}.tif, its STAC item {mmu}.json")
+    print(f"  vector map:        {mmu}.gpkg (open in QGIS: coloured and labelled by class)")
+    print(f"  change:            {res / 'change/change.md'}, {res / 'change/assessment/assessment.md'}")
     print(f"  TensorBoard:       .venv/bin/tensorboard --logdir {base / 'runs'}")
 
 
@@ -136,7 +143,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     images = [scenes[i] for i in MODES[chosen]]
     out = scores[chosen]["results"] / "landcover_demo.tif"
     step(["predict.py", "--checkpoint", scores[chosen]["run"] / "best.pt", "--image", *images, "--out", out])
-    report(scores, chosen, base, (time.perf_counter() - t0) / 60)
     # The map's accuracy and error-adjusted areas (README: "Assessing the map"), from a stratified sample
     # labelled with the demo's truth; it covers the training tiles too, so the figures are optimistic.
     res, truth = scores[chosen]["results"], data / "mask_10m.tif"
@@ -146,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     step(["assess_map.py", "--sample", sample, "--out", res / "assessment"])
     products(out)
     change(data, scores[chosen], MODES[chosen], out, args.seed)
+    report(scores, chosen, base, (time.perf_counter() - t0) / 60)
 
 
 def products(out: Path) -> None:
@@ -154,8 +161,6 @@ def products(out: Path) -> None:
     mmu, vector = out.with_name(f"{out.stem}_mmu.tif"), out.with_name(f"{out.stem}_mmu.gpkg")
     step(["generalize_map.py", "--map", out, "--mmu", "0.5", "--out", mmu])
     step(["vectorize_map.py", "--map", mmu, "--out", vector])
-    print(f"  map at MMU 0.5 ha: {mmu} (preview {mmu.with_suffix('.png')})")
-    print(f"  vector map:        {vector} (open in QGIS: coloured and labelled by class)")
 
 
 def change(data: Path, chosen: dict, scene_index: Sequence[int], out: Path, seed: int) -> None:
