@@ -33,7 +33,7 @@ def test_demo_runs_every_mode_and_maps_with_the_chosen_one(tmp_path):
         scores[mode] = m["checkpoint"]["val_miou"]
         assert f"{mode:8s} validation mIoU {scores[mode]:.3f}   test mIoU {m['miou']:.3f}" in res.stdout
     chosen = max(scores, key=scores.get)  # ties: the first mode given
-    assert f"Chosen mode: {chosen} (better validation mIoU)" in res.stdout
+    assert f"Mode: {chosen} (better validation mIoU)" in res.stdout
     assert (tmp_path / f"results/demo-{chosen}/landcover_demo.tif").is_file()
     assert (tmp_path / f"results/demo-{chosen}/landcover_demo.png").is_file()
     august_tiles = {p.name.split("_")[1] for p in (tmp_path / "data/august/train/img").glob("*.tif")}
@@ -44,4 +44,4 @@ def test_demo_runs_every_mode_and_maps_with_the_chosen_one(tmp_path):
     again = run_demo(tmp_path)  # every step finds its work done
     assert again.returncode == 0, again.stderr[-2000:]
     assert checkpoint.stat().st_mtime_ns == before
-    assert f"Chosen mode: {chosen}" in again.stdout
+    assert f"Mode: {chosen}" in again.stdout
