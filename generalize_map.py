@@ -9,7 +9,7 @@ MAP_mmu.tif`` (a Cloud-Optimized GeoTIFF on the same grid, colour table, class n
 it now carries when the probabilities are beside the map, else 0, "not the model's choice", so that a
 review threshold flags it), the previews MAP_mmu.png and MAP_mmu_confidence.png, and prints the area of
 each class before and after; then ``MAP_mmu.json``, its STAC item. Nodata never grows or shrinks; a patch
-touching only nodata stays. The map is read twice, strip by strip (``landcover.sieve`` says how, and why
+touching only nodata stays. The map is read three times, strip by strip (``landcover.sieve`` says how, and why
 the result is GDAL's on every pixel); everything is written under temporary names and renamed, the map
 last.
 """
@@ -121,15 +121,20 @@ def read_strip(src, r: int, h: int, what: str) -> np.ndarray:
 
 
 def survey(src, threshold: int, connectivity: int) -> SievePlan:
-    """First pass: every strip surveyed; codes outside 0..12 refused (before anything is written)."""
+    """The first two passes: every strip's patches (codes outside 0..12 refused, before anything is
+    written), then every strip's neighbours."""
     survey = Survey(src.width, threshold, connectivity)
-    bar = progress(total=src.height, desc="patches", unit="row", delay=1)  # an early error: no bar
+    bar = progress(total=2 * src.height, desc="patches", unit="row", delay=1)  # an early error: no bar
     for r, h in strips(src.height, STRIP):
         codes = read_strip(src, r, h, "map")
         if codes.max(initial=0) >= NUM_CLASSES:
             bad = int(codes[codes >= NUM_CLASSES][0])
             fail(f"map holds code {bad} (rows {r}..{r + h - 1}), not a class code 0..12: {src.name}")
         survey.add(codes)
+        bar.update(h)
+    survey.join()
+    for i, (r, h) in enumerate(strips(src.height, STRIP)):
+        survey.add_neighbours(i, read_strip(src, r, h, "map"))
         bar.update(h)
     bar.close()
     return survey.plan()

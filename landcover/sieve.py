@@ -10,21 +10,22 @@ when the other is strictly larger: so among the largest neighbours the one met f
 smaller than the threshold follows biggest neighbours until it reaches a patch at least as large as the
 threshold and takes its code; a chain that ends (no neighbour) or loops back leaves the patch as it is.
 
-Here the same scan runs on strips of whole rows (``STRIP`` rows: the map's block rows):
+Here the same scan runs on strips of whole rows (``STRIP`` rows: the map's block rows), in three passes:
 
-1. ``Survey``: each strip is labelled (scipy, one class at a time); patch pieces touching across the
-   strip's top edge are linked; each piece's pixel count is summed; and the neighbour pairs of the strip
-   are kept, each pair once with the raster-order index at which GDAL's scan first meets it
-   (``4 * (row * width + column) + direction``), only for pieces that could be small.
-2. ``Survey.plan``: pieces are joined into patches (connected components of the links), sizes summed;
-   each small patch's biggest neighbour is the largest neighbour, ties to the smallest first-met index:
-   exactly the patch GDAL's strictly-larger updates end with; chains are followed by pointer doubling.
-3. ``SievePlan.apply``: each strip is labelled again (the same labels) and its pixels take their patch's
-   new code.
+1. ``Survey.add``: each strip is labelled (scikit-image, every class at once); pieces touching across
+   the strip's top edge are linked and each piece's pixel count summed. ``Survey.join`` joins the pieces
+   into patches (connected components of the links) and sums their sizes.
+2. ``Survey.add_neighbours``: each strip is labelled again (the same labels); every pair of different
+   patches side by side, with the raster-order index at which GDAL's scan meets it (``4 * (row * width
+   + column) + direction``), updates the small patch's biggest neighbour: the largest, the first met
+   among equals (an earlier strip's is replaced only by a strictly larger one: it was met first),
+   exactly the patch GDAL's strictly-larger updates end with. ``Survey.plan`` follows the chains by
+   pointer doubling.
+3. ``SievePlan.apply``: each strip is labelled a third time and its pixels take their patch's new code.
 
-Memory: two strips (width x STRIP pixels, a few bytes each) and, per patch piece, a few integers (its
-patch, size and code; pieces are patches cut by strip edges) plus the neighbour pairs of the pieces that
-are small in their own strip: it grows with the number of patches, never with the map's area.
+Memory: two strips (width x STRIP pixels, a few bytes each) and a few integers per patch piece (its
+patch; per patch its size, code and biggest neighbour): it grows with the number of patches, as
+GDAL's own does, never with the map's area.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from skimage import measure
 
 from colormap import NODATA
 
@@ -50,25 +52,21 @@ def structure(connectivity: int) -> np.ndarray:
     return ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
 
 
-def label_strip(codes: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
-    """(h, w) codes -> (h, w) int32 piece labels 1..n (0 on nodata) and the code of each label (index 0:
-    nodata). The labels depend on the strip's pixels only, so a second pass finds the same ones."""
-    labels = np.zeros(codes.shape, dtype=np.int32)
-    lab = np.empty(codes.shape, dtype=np.int32)
-    first = np.zeros(256, dtype=np.int32)  # per code: the labels of its pieces start after this
-    values = [np.zeros(1, dtype=np.uint8)]
-    n = 0
-    element = structure(connectivity)
-    for c in np.flatnonzero(np.bincount(codes.ravel(), minlength=256)):
-        if c == NODATA:
-            continue
-        k = ndimage.label(codes == c, element, output=lab)
-        labels += lab  # the classes' pieces never overlap
-        first[c] = n
-        values.append(np.full(k, c, dtype=np.uint8))
-        n += k
-    labels += first[codes]
-    return labels, np.concatenate(values)
+def label_strip(
+    codes: np.ndarray, connectivity: int, values: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(h, w) codes -> (h, w) int32 piece labels 1..n (0 on nodata) and (unless ``values`` is False) the
+    code of each label (index 0: nodata), every class in one labelling pass. The labels depend on the
+    strip's pixels only, so a later pass finds the same ones."""
+    labels, n = measure.label(
+        codes, background=NODATA, connectivity=1 if connectivity == 4 else 2, return_num=True
+    )
+    labels = labels.astype(np.int32, copy=False)
+    if not values:
+        return labels, None
+    code = np.zeros(n + 1, dtype=np.uint8)
+    code[labels.ravel()] = codes.ravel()
+    return labels, code
 
 
 def shifted(a: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +92,7 @@ class SievePlan:
 
     def apply(self, strip: int, codes: np.ndarray) -> np.ndarray:
         """The sieved codes of strip number ``strip`` (the same pixels the survey saw)."""
-        labels, _ = label_strip(codes, self.connectivity)
+        labels, _ = label_strip(codes, self.connectivity, values=False)
         ids = np.where(labels > 0, labels.astype(np.int64) + self.bases[strip], 0)
         new = self.new_code[ids]
         return np.where(new > 0, new, codes).astype(np.uint8, copy=False)
@@ -102,7 +100,8 @@ class SievePlan:
 
 @dataclass
 class Survey:
-    """What the first pass learns about the patches, strip by strip (see the module's docstring)."""
+    """What the passes over the map learn about its patches (see the module's docstring): ``add`` each
+    strip (pieces, sizes, links), ``join``, ``add_neighbours`` each strip again, then ``plan``."""
 
     width: int
     threshold: int
@@ -111,113 +110,122 @@ class Survey:
     sizes: list[np.ndarray] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)
     links: list[np.ndarray] = field(default_factory=list)
-    pairs: list[np.ndarray] = field(default_factory=list)
     n: int = 1  # piece ids start at 1 (0: nodata)
+    last: tuple[np.ndarray, np.ndarray] | None = None  # the previous strip's last row: codes and piece ids
+    patch: np.ndarray | None = None  # per piece, its patch (after join)
+    size: np.ndarray | None = None  # per patch, its pixels
+    value: np.ndarray | None = None  # per patch, its code
+    best: np.ndarray | None = None  # per patch, its biggest neighbour so far (-1: none)
     row0: int = 0
-    last: np.ndarray | None = None  # the previous strip's last row: codes and piece ids
 
     def add(self, codes: np.ndarray) -> None:
-        """Survey the next strip of rows (h, width) uint8 codes, top to bottom."""
+        """First pass: the next strip of rows (h, width) uint8 codes, top to bottom."""
         labels, values = label_strip(codes, self.connectivity)
-        ids = np.where(labels > 0, labels.astype(np.int64) + (self.n - 1), 0)
-        size = np.bincount(labels.ravel(), minlength=len(values))[1:]
         self.bases.append(self.n - 1)
-        self.sizes.append(size)
+        ids = np.where(labels > 0, labels.astype(np.int64) + (self.n - 1), 0)
+        self.sizes.append(np.bincount(labels.ravel(), minlength=len(values))[1:])
         self.values.append(values[1:])
-        if self.last is None:
-            above_codes = np.zeros((1, self.width), dtype=codes.dtype)
-            above_ids = np.zeros((1, self.width), dtype=np.int64)
-        else:
-            above_codes, above_ids = self.last
-        all_codes = np.concatenate([above_codes, codes])
-        all_ids = np.concatenate([above_ids, ids])
-        small = np.ones(self.n + len(size), dtype=bool)  # pieces of earlier strips: not known here
-        small[self.n :] = size < self.threshold
-        self._neighbours(all_codes, all_ids, small)
-        self.n += len(size)
-        self.row0 += len(codes)
+        if self.last is not None:  # same code across the top edge: one patch
+            both_codes, both_ids = self._above(codes, ids)
+            for dy, dx, eight_only in DIRECTIONS[:3]:
+                if eight_only and self.connectivity == 4:
+                    continue
+                this, other = shifted(both_ids, dy, dx)
+                c_this, c_other = shifted(both_codes, dy, dx)
+                edge = (this > 0) & (other > 0) & (c_this == c_other)
+                self.links.append(np.stack([this[edge], other[edge]]))
+        self.n += len(values) - 1
         self.last = (codes[-1:].copy(), ids[-1:].copy())
 
-    def _neighbours(self, codes: np.ndarray, ids: np.ndarray, small: np.ndarray) -> None:
-        """Links across the strip's top edge and the strip's neighbour pairs, first-met index each."""
+    def _ids(self, codes: np.ndarray, strip: int) -> np.ndarray:
+        """The piece ids of strip ``strip`` (0 on nodata), as the first pass numbered them."""
+        labels, _ = label_strip(codes, self.connectivity, values=False)
+        return np.where(labels > 0, labels.astype(np.int64) + self.bases[strip], 0)
+
+    def _above(self, codes: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        above_codes, above_ids = self.last
+        return np.concatenate([above_codes, codes[:1]]), np.concatenate([above_ids, ids[:1]])
+
+    def join(self) -> None:
+        """Between the passes: the pieces joined into patches, each patch's size and code."""
+        n = self.n
+        links = np.concatenate([np.zeros((2, 0), dtype=np.int64), *self.links], axis=1)
+        graph = coo_matrix((np.ones(links.shape[1], dtype=np.int8), (links[0], links[1])), shape=(n, n))
+        _, self.patch = connected_components(graph, directed=False)
+        piece_size = np.concatenate([[0], *self.sizes]).astype(np.int64)
+        self.size = np.bincount(self.patch, weights=piece_size, minlength=self.patch.max() + 1).astype(
+            np.int64
+        )
+        self.value = np.zeros(len(self.size), dtype=np.uint8)
+        self.value[self.patch] = np.concatenate([[NODATA], *self.values]).astype(np.uint8)
+        self.best = np.full(len(self.size), -1, dtype=np.int64)
+        self.sizes, self.values, self.links, self.last = [], [], [], None
+
+    def add_neighbours(self, strip: int, codes: np.ndarray) -> None:
+        """Second pass, strip ``strip`` again: each small patch's biggest neighbour so far, the largest
+        patch it touches, the first met in GDAL's scan among equals (later strips only meet later)."""
+        ids = self._ids(codes, strip)
+        all_ids = self.patch[np.concatenate([self.last[1], ids]) if self.last else ids]
+        all_codes = np.concatenate([self.last[0], codes]) if self.last else codes
+        top = 1 if self.last else 0  # rows of all_* above the strip
+        p, q, index = [], [], []
         for k, (dy, dx, eight_only) in enumerate(DIRECTIONS):
             if eight_only and self.connectivity == 4:
                 continue
             if dy == 0:  # left: within the strip's own rows
-                this, other = ids[1:, 1:], ids[1:, :-1]
-                c_this, c_other = codes[1:, 1:], codes[1:, :-1]
+                this, other = all_ids[top:, 1:], all_ids[top:, :-1]
+                c_this, c_other = all_codes[top:, 1:], all_codes[top:, :-1]
+                row_of = top
             else:
-                this, other = shifted(ids, dy, dx)
-                c_this, c_other = shifted(codes, dy, dx)
-            both = (this > 0) & (other > 0)
-            if dy == -1:  # same code across the top edge: one patch
-                edge = both[0] & (c_this[0] == c_other[0])
-                self.links.append(np.stack([this[0][edge], other[0][edge]]))
-            differ = both & (c_this != c_other)
-            rows, cols = np.nonzero(differ)
-            pick = small[this[rows, cols]] | small[other[rows, cols]]
-            rows, cols = rows[pick], cols[pick]
+                this, other = shifted(all_ids, dy, dx)
+                c_this, c_other = shifted(all_codes, dy, dx)
+                row_of = 1
+            rows, cols = np.nonzero((c_this != c_other) & (c_this > 0) & (c_other > 0))
             a, b = this[rows, cols], other[rows, cols]
-            index = 4 * ((self.row0 + rows).astype(np.int64) * self.width + cols + max(0, -dx)) + k
-            self._keep_pairs(np.concatenate([a, b]), np.concatenate([b, a]), np.tile(index, 2), small)
+            at = (
+                4 * ((self.row0 + rows + row_of - top).astype(np.int64) * self.width + cols + max(0, -dx)) + k
+            )
+            p += [a, b]
+            q += [b, a]
+            index += [at, at]
+        self._keep_best(np.concatenate(p), np.concatenate(q), np.concatenate(index))
+        self.row0 += len(codes)
+        self.last = (codes[-1:].copy(), ids[-1:].copy())
 
-    def _keep_pairs(self, p: np.ndarray, q: np.ndarray, index: np.ndarray, small: np.ndarray) -> None:
-        """Keep (p, q, index) with p possibly small, each ordered pair once at its smallest index."""
-        keep = small[p]
+    def _keep_best(self, p: np.ndarray, q: np.ndarray, index: np.ndarray) -> None:
+        """For each small patch p met here: its largest neighbour q, the first met among equals; it
+        replaces the one kept from earlier strips only when strictly larger (those were met first)."""
+        keep = self.size[p] < self.threshold
         p, q, index = p[keep], q[keep], index[keep]
         if not len(p):
             return
-        key = p.astype(np.int64) << 32 | q.astype(np.int64)  # piece ids stay below 2**31
-        order = np.argsort(key, kind="stable")
-        key = key[order]
-        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        first_met = np.minimum.reduceat(index[order], starts)
-        self.pairs.append(np.stack([key[starts] >> 32, key[starts] & 0xFFFFFFFF, first_met]))
+        order = np.argsort(p, kind="stable")
+        p, q, index = p[order], q[order], index[order]
+        q_size = self.size[q]
+        new = np.r_[True, p[1:] != p[:-1]]
+        starts, group = np.flatnonzero(new), np.cumsum(new) - 1
+        largest = np.maximum.reduceat(q_size, starts)
+        index = np.where(q_size == largest[group], index, np.iinfo(np.int64).max)
+        chosen = index == np.minimum.reduceat(index, starts)[group]
+        p, q = p[chosen], q[chosen]
+        old = self.best[p]
+        better = (old < 0) | (self.size[q] > self.size[np.maximum(old, 0)])
+        self.best[p[better]] = q[better]
 
     def plan(self) -> SievePlan:
-        """Join the pieces into patches and decide each small patch's new code (see the docstring)."""
-        n = self.n
-        links = np.concatenate([np.zeros((2, 0), dtype=np.int64), *self.links], axis=1)
-        graph = coo_matrix((np.ones(links.shape[1], dtype=np.int8), (links[0], links[1])), shape=(n, n))
-        _, patch = connected_components(graph, directed=False)
-        piece_size = np.concatenate([[0], *self.sizes]).astype(np.int64)
-        piece_value = np.concatenate([[NODATA], *self.values]).astype(np.uint8)
-        size = np.bincount(patch, weights=piece_size, minlength=patch.max() + 1).astype(np.int64)
-        value = np.zeros(len(size), dtype=np.uint8)
-        value[patch] = piece_value
-        target = biggest_neighbours(self.pairs, patch, size, self.threshold)
-        final = follow_chains(target, size, self.threshold)
+        """Each small patch's new code: the code of the first patch of the MMU's size its chain of
+        biggest neighbours reaches (see the docstring)."""
+        patch, size = self.patch, self.size
+        final = follow_chains(self.best, size, self.threshold)
         small = size < self.threshold
         small[patch[0]] = False  # nodata's id
         merged = small & (final >= 0)
-        new_patch_code = np.where(merged, value[np.maximum(final, 0)], 0).astype(np.uint8)
+        new_patch_code = np.where(merged, self.value[np.maximum(final, 0)], 0).astype(np.uint8)
         new_code = new_patch_code[patch]
         new_code[0] = 0
         return SievePlan(
             self.connectivity, self.bases, new_code, int(merged.sum()), int((small & ~merged).sum())
         )
-
-
-def biggest_neighbours(pairs: list[np.ndarray], patch: np.ndarray, size: np.ndarray, threshold: int):
-    """Each small patch's biggest neighbour (-1: none): the largest, the first met among equals."""
-    all_pairs = np.concatenate([np.zeros((3, 0), dtype=np.int64), *pairs], axis=1)
-    p, q, index = patch[all_pairs[0]], patch[all_pairs[1]], all_pairs[2]
-    keep = size[p] < threshold
-    p, q, index = p[keep], q[keep], index[keep]
-    target = np.full(len(size), -1, dtype=np.int64)
-    if not len(p):
-        return target
-    order = np.argsort(p, kind="stable")
-    p, q, index = p[order], q[order], index[order]
-    new = np.r_[True, p[1:] != p[:-1]]
-    starts, group = np.flatnonzero(new), np.cumsum(new) - 1
-    largest = np.maximum.reduceat(size[q], starts)
-    best = size[q] == largest[group]  # the largest neighbours of each patch; then the first met
-    index = np.where(best, index, np.iinfo(np.int64).max)
-    first_met = np.minimum.reduceat(index, starts)
-    chosen = best & (index == first_met[group])
-    target[p[chosen]] = q[chosen]
-    return target
 
 
 def follow_chains(target: np.ndarray, size: np.ndarray, threshold: int) -> np.ndarray:
@@ -241,8 +249,12 @@ def sieve_array(codes: np.ndarray, threshold: int, connectivity: int = 4, rows: 
     """The strip-wise sieve of a whole array (for tests and small maps): equal to
     ``rasterio.features.sieve(codes, threshold, mask=codes != 0, connectivity=connectivity)``."""
     survey = Survey(codes.shape[1], threshold, connectivity)
-    for r, h in strips(codes.shape[0], rows):
+    parts = list(strips(codes.shape[0], rows))
+    for r, h in parts:
         survey.add(codes[r : r + h])
+    survey.join()
+    for i, (r, h) in enumerate(parts):
+        survey.add_neighbours(i, codes[r : r + h])
     plan = survey.plan()
-    out = [plan.apply(i, codes[r : r + h]) for i, (r, h) in enumerate(strips(codes.shape[0], rows))]
+    out = [plan.apply(i, codes[r : r + h]) for i, (r, h) in enumerate(parts)]
     return np.concatenate(out) if out else codes.copy()

@@ -3,16 +3,17 @@ succeeds with whole, readable outputs, or stops with exit status 2 and one line 
 traceback, never a hang, never an input changed, never a half-written file (``*.partial``) left, and
 nothing written at all when it stops.
 
-The inputs (scene, 1 m mask, 10 m mask, tile, tiles.csv, split.csv, band_stats.json, checkpoint, class
-map, and the GeoPackage sample of sample_map.py and assess_map.py) are built once, tiny; each case
-copies the ones its script reads and damages one of them in one of four ways (bytes flipped at random
-places, cut short at a random length, a block of zeros at a random place, or a valid file of another
-kind in its place), drawn from a seeded generator, so a failing case is rebuilt exactly by its id. The
-scripts run as real processes forked from one warm server (tests/prefork.py). Targeted cases follow: a
-checkpoint with a few hundred bytes flipped inside its tensor data (which torch loads without a word)
-through every reader, one written before checksums, and a band_stats.json with a digit changed (valid
-JSON, so only its checksum tells). Known limit: a GeoPackage, a tiles.csv or an uncompressed tile has
-no checksum, so some damage there is valid content (another label, count or pixel value) and passes.
+The inputs (scene, 1 m mask, 10 m mask, tile, tiles.csv, split.csv, band_stats.json, checkpoint, class map
+through sample_map.py, generalize_map.py, vectorize_map.py and compare_maps.py, and the GeoPackage sample
+of assess_map.py) are built once, tiny; each case copies the ones its script reads and damages one of them
+in one of four ways (bytes flipped at random places, cut short at a random length, a block of zeros at a
+random place, or a valid file of another kind in its place), drawn from a seeded generator, so a failing
+case is rebuilt exactly by its id. The scripts run as real processes forked from one warm server
+(tests/prefork.py). Targeted cases follow: a checkpoint with a few hundred bytes flipped inside its tensor
+data (which torch loads without a word) through every reader, one written before checksums, and a
+band_stats.json with a digit changed (valid JSON, so only its checksum tells). Known limit: a GeoPackage,
+a tiles.csv or an uncompressed tile has no checksum, so some damage there is valid content (another label,
+count or pixel value) and passes.
 """
 
 from __future__ import annotations
@@ -239,6 +240,37 @@ def map_sample(case, b):
     return ["sample_map.py", "--map", m, "--out", case / "s.gpkg", *SAMPLE], m
 
 
+def map_product(script: str):
+    """A class map through generalize_map.py or vectorize_map.py."""
+
+    def build(case, b):
+        m = copy(b, "mask_10m.tif", case, "map.tif")
+        out = case / ("mmu.tif" if script == "generalize_map.py" else "map.gpkg")
+        return [
+            script,
+            "--map",
+            m,
+            *(["--mmu", 0.5] if script == "generalize_map.py" else []),
+            "--out",
+            out,
+        ], m
+
+    return build
+
+
+def map_compare(case, b):
+    before = copy(b, "mask_10m.tif", case, "before.tif")
+    return [
+        "compare_maps.py",
+        "--before",
+        before,
+        "--after",
+        b / "assess/truth.tif",
+        "--out",
+        case / "change.tif",
+    ], before
+
+
 def gpkg_assess(case, b):
     g = copy(b, "assess/s.gpkg", case, "s.gpkg")
     return ["assess_map.py", "--sample", g, "--out", case / "assessment"], g
@@ -306,6 +338,9 @@ TARGETS = [
     Target("band_stats.json>train", stats_train, ("tiles/divide_img.json",), CACHE, STATS),
     Target("map>sample_map", map_sample, (APRIL, "assess/s.gpkg")),
     Target("sample.gpkg>assess_map", gpkg_assess, (APRIL, "tiles/tiles.csv")),
+    Target("map>generalize_map", map_product("generalize_map.py"), (APRIL, "assess/s.gpkg")),
+    Target("map>vectorize_map", map_product("vectorize_map.py"), (APRIL, "s2.pt")),
+    Target("map>compare_maps", map_compare, (APRIL, "tiles/tiles.csv")),
     Target("checkpoint>predict", ckpt_predict, CKPT_OTHERS, SLOW),
     Target("checkpoint>test_model", ckpt_test, CKPT_OTHERS, SLOW),
     Target("last.pt>train --resume", ckpt_resume, CKPT_OTHERS, SLOW, ("last.pt", "best.pt", *STATS)),
