@@ -64,7 +64,7 @@ COMPRESSION: dict[str, dict[str, object]] = {
     "none": {},
 }
 CHUNK_BYTES = 64 << 20  # image bytes read at once: a strip is read in column chunks of at most this
-DROP_REASONS = ("empty", "water", "nodata")
+DROP_REASONS = ("empty", "water", "nodata", "unlabelled")
 
 
 def creation_options(compress: str, dtype: str, predictor: bool = True) -> dict[str, object]:
@@ -206,22 +206,28 @@ def write_csv_rows(path: Path, rows: dict[tuple[str, str], dict[str, str]]) -> N
 # One tile: counts, the filter decision, the write.
 
 
-def tile_counts(img: np.ndarray, mask: np.ndarray, nodata: float | None) -> tuple[np.ndarray, int]:
-    """Pixels of each code 0..12 in a tile, and how many valid pixels hold a code outside 1..12.
+def tile_counts(img: np.ndarray, mask: np.ndarray, nodata: float | None) -> tuple[np.ndarray, int, int]:
+    """Pixels of each code 0..12 in a tile, how many valid pixels hold a code outside 1..12, and how
+    many pixels have image data.
 
     Code 0 counts nodata: mask 0, an unknown code, or no image data (every band == nodata).
     """
     nodata = img.dtype.type(0 if nodata is None else nodata)  # a float would make numpy compare floats
-    valid = np.any(img != nodata, axis=0) & (mask != 0)
+    imaged = np.any(img != nodata, axis=0)
+    valid = imaged & (mask != 0)
     known = valid & (mask > 0) & (mask < NUM_CLASSES)
     counts = np.bincount(mask[known].astype(np.intp), minlength=NUM_CLASSES)
     n_known = int(counts[1:].sum())
     counts[0] = mask.size - n_known
-    return counts, int(np.count_nonzero(valid)) - n_known
+    return counts, int(np.count_nonzero(valid)) - n_known, int(np.count_nonzero(imaged))
 
 
-def drop_reason(counts: np.ndarray, max_nodata: float, keep_water_only: bool) -> str | None:
-    """Why a tile is dropped ("empty", "water", "nodata"), or None to keep it."""
+def drop_reason(counts: np.ndarray, imaged: int, max_nodata: float, keep_water_only: bool) -> str | None:
+    """Why a tile is dropped ("empty", "water", "nodata", "unlabelled"), or None to keep it.
+
+    Over ``max_nodata`` it is "unlabelled" when the image alone would pass (``imaged`` pixels have
+    data): sparse labels (polygons drawn by hand) drop such tiles, and the run says what keeps them.
+    """
     total = int(counts.sum())
     valid = total - int(counts[0])
     if valid == 0:
@@ -229,7 +235,7 @@ def drop_reason(counts: np.ndarray, max_nodata: float, keep_water_only: bool) ->
     if not keep_water_only and int(counts[WATER]) == valid:
         return "water"
     if counts[0] / total > max_nodata:
-        return "nodata"
+        return "unlabelled" if (total - imaged) / total <= max_nodata else "nodata"
     return None
 
 
@@ -272,8 +278,8 @@ def process_tile(job: Job, row_off: int, col_off: int, img: np.ndarray, mask: np
     src = job.source
     name = tile_name(src.name, row_off, col_off)
     size = mask.shape[0]
-    counts, unknown = tile_counts(img, mask, src.nodata)
-    reason = drop_reason(counts, job.max_nodata, job.keep_water_only)
+    counts, unknown, imaged = tile_counts(img, mask, src.nodata)
+    reason = drop_reason(counts, imaged, job.max_nodata, job.keep_water_only)
     img_path, mask_path = tile_path(job.img_dir, name), tile_path(job.mask_dir, name)
     existing = img_path.is_file() and mask_path.is_file()
     if reason is not None and not existing:
@@ -468,7 +474,8 @@ def save_record(path: Path, record: dict) -> None:
 
 
 def summary_table(summaries: dict[str, Summary], max_nodata: float) -> str:
-    """The end-of-run table: places, tiles written / already there, and drops by filter."""
+    """The end-of-run table: places, tiles written / already there, and drops by filter (over
+    ``--max-nodata``: "nodata" where the image lacks data, "unlabelled" where only the labels do)."""
     head = [
         "source",
         "places",
@@ -477,6 +484,7 @@ def summary_table(summaries: dict[str, Summary], max_nodata: float) -> str:
         "no valid pixel",
         "only water",
         f"nodata > {max_nodata:g}",
+        f"unlabelled > {max_nodata:g}",
     ]
     lines = [head]
     for name, s in summaries.items():
@@ -507,7 +515,13 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument(
         "--drop-partial", action="store_true", help="drop edge tiles instead of shifting them back"
     )
-    p.add_argument("--max-nodata", type=float, default=0.5, help="drop tiles with a larger nodata fraction")
+    p.add_argument(
+        "--max-nodata",
+        type=float,
+        default=0.5,
+        help="drop tiles with a larger share of nodata pixels (no image data, or mask 0: unlabelled); "
+        "with sparse labels (polygons on a fraction of the scene) 0.99",
+    )
     p.add_argument(
         "--keep-water-only", action="store_true", help="keep tiles whose valid pixels are all water"
     )
@@ -594,9 +608,15 @@ def tile_profile(size: int, count: int, dtype: str, nodata, crs, compress: str, 
     return profile
 
 
-def print_notes(summaries: dict[str, Summary]) -> None:
-    """A line for each source skipped, with unknown mask codes, or with tiles kept despite the filters."""
+def print_notes(summaries: dict[str, Summary], max_nodata: float) -> None:
+    """A line for each source skipped, with unknown mask codes, with tiles dropped for want of labels,
+    or with tiles kept despite the filters."""
     for name, s in summaries.items():
+        if s.dropped["unlabelled"]:
+            n = s.dropped["unlabelled"]
+            print(f"note: {name}: {n} tiles dropped for being unlabelled (imagery there, labels on less "
+                  f"than {1 - max_nodata:.0%} of the pixels); with sparse labels --max-nodata 0.99 keeps "
+                  "every tile with 1 % labelled (the loss ignores unlabelled pixels)")  # fmt: skip
         if s.skipped:
             print(f"{name}: tiled earlier from the same inputs with the same options; nothing to do")
         if s.unknown:
@@ -655,7 +675,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     print(summary_table(summaries, args.max_nodata))
     print(f"tile pairs in {img_dir} and {mask_dir}; {csv_path}: {len(rows)} rows")
-    print_notes(summaries)
+    print_notes(summaries, args.max_nodata)
 
 
 if __name__ == "__main__":

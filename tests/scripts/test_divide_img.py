@@ -186,7 +186,7 @@ def test_each_filter_drops_what_it_should_and_only_that(tmp_path, capsys):
     out = run(tmp_path, *args)
     assert names(out / "img16") == {"s2_april_0_64", "s2_april_0_80"} == names(out / "mask16")
     table = capsys.readouterr().out
-    assert table.splitlines()[1].split() == ["s2_april", "6", "2", "0", "1", "2", "1"]
+    assert table.splitlines()[1].split() == ["s2_april", "6", "2", "0", "1", "2", "1", "0"]
 
     divide_img.main([*args, "--out", str(tmp_path / "w"), "--keep-water-only"])
     assert names(tmp_path / "w" / "img16") == {f"s2_april_0_{c}" for c in (16, 32, 64, 80)}
@@ -194,6 +194,35 @@ def test_each_filter_drops_what_it_should_and_only_that(tmp_path, capsys):
     assert names(tmp_path / "n" / "img16") == {f"s2_april_0_{c}" for c in (48, 64, 80)}
     divide_img.main([*args, "--out", str(tmp_path / "a"), "--max-nodata", "1", "--keep-water-only"])
     assert names(tmp_path / "a" / "img16") == {f"s2_april_0_{c}" for c in (16, 32, 48, 64, 80)}
+
+
+def test_sparse_labels_drop_says_how_many_were_unlabelled_and_what_keeps_them(tmp_path, capsys):
+    """Imagery everywhere, labels on small polygons: the tiles dropped for want of labels are counted
+    apart from those without imagery, and one line names the option that keeps them."""
+    data = scene_data(16, 64, bands=3)
+    codes = np.zeros((16, 64), dtype=np.uint8)
+    codes[2:6, 2:6] = 3  # 0: 16 of 256 pixels labelled: unlabelled
+    codes[:, 16:32] = 4  # 1: fully labelled: kept
+    codes[:4, 32:48] = 6  # 2: a quarter labelled: unlabelled
+    data[:, :12, 48:64] = 0  # 3: labelled, but 12 of 16 rows without imagery: nodata
+    codes[:, 48:64] = 3
+    img_path = write_scene(tmp_path / "s2_april.tif", data, descriptions=None)
+    mask_path = write_mask(tmp_path / "m.tif", codes)
+    args = ["--images", str(img_path), "--mask", str(mask_path), "--size", "16"]
+    out = run(tmp_path, *args)
+    assert names(out / "img16") == {"s2_april_0_16"}
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("nodata > 0.5  unlabelled > 0.5")
+    assert lines[1].split() == ["s2_april", "4", "1", "0", "0", "0", "1", "2"]
+    note = [line for line in lines if "unlabelled" in line and line.startswith("note:")]
+    assert note == [
+        "note: s2_april: 2 tiles dropped for being unlabelled (imagery there, labels on less than 50% of the "
+        "pixels); with sparse labels --max-nodata 0.99 keeps every tile with 1 % labelled (the loss ignores "
+        "unlabelled pixels)"
+    ]
+    divide_img.main([*args, "--out", str(tmp_path / "sparse"), "--max-nodata", "0.99"])
+    assert names(tmp_path / "sparse" / "img16") == {f"s2_april_0_{c}" for c in (0, 16, 32, 48)}
+    assert "dropped for being unlabelled" not in capsys.readouterr().out
 
 
 def test_tiles_csv_counts_equal_the_tiles(tmp_path):
