@@ -102,6 +102,8 @@ RECIPE = dict(
 TEMPERATURE_PIXELS = 200_000  # val pixels sampled to fit the temperature
 SHOW_EVERY = 1.0  # seconds between the progress bar's loss and speed (reading the loss waits for the GPU)
 MIN_LR = 0.01  # --schedule cosine ends at this share of --lr
+EPOCHS = 100  # the default budget, raised on a small train split to at least MIN_STEPS optimizer steps
+MIN_STEPS = 600
 # options that decide what a run computes: --resume refuses a last.pt written with other values
 RESUME_OPTIONS = ("arch", "encoder", "batch_size", "seed", "max_tiles", *RECIPE)
 ARCH_NAMES = {"unet": "U-Net", "segformer": "SegFormer"}
@@ -129,7 +131,12 @@ def add_run_options(p: ArgumentParser) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
-    p.add_argument("--epochs", type=int, default=100, help="total number of epochs (also when resuming)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help=f"total number of epochs (also when resuming); by default {EPOCHS}, or as many as give "
+        f"{MIN_STEPS} optimizer steps on a small train split (a few hundred tiles)",
+    )
     p.add_argument(
         "--patience", type=int, default=0, help="stop after N epochs without a better mIoU (0: never)"
     )
@@ -309,8 +316,10 @@ def add_schedule_options(g: argparse._ArgumentGroup) -> None:
 
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
     """Ranges of the numeric options; paths as Paths."""
-    for name, low in (("--epochs", 1), ("--batch-size", 1), ("--workers", 0), ("--max-tiles", 0)):
+    for name, low in (("--batch-size", 1), ("--workers", 0), ("--max-tiles", 0)):
         check_range(name, getattr(args, name[2:].replace("-", "_")), low)
+    if args.epochs is not None:
+        check_range("--epochs", args.epochs, 1)
     for name in ("--patience", "--log-images-every", "--log-tiles"):
         check_range(name, getattr(args, name[2:].replace("-", "_")), 0)
     check_range("--lr", args.lr, 0, low_open=True)
@@ -455,12 +464,31 @@ def resumed_model(args: argparse.Namespace, bands: list[str]) -> tuple[nn.Module
     return model_of(ckpt, last), ckpt
 
 
+def epoch_budget(epochs: int | None, train_tiles: int, batch_size: int, proc: Proc) -> int:
+    """--epochs as given; by default EPOCHS, or on a small split as many as make MIN_STEPS optimizer
+    steps: 100 epochs of 50 tiles are 500 steps, too few for a network to learn from scratch."""
+    if epochs is not None:
+        return epochs
+    steps = math.ceil(math.ceil(train_tiles / proc.world) / batch_size)  # as the loaders batch
+    if EPOCHS * steps >= MIN_STEPS:
+        return EPOCHS
+    epochs = math.ceil(MIN_STEPS / steps)
+    if proc.main:
+        print(
+            f"{epochs} epochs ({epochs * steps} optimizer steps of {steps} on {train_tiles} train tiles): "
+            f"a small split trains for at least {MIN_STEPS} steps (--epochs sets the number)",
+            flush=True,
+        )
+    return epochs
+
+
 def set_up(args: argparse.Namespace) -> Setup:
     """Devices, splits, bands and the model (new, or from last.pt with --resume): all checked."""
     proc = Proc.from_env()
     device = pick_device(args.device, proc)
     fast = fast_path(args, device, proc)
     train_pairs, val_pairs, info = load_splits(args.data, args.max_tiles, args.seed)
+    args.epochs = epoch_budget(args.epochs, len(train_pairs), args.batch_size, proc)
     if proc.main:  # the train tiles are all read for their statistics; the val tiles not before epoch 1
         check_tiles(val_pairs, max(args.workers, 1), "checking val tiles")
     bands = list(info.descriptions)

@@ -393,6 +393,29 @@ def test_resume_and_run_folder_mistakes(tmp_path, capsys, monkeypatch):
     assert read_checkpoint(out / "last.pt")["epoch"] == 1
 
 
+def test_by_default_a_small_split_trains_for_min_steps_and_an_explicit_epochs_is_kept(
+    tmp_path, capsys, monkeypatch
+):
+    """A few hundred tiles at the default epochs would take a few hundred optimizer steps, too few to
+    learn: the default budget is raised to MIN_STEPS there (one line says so), the same on --resume;
+    --epochs given is the budget."""
+    monkeypatch.setattr(train, "EPOCHS", 1)
+    monkeypatch.setattr(train, "MIN_STEPS", 5)
+    data = make_data(tmp_path / "data", n_train=4)  # 2 steps an epoch at batch 2: 3 epochs, 6 steps
+    out = tmp_path / "run"
+    assert run(["--data", data, "--out", out, *FAST]) == 0
+    assert "3 epochs (6 optimizer steps of 2 on 4 train tiles)" in capsys.readouterr().out
+    assert read_checkpoint(out / "last.pt")["epoch"] == 3
+    assert run(["--data", data, "--out", out, *FAST, "--resume"]) == 0  # the same budget: finished
+    assert read_checkpoint(out / "last.pt")["epoch"] == 3
+    capsys.readouterr()
+    assert run(["--data", data, "--out", tmp_path / "given", *FAST, "--epochs", 2]) == 0
+    assert "optimizer steps of" not in capsys.readouterr().out
+    assert read_checkpoint(tmp_path / "given" / "last.pt")["epoch"] == 2
+    monkeypatch.setattr(train, "MIN_STEPS", 2)  # reached by EPOCHS: unchanged
+    assert train.epoch_budget(None, 4, 2, train.Proc.from_env()) == 1
+
+
 # ---------------------------------------------------------------------------------------------------
 # The pieces
 
