@@ -81,6 +81,7 @@ from landcover.resident import ResidentLoader, hold_tiles
 from landcover.stats import Normalize, band_stats
 from landcover.tile_cache import CACHE_DIR, build_tile_cache, release_tile_caches
 from landcover.tiles import TileInfo, check_tiles, scan_tiles
+from landcover.transforms import paste_boxes
 from model import ARCHS, build_model
 
 OPTIMIZERS = ("adamw", "adam")
@@ -98,6 +99,7 @@ RECIPE = dict(
     class_weights="sqrt",
     sampler="uniform",
     rare_share=0.5,
+    cutmix=0,
 )
 TEMPERATURE_PIXELS = 200_000  # val pixels sampled to fit the temperature
 SHOW_EVERY = 1.0  # seconds between the progress bar's loss and speed (reading the loss waits for the GPU)
@@ -312,11 +314,19 @@ def add_schedule_options(g: argparse._ArgumentGroup) -> None:
         help="channels of the full-resolution path (a conv block on the input joined before the last "
         "decoder block: keeps 1-2 px roads that the encoder's stride-2 stem loses; 0: none)",
     )
+    g.add_argument(
+        "--cutmix",
+        type=int,
+        default=RECIPE["cutmix"],
+        help="boxes of another tile of the batch pasted into each train tile, image and labels alike "
+        "(each side 10-35%% of the tile's): labelled pixels then also sit among neighbours not their own, "
+        "which sparse (polygon) labels never show; 0: none",
+    )
 
 
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
     """Ranges of the numeric options; paths as Paths."""
-    for name, low in (("--batch-size", 1), ("--workers", 0), ("--max-tiles", 0)):
+    for name, low in (("--batch-size", 1), ("--workers", 0), ("--max-tiles", 0), ("--cutmix", 0)):
         check_range(name, getattr(args, name[2:].replace("-", "_")), low)
     if args.epochs is not None:
         check_range("--epochs", args.epochs, 1)
@@ -785,6 +795,9 @@ def train_one_epoch(run: Run, data: Data, criterion: Callable, desc: str) -> flo
     bar = progress(total=len(data.train), desc=desc, unit="batch", leave=False, disable=not s.proc.main)
     for raw, y in data.train:
         x, y = to_device(raw, y, data.norm, s.device, s.precision.memory_format)
+        if run.args.cutmix:
+            x, y = paste_boxes(x, y, run.args.cutmix)
+            x = x.contiguous(memory_format=s.precision.memory_format)
         loss = train_step(run.train_net, x, y, criterion, run.optimizer, s.precision)
         if run.args.schedule != "plateau":
             run.scheduler.step()

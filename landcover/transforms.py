@@ -6,7 +6,9 @@ last two dims (rows, cols) of a numpy array or a torch tensor: flip left-right i
 k % 4 quarter turns counter-clockwise (as np.rot90 and torch.rot90). Pure data movement: exact, so an
 image and its mask stay aligned. ``augment`` is training's transform of a tile and its target for one
 draw of the sampler (a k of ``dihedral`` today): the worker loader applies it to one tile, the resident
-loader to a batch of tiles drawn alike, so a new augmentation is written there once.
+loader to a batch of tiles drawn alike, so a new augmentation is written there once. ``paste_boxes``
+is the one transform of a whole batch on the device (training's, after normalisation): boxes of other
+tiles pasted into each tile, image and target alike.
 """
 
 from __future__ import annotations
@@ -39,3 +41,28 @@ def dihedral(x: A, k: int) -> A:
 def augment(img: A, y: A, k: int) -> tuple[A, A]:
     """Training's transform ``k`` of images (..., C, H, W) and their targets (..., H, W), alike."""
     return dihedral(img, k), dihedral(y, k)
+
+
+BOX_SIDE = (0.1, 0.35)  # paste_boxes: a box's height and width, each a uniform share of the tile's
+
+
+def paste_boxes(x: torch.Tensor, y: torch.Tensor, boxes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Into each tile of a batch (x: B, C, H, W; y: B, H, W), ``boxes`` boxes of one other tile of the
+    batch, at the same place, image and target alike (CutMix). The labelled pixels along a box's edges
+    then sit in a neighbourhood that is not their own: with sparse labels (polygon interiors) a network
+    otherwise learns a pixel's class from its surroundings and fails at every boundary it never saw.
+    Draws from torch's global generator (train.py seeds it per epoch and process)."""
+    b, _, h, w = x.shape
+    if boxes <= 0 or b < 2:
+        return x, y
+    src = (torch.arange(b) + torch.randint(1, b, (b,))) % b  # another tile, never the tile itself
+    size = torch.rand(2, b, boxes) * (BOX_SIDE[1] - BOX_SIDE[0]) + BOX_SIDE[0]
+    size = (size * torch.tensor([h, w]).view(2, 1, 1)).round().long().clamp(min=1)
+    start = (torch.rand(2, b, boxes) * (torch.tensor([h, w]).view(2, 1, 1) - size + 1)).long()
+    start, stop, src = start.to(x.device), (start + size).to(x.device), src.to(x.device)
+    rows = torch.arange(h, device=x.device).view(1, 1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, 1, w)
+    inside = (rows >= start[0, ..., None, None]) & (rows < stop[0, ..., None, None])
+    inside = inside & (cols >= start[1, ..., None, None]) & (cols < stop[1, ..., None, None])
+    pasted = inside.any(dim=1)  # B, H, W
+    return torch.where(pasted[:, None], x[src], x), torch.where(pasted, y[src], y)

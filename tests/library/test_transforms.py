@@ -1,5 +1,6 @@
 """landcover/transforms.py: the one definition of a tile's transforms, the same on numpy and torch, its
-named copies and test-time flips, and training's augment moving image and target alike."""
+named copies and test-time flips, training's augment moving image and target alike, and paste_boxes
+(CutMix) pasting boxes of one other tile of the batch into each."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from landcover.transforms import NAMED, TTA, augment, dihedral
+from landcover.transforms import BOX_SIDE, NAMED, TTA, augment, dihedral, paste_boxes
 
 
 def test_the_eight_transforms_are_distinct_and_the_same_on_numpy_and_torch():
@@ -47,3 +48,31 @@ def test_augment_moves_a_batch_and_its_targets_alike():
         a, b = augment(img, y, k)
         assert torch.equal(a[:, 0].to(torch.uint8), b), k
         assert a.shape == img.shape and b.shape == y.shape
+
+
+def test_paste_boxes_pastes_boxes_of_one_other_tile_into_each_image_and_target_alike():
+    """Tile i holds the value i everywhere: after paste_boxes each tile holds its own value and one
+    other tile's, in image and target at the same pixels; the pasted pixels lie in at most ``boxes``
+    boxes whose sides are within BOX_SIDE; the same seed gives the same batch; 0 boxes or a batch of one
+    tile is left as it was."""
+    b, h, w, boxes = 6, 40, 50, 3
+    x = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 4, h, w).clone()
+    y = torch.arange(b).view(b, 1, 1).expand(b, h, w).clone()
+    torch.manual_seed(1)
+    mx, my = paste_boxes(x, y, boxes)
+    assert torch.equal(mx, my[:, None].float().expand_as(mx))  # every band and the target alike
+    shares = []
+    for i in range(b):
+        values = set(my[i].unique().tolist())
+        assert i in values and len(values) == 2, values  # its own and exactly one other tile's
+        pasted = (my[i] != i).numpy()
+        rows, cols = np.nonzero(pasted.any(axis=1))[0], np.nonzero(pasted.any(axis=0))[0]
+        assert cols.size and rows.size
+        assert pasted.sum() <= boxes * (BOX_SIDE[1] * h + 1) * (BOX_SIDE[1] * w + 1)
+        assert pasted.sum() >= round(BOX_SIDE[0] * h) * round(BOX_SIDE[0] * w)  # at least one box
+        shares.append(pasted.mean())
+    assert 0.02 < np.mean(shares) < 0.5
+    torch.manual_seed(1)
+    assert torch.equal(paste_boxes(x, y, boxes)[1], my)  # seeded: the same boxes
+    x1, y1 = x[:1], y[:1]
+    assert paste_boxes(x, y, 0)[1] is y and paste_boxes(x1, y1, boxes)[1] is y1

@@ -493,6 +493,24 @@ def test_cache_tiles_trains_exactly_as_from_the_files(tmp_path, capsys):
     )
 
 
+def test_cutmix_trains_alike_from_cache_and_files_resumes_exactly_and_changes_the_run(tmp_path):
+    """--cutmix draws its boxes from the generator train.py seeds per epoch and process: the same
+    weights, bitwise, from the files and from the tiles held in memory, and when stopped after epoch 1
+    and resumed; other weights than without it; a resume with another --cutmix is refused."""
+    data = make_data(tmp_path / "data")
+    common = ["--data", data, *FAST, "--seed", 3, "--schedule", "plateau", "--cutmix", 2]
+    assert run([*common, "--epochs", 2, "--out", tmp_path / "files"]) == 0
+    assert run([*common, "--epochs", 2, "--out", tmp_path / "cached", "--cache-tiles"]) == 0
+    resumed = [*common, "--out", tmp_path / "resumed"]
+    assert run([*resumed, "--epochs", 1]) == 0 and run([*resumed, "--epochs", 2, "--resume"]) == 0
+    assert run([*common[:-2], "--epochs", 2, "--out", tmp_path / "plain"]) == 0
+    a = read_checkpoint(tmp_path / "files/last.pt")
+    for b in (read_checkpoint(tmp_path / "cached/last.pt"), read_checkpoint(tmp_path / "resumed/last.pt")):
+        assert same_state(a["model"], b["model"]) and a["metrics"] == b["metrics"]
+    assert not same_state(a["model"], read_checkpoint(tmp_path / "plain/last.pt")["model"])
+    assert run([*common[:-1], 1, "--epochs", 3, "--out", tmp_path / "resumed", "--resume"]) == 2
+
+
 def test_segformer_trains_resumes_exactly_and_its_checkpoint_evaluates_and_maps(tmp_path):
     """--arch segformer: a run stopped after epoch 1 and resumed ends with the weights of one run
     (bitwise on CPU); its checkpoint describes the architecture, so test_model.py and predict.py need
