@@ -80,6 +80,11 @@ def shifted(a: np.ndarray, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
     return a[rows_this, cols_this], a[rows_other, cols_other]
 
 
+def piece_ids(labels: np.ndarray, base: int) -> np.ndarray:
+    """A strip's piece labels (1..) numbered on from ``base``, across the whole map (0 stays nodata)."""
+    return np.where(labels > 0, labels.astype(np.int64) + base, 0)
+
+
 @dataclass
 class SievePlan:
     """The new code of every patch piece (0: unchanged), found by ``Survey.plan``."""
@@ -93,8 +98,7 @@ class SievePlan:
     def apply(self, strip: int, codes: np.ndarray) -> np.ndarray:
         """The sieved codes of strip number ``strip`` (the same pixels the survey saw)."""
         labels, _ = label_strip(codes, self.connectivity, values=False)
-        ids = np.where(labels > 0, labels.astype(np.int64) + self.bases[strip], 0)
-        new = self.new_code[ids]
+        new = self.new_code[piece_ids(labels, self.bases[strip])]
         return np.where(new > 0, new, codes).astype(np.uint8, copy=False)
 
 
@@ -122,7 +126,7 @@ class Survey:
         """First pass: the next strip of rows (h, width) uint8 codes, top to bottom."""
         labels, values = label_strip(codes, self.connectivity)
         self.bases.append(self.n - 1)
-        ids = np.where(labels > 0, labels.astype(np.int64) + (self.n - 1), 0)
+        ids = piece_ids(labels, self.n - 1)
         self.sizes.append(np.bincount(labels.ravel(), minlength=len(values))[1:])
         self.values.append(values[1:])
         if self.last is not None:  # same code across the top edge: one patch
@@ -140,7 +144,7 @@ class Survey:
     def _ids(self, codes: np.ndarray, strip: int) -> np.ndarray:
         """The piece ids of strip ``strip`` (0 on nodata), as the first pass numbered them."""
         labels, _ = label_strip(codes, self.connectivity, values=False)
-        return np.where(labels > 0, labels.astype(np.int64) + self.bases[strip], 0)
+        return piece_ids(labels, self.bases[strip])
 
     def _above(self, codes: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         above_codes, above_ids = self.last
