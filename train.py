@@ -108,6 +108,7 @@ EPOCHS = 100  # the default budget, raised on a small train split to at least MI
 MIN_STEPS = 600
 # options that decide what a run computes: --resume refuses a last.pt written with other values
 RESUME_OPTIONS = ("arch", "encoder", "batch_size", "seed", "max_tiles", *RECIPE)
+BEFORE_OPTIONS = dict(cutmix=0)  # what a run started before the option existed did: it resumes so
 ARCH_NAMES = {"unet": "U-Net", "segformer": "SegFormer"}
 DEFAULT_ENCODER = {"unet": "resnet50", "segformer": "mit_b2"}
 DEFAULT_OUT = "runs/<encoder>"  # e.g. runs/resnet50: the same command finds its run again with --resume
@@ -470,7 +471,7 @@ def resumed_model(args: argparse.Namespace, bands: list[str]) -> tuple[nn.Module
         fail(f"nothing to resume: no last.pt in {args.out}")
     ckpt = read_checkpoint(last)
     keys = RESUME_OPTIONS if args.schedule == "plateau" else (*RESUME_OPTIONS, "epochs")  # steps counted
-    check_resumable(ckpt, last, vars(args), keys, bands)
+    check_resumable(ckpt, last, vars(args), keys, bands, BEFORE_OPTIONS)
     return model_of(ckpt, last), ckpt
 
 

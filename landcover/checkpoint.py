@@ -22,7 +22,7 @@ import sys
 import threading
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -302,12 +302,20 @@ def plain_options(options: dict) -> dict:
     }
 
 
-def check_resumable(ckpt: dict, path: Path, options: dict, keys: Sequence[str], bands: Sequence[str]) -> None:
+def check_resumable(
+    ckpt: dict,
+    path: Path,
+    options: dict,
+    keys: Sequence[str],
+    bands: Sequence[str],
+    before: Mapping[str, object] | None = None,
+) -> None:
     """Refuse a last.pt that is not a training state, or was written with other bands or other values of
-    the options ``keys`` (those that decide what the run computes)."""
+    the options ``keys`` (those that decide what the run computes). ``before``: what an option added
+    later amounted to before it existed, so that a run started then still resumes."""
     if any(k not in ckpt for k in TRAINING_KEYS):
         fail(f"not a training state (no optimizer/scheduler/epoch; best.pt cannot be resumed): {path}")
-    old, new = ckpt["options"], options
+    old, new = {**(before or {}), **ckpt["options"]}, options
     diff = [
         f"--{k.replace('_', '-')} {old.get(k, 'unset')} (now {new[k]})" for k in keys if old.get(k) != new[k]
     ]

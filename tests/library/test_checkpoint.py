@@ -12,6 +12,7 @@ import torch
 
 from landcover.checkpoint import (
     CheckpointWriter,
+    check_resumable,
     content_digest,
     load_checkpoint,
     make_checkpoint,
@@ -222,3 +223,13 @@ def test_a_checkpoint_without_digest_loads_with_one_line_saying_so(tmp_path, cap
     save_checkpoint(small_checkpoint(), tmp_path / "new.pt")
     load_checkpoint(tmp_path / "new.pt")
     assert capsys.readouterr().err == ""  # a checked checkpoint loads silently
+
+
+def test_a_run_started_before_an_option_existed_resumes_as_what_it_did_and_refuses_another_value():
+    state = {"optimizer": {}, "scheduler": {}, "epoch": 3, "rng": {}, "bands": [], "options": {"seed": 0}}
+    before = {"cutmix": 0}  # a run from before --cutmix: its options lack it
+    check_resumable(state, Path("last.pt"), {"seed": 0, "cutmix": 0}, ["seed", "cutmix"], [], before)
+    with pytest.raises(InputError, match=r"--cutmix 0 \(now 4\)"):
+        check_resumable(state, Path("last.pt"), {"seed": 0, "cutmix": 4}, ["seed", "cutmix"], [], before)
+    with pytest.raises(InputError, match=r"--cutmix unset \(now 0\)"):  # an option nobody said anything of
+        check_resumable(state, Path("last.pt"), {"seed": 0, "cutmix": 0}, ["seed", "cutmix"], [])
