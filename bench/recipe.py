@@ -52,7 +52,8 @@ RECIPES: dict[str, list[str]] = {  # each row adds one change to the one above i
     "lovasz": [*PREVIOUS, *COSINE, "--full-res", "32", "--class-weights", "sqrt", "--loss", "ce+lovasz"],
     "inverse": [*PREVIOUS, *COSINE, "--full-res", "32", "--class-weights", "inverse"],
     "default": [],
-    "cutmix": ["--cutmix", "4"],
+    "no-cutmix": ["--cutmix", "0"],
+    "cutmix4": ["--cutmix", "4"],
     "cutmix8": ["--cutmix", "8"],
 }
 
