@@ -916,6 +916,20 @@ def end_epoch(run: Run, epoch: int, val_loss: float, metrics: dict, calibration:
     return improved
 
 
+def blind_spots(class_pixels: Sequence[int], metrics: dict) -> str | None:
+    """A line naming the classes the train split teaches and the val split lacks: the best epoch is chosen
+    blind to their errors (sparse labels: on Aberystwyth the best epoch mapped half the water as forest
+    where the last mapped it right)."""
+    blind = [c for c in colormap.CODES if class_pixels[c] and not metrics["per_class"][str(c)]["support"]]
+    if not blind:
+        return None
+    named = ", ".join(f"{c} {colormap.name(c)} ({class_pixels[c]:,} train px)" for c in blind)
+    return (
+        f"the val split has no pixel of {named}: best.pt is chosen blind to their errors; score last.pt "
+        "too on a test split that has them (README: real imagery and sparse labels)"
+    )
+
+
 def epoch_line(run: Run, losses: tuple[float, float], lr: float, metrics: dict, improved: bool) -> str:
     miou = metrics["miou"] if metrics["miou"] is not None else 0.0
     return (
@@ -937,7 +951,8 @@ def fit(args: argparse.Namespace, s: Setup) -> None:
     metrics = None
     try:
         with sigterm_as_interrupt():
-            for epoch in range(run.epoch + 1, args.epochs + 1):
+            first = run.epoch + 1
+            for epoch in range(first, args.epochs + 1):
                 if stop_early(run, epoch):
                     break
                 seed_everything(derive_seed(args.seed, epoch, s.proc.rank))
@@ -948,6 +963,8 @@ def fit(args: argparse.Namespace, s: Setup) -> None:
                 lr = run.optimizer.param_groups[0]["lr"]  # the rate this epoch ended with
                 metrics = cm.compute(names)
                 improved = end_epoch(run, epoch, val_loss, metrics, calibration)
+                if s.proc.main and epoch == first and (line := blind_spots(stats["class_pixels"], metrics)):
+                    print(line, flush=True)
                 if s.proc.main:
                     log_epoch(run, data, (train_loss, val_loss), lr, metrics, cm)
                     save_epoch(run, metrics, (train_loss, val_loss), improved)

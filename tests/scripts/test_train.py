@@ -588,3 +588,22 @@ def test_checkpoints_written_in_the_background_are_the_same_files(tmp_path, monk
             a["epoch"] == b["epoch"] and a["metrics"] == b["metrics"] and same_state(a["model"], b["model"])
         )
     assert read_checkpoint(tmp_path / "thread" / "last.pt")["epoch"] == 2
+
+
+def test_a_class_the_val_split_lacks_is_named_once_as_best_pts_blind_spot(tmp_path, capsys):
+    """Sparse labels often leave a class out of the val split: best.pt's epoch cannot see its errors,
+    and the run says so once, naming the class and its train pixels; a val split with every class
+    says nothing."""
+    data = make_data(tmp_path / "data")
+    shutil.rmtree(data / "val")
+    without_water = {c: v for c, v in EASY_CLASSES.items() if c != 12}
+    write_tile_split(data / "val", n=2, size=32, block=8, seed=2, classes=without_water)
+    assert run(["--data", data, "--out", tmp_path / "run", *FAST, "--epochs", 2]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "blind" in line]
+    assert len(lines) == 1 and "12 Watercourses and water bodies (" in lines[0] and "last.pt" in lines[0]
+    assert "1 Herbaceous crops" not in lines[0]
+    assert (
+        run(["--data", make_data(tmp_path / "all"), "--out", tmp_path / "all-run", *FAST, "--epochs", 1]) == 0
+    )
+    assert "blind" not in capsys.readouterr().out
