@@ -7,6 +7,9 @@ at 1/4 of the input size. Both return logits at the input size, also for sizes t
 of 32 (300 x 300, 97 x 131). With ``full_res`` > 0 both add a small conv block on the input at full size,
 concatenated before their last layers: at 10 m roads are 1-2 px wide and both encoders halve (ResNet)
 or quarter (MiT) the resolution at once, so without it nothing at full size reaches the classifier.
+With ``spectral`` > 0 both add a classifier of single pixels (``Spectral``) whose logits add to theirs:
+with sparse labels a network otherwise learns a pixel's class from its surroundings and loses to a
+per-pixel random forest (README: real imagery and sparse labels).
 
 ``build_model`` makes a fresh model; ``model_from_config`` rebuilds one from the settings a checkpoint
 carries (``model_config``), so evaluation and prediction never repeat the architecture arguments.
@@ -87,6 +90,28 @@ def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
     )
 
 
+class Spectral(nn.Module):
+    """A classifier of single pixels beside the network: an MLP on each pixel's bands (1x1 convolutions,
+    what a random forest on pixels sees) whose logits are added to the network's.
+
+    While training, the network's logits of a random ``alone`` share of the tiles are dropped, so that the
+    branch learns to classify on its own rather than only to correct the context; at evaluation both add.
+    """
+
+    def __init__(self, cin: int, width: int, num_classes: int, alone: float = 0.3):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            conv_bn_relu(cin, width, 1), conv_bn_relu(width, width, 1), nn.Conv2d(width, num_classes, 1)
+        )
+        self.alone = alone
+
+    def forward(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.training and self.alone:
+            keep = torch.rand(len(x), 1, 1, 1, device=x.device) >= self.alone
+            logits = logits * keep.to(logits.dtype)
+        return logits + self.mlp(x)
+
+
 def check_encoder(arch: str, encoder: str) -> None:
     """ValueError in one line for an encoder ``arch`` does not have (naming the arch that has it)."""
     if encoder in ARCHS[arch]:
@@ -124,6 +149,7 @@ class UNet(nn.Module):
         num_classes: int = 13,
         decoder_channels: Sequence[int] = DECODER_CHANNELS,
         full_res: int = 0,
+        spectral: int = 0,
     ):
         super().__init__()
         check_encoder("unet", encoder)
@@ -143,6 +169,7 @@ class UNet(nn.Module):
         )
         self.fine = ConvBlock(in_channels, full_res) if full_res else None
         self.head = nn.Conv2d(decoder_channels[-1], num_classes, kernel_size=1)
+        self.spectral = Spectral(in_channels, spectral, num_classes) if spectral else None
         self.config = {
             "arch": "unet",
             "encoder": encoder,
@@ -150,6 +177,7 @@ class UNet(nn.Module):
             "num_classes": num_classes,
             "decoder_channels": list(decoder_channels),
             "full_res": full_res,
+            "spectral": spectral,
         }
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -169,7 +197,8 @@ class UNet(nn.Module):
         sizes = [f.shape[-2:] for f in (feats[3], feats[2], feats[1], feats[0])] + [x.shape[-2:]]
         for block, skip, size in zip(self.decoder, skips, sizes, strict=True):
             y = block(y, skip, size)
-        return self.head(y)
+        y = self.head(y)
+        return self.spectral(x, y) if self.spectral is not None else y
 
 
 def to_map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -309,6 +338,7 @@ class SegFormer(nn.Module):
         num_classes: int = 13,
         full_res: int = 0,
         drop_path: float = 0.1,
+        spectral: int = 0,
     ):
         super().__init__()
         check_encoder("segformer", encoder)
@@ -321,6 +351,7 @@ class SegFormer(nn.Module):
             self.squeeze = conv_bn_relu(width, REFINE_CHANNELS, 1)
             self.refine = conv_bn_relu(REFINE_CHANNELS + full_res, REFINE_CHANNELS, 3)
         self.head = nn.Conv2d(REFINE_CHANNELS if full_res else width, num_classes, 1)
+        self.spectral = Spectral(in_channels, spectral, num_classes) if spectral else None
         self.config = {
             "arch": "segformer",
             "encoder": encoder,
@@ -328,6 +359,7 @@ class SegFormer(nn.Module):
             "num_classes": num_classes,
             "full_res": full_res,
             "drop_path": drop_path,
+            "spectral": spectral,
         }
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -343,9 +375,11 @@ class SegFormer(nn.Module):
         ]
         y = self.linear_fuse(torch.cat(ys[::-1], dim=1))  # the authors' order: /32 first
         if not self.config["full_res"]:
-            return F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear")
-        y = F.interpolate(self.squeeze(y), size=x.shape[-2:], mode="bilinear")
-        return self.head(self.refine(torch.cat([y, self.fine(x)], dim=1)))
+            y = F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear")
+        else:
+            y = F.interpolate(self.squeeze(y), size=x.shape[-2:], mode="bilinear")
+            y = self.head(self.refine(torch.cat([y, self.fine(x)], dim=1)))
+        return self.spectral(x, y) if self.spectral is not None else y
 
 
 def adapt_first_conv(weight: torch.Tensor, in_channels: int, rgb: Sequence[int] | None) -> torch.Tensor:
@@ -509,10 +543,11 @@ def build_model(
     *,
     arch: str = "unet",
     full_res: int = 0,
+    spectral: int = 0,
 ) -> UNet | SegFormer:
     """A new model; ``weights`` is ``none`` (random init), ``imagenet`` or a path (see above)."""
     sizes = {"encoder": encoder, "in_channels": in_channels, "num_classes": num_classes}
-    model = model_from_config({"arch": arch, **sizes, "full_res": full_res})
+    model = model_from_config({"arch": arch, **sizes, "full_res": full_res, "spectral": spectral})
     if weights != "none":
         load_encoder_weights(model, weights, rgb)
     return model
@@ -524,13 +559,14 @@ def model_from_config(config: dict) -> UNet | SegFormer:
     Checkpoints older than SegFormer and full_res carry neither key: U-Nets without the full-size path.
     """
     arch, full_res = config.get("arch", "unet"), int(config.get("full_res", 0))
+    spectral = int(config.get("spectral", 0))
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     check_encoder(arch, config["encoder"])
     sizes = config["encoder"], int(config["in_channels"]), int(config["num_classes"])
     if arch == "segformer":
-        return SegFormer(*sizes, full_res, float(config.get("drop_path", 0.1)))
-    return UNet(*sizes, tuple(config.get("decoder_channels", DECODER_CHANNELS)), full_res)
+        return SegFormer(*sizes, full_res, float(config.get("drop_path", 0.1)), spectral)
+    return UNet(*sizes, tuple(config.get("decoder_channels", DECODER_CHANNELS)), full_res, spectral)
 
 
 def summary(net: nn.Module, bands: int, size: int) -> str:
@@ -560,16 +596,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--bands", type=int, default=10, help="input bands (20 for two stacked seasons)")
     parser.add_argument("--size", type=int, default=300, help="tile size in pixels (square)")
     parser.add_argument("--full-res", type=int, default=32, help="channels of the full-resolution path")
+    parser.add_argument("--spectral", type=int, default=0, help="channels of the per-pixel branch (0: none)")
     args = parser.parse_args_none_unshown(argv)
     check_range("--bands", args.bands, 1)
     check_range("--size", args.size, 32)
     check_range("--full-res", args.full_res, 0)
+    check_range("--spectral", args.spectral, 0)
     encoder = args.encoder or ARCHS[args.arch][-1]  # train.py's defaults: resnet50, mit_b2
     try:
         check_encoder(args.arch, encoder)
     except ValueError as e:
         fail(f"--encoder: {e}")
-    net = build_model(encoder, args.bands, arch=args.arch, full_res=args.full_res)
+    net = build_model(encoder, args.bands, arch=args.arch, full_res=args.full_res, spectral=args.spectral)
     print(summary(net, args.bands, args.size))
 
 

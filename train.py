@@ -99,6 +99,7 @@ RECIPE = dict(
     class_weights="sqrt",
     sampler="uniform",
     rare_share=0.5,
+    spectral=0,
     cutmix=8,  # chosen on Aberystwyth's sparse labels (seed 0), checked on its full labels and the demo
 )
 TEMPERATURE_PIXELS = 200_000  # val pixels sampled to fit the temperature
@@ -108,7 +109,7 @@ EPOCHS = 100  # the default budget, raised on a small train split to at least MI
 MIN_STEPS = 600
 # options that decide what a run computes: --resume refuses a last.pt written with other values
 RESUME_OPTIONS = ("arch", "encoder", "batch_size", "seed", "max_tiles", *RECIPE)
-BEFORE_OPTIONS = dict(cutmix=0)  # what a run started before the option existed did: it resumes so
+BEFORE_OPTIONS = dict(cutmix=0, spectral=0)  # what a run from before the option did: it resumes so
 ARCH_NAMES = {"unet": "U-Net", "segformer": "SegFormer"}
 DEFAULT_ENCODER = {"unet": "resnet50", "segformer": "mit_b2"}
 DEFAULT_OUT = "runs/<encoder>"  # e.g. runs/resnet50: the same command finds its run again with --resume
@@ -316,6 +317,13 @@ def add_schedule_options(g: argparse._ArgumentGroup) -> None:
         "decoder block: keeps 1-2 px roads that the encoder's stride-2 stem loses; 0: none)",
     )
     g.add_argument(
+        "--spectral",
+        type=int,
+        default=RECIPE["spectral"],
+        help="channels of a per-pixel branch (an MLP on each pixel's bands) whose logits add to the "
+        "network's: a classifier of single pixels inside it; 0: none",
+    )
+    g.add_argument(
         "--cutmix",
         type=int,
         default=RECIPE["cutmix"],
@@ -327,7 +335,13 @@ def add_schedule_options(g: argparse._ArgumentGroup) -> None:
 
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
     """Ranges of the numeric options; paths as Paths."""
-    for name, low in (("--batch-size", 1), ("--workers", 0), ("--max-tiles", 0), ("--cutmix", 0)):
+    for name, low in (
+        ("--batch-size", 1),
+        ("--workers", 0),
+        ("--max-tiles", 0),
+        ("--cutmix", 0),
+        ("--spectral", 0),
+    ):
         check_range(name, getattr(args, name[2:].replace("-", "_")), low)
     if args.epochs is not None:
         check_range("--epochs", args.epochs, 1)
@@ -435,6 +449,7 @@ def new_model(args: argparse.Namespace, bands: int, rgb: Sequence[int]) -> nn.Mo
             rgb=rgb,
             arch=args.arch,
             full_res=args.full_res,
+            spectral=args.spectral,
         )
     except FileNotFoundError as e:
         fail(str(e))

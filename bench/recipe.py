@@ -55,6 +55,7 @@ RECIPES: dict[str, list[str]] = {  # each row adds one change to the one above i
     "no-cutmix": ["--cutmix", "0"],
     "cutmix4": ["--cutmix", "4"],
     "cutmix8": ["--cutmix", "8"],
+    "spectral32": ["--spectral", "32"],
 }
 
 

@@ -223,10 +223,49 @@ def test_old_unet_config_rebuilds_the_same_model(net18):
     for config in (old, {k: v for k, v in old.items() if k != "decoder_channels"}):
         again = model_from_config(config)
         again.load_state_dict(net18.state_dict())  # strict: no new module when full_res is 0
-        assert again.config == {**old, "arch": "unet", "full_res": 0}
+        assert again.config == {**old, "arch": "unet", "full_res": 0, "spectral": 0}
         x = torch.randn(1, 4, 40, 40)
         with torch.no_grad():
             assert torch.equal(again.eval()(x), net18(x))
+
+
+@pytest.mark.parametrize("arch", ["unet", "segformer"])
+def test_the_spectral_branch_adds_a_classifier_of_single_pixels(arch):
+    """Evaluating: the network's logits plus the branch's, and the branch's logits at a pixel depend on
+    that pixel's bands only (one pixel changed: the branch's logits change there and nowhere else)."""
+    torch.manual_seed(5)
+    encoder = "resnet18" if arch == "unet" else "mit_b0"
+    net = build_model(encoder, 4, 13, arch=arch, full_res=8, spectral=16).eval()
+    x = torch.randn(2, 4, 40, 44)
+    with torch.no_grad():
+        own = net.spectral.mlp(x)
+        assert own.shape == (2, 13, 40, 44)
+        branch = net.spectral
+        net.spectral = None  # the same network without the branch
+        without = net(x)
+        net.spectral = branch
+        assert torch.allclose(net(x), without + own, atol=1e-5)
+        y = x.clone()
+        y[1, :, 20, 30] += 3.0
+        changed = (net.spectral.mlp(y) - own).abs().amax(dim=1) > 1e-6
+    assert changed.sum() == 1 and changed[1, 20, 30]
+
+
+def test_while_training_the_branch_classifies_some_tiles_alone():
+    """Training: a random ``alone`` share of the tiles gets the branch's logits only, so that it learns to
+    classify on its own; 0 never drops the network's logits, 1 always does."""
+    torch.manual_seed(6)
+    net = UNet("resnet18", 4, 13, full_res=8, spectral=16).train()
+    x = torch.randn(8, 4, 32, 32)
+    net.spectral.alone = 1.0
+    out = net(x)
+    assert torch.allclose(out, net.spectral.mlp(x), atol=1e-5)
+    net.spectral.alone = 0.5
+    torch.manual_seed(7)
+    out = net(x)
+    alone = [torch.allclose(out[i], net.spectral.mlp(x)[i], atol=1e-5) for i in range(8)]
+    torch.manual_seed(7)
+    assert 0 < sum(alone) < 8 and torch.equal(net(x), out)  # same seed, same tiles alone
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,12 +315,18 @@ def test_attention_is_the_published_formula():
 
 
 @pytest.mark.parametrize(
-    ("arch", "encoder", "full_res"),
-    [("unet", "resnet18", 8), ("segformer", "mit_b0", 0), ("segformer", "mit_b0", 16)],
+    ("arch", "encoder", "full_res", "spectral"),
+    [
+        ("unet", "resnet18", 8, 0),
+        ("unet", "resnet18", 0, 8),
+        ("segformer", "mit_b0", 0, 0),
+        ("segformer", "mit_b0", 16, 8),
+    ],
 )
-def test_model_from_config_gives_the_same_outputs(arch, encoder, full_res):
-    net = build_model(encoder, 5, 13, arch=arch, full_res=full_res).eval()
+def test_model_from_config_gives_the_same_outputs(arch, encoder, full_res, spectral):
+    net = build_model(encoder, 5, 13, arch=arch, full_res=full_res, spectral=spectral).eval()
     assert net.config["arch"] == arch and net.config["full_res"] == full_res
+    assert net.config["spectral"] == spectral
     again = model_from_config(dict(net.config))
     again.load_state_dict(net.state_dict())
     assert again.config == net.config
@@ -536,7 +581,8 @@ def test_the_command_prints_parameters_flops_and_parts(capsys):
 
     model.main(["--arch", "segformer", "--encoder", "mit_b0", "--bands", "20", "--size", "64"])
     out = capsys.readouterr().out
-    n = sum(p.numel() for p in build_model("mit_b0", 20, arch="segformer", full_res=32).parameters())
+    net = build_model("mit_b0", 20, arch="segformer", full_res=32, spectral=0)
+    n = sum(p.numel() for p in net.parameters())
     assert f"{n / 1e6:.2f} M parameters" in out and "GFLOP per 20-band 64 x 64 tile" in out
     assert "encoder" in out and "MiT" in out
 

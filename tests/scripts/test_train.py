@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import colormap
 import train
-from landcover.checkpoint import CheckpointWriter, read_checkpoint
+from landcover.checkpoint import CheckpointWriter, read_checkpoint, save_checkpoint
 from landcover.common import InputError, run_main
 
 FAST = ["--encoder", "resnet18", "--batch-size", "2", "--workers", "0", "--log-images-every", "0"]
@@ -509,6 +509,39 @@ def test_cutmix_trains_alike_from_cache_and_files_resumes_exactly_and_changes_th
         assert same_state(a["model"], b["model"]) and a["metrics"] == b["metrics"]
     assert not same_state(a["model"], read_checkpoint(tmp_path / "plain/last.pt")["model"])
     assert run([*common[:-1], 1, "--epochs", 3, "--out", tmp_path / "resumed", "--resume"]) == 2
+
+
+def test_spectral_branch_resumes_exactly_and_its_checkpoint_maps_without_options(tmp_path):
+    """--spectral N: the tiles whose network logits are dropped are drawn from the generator train.py
+    seeds per epoch, so a run stopped and resumed ends with the same weights; the checkpoint carries the
+    branch (predict.py needs no option), and a resume with another --spectral is refused; a run from
+    before the option (its options and model settings lack it) resumes as the run without it it was."""
+    data = make_data(tmp_path / "data")
+    common = ["--data", data, *FAST, "--seed", 2, "--schedule", "plateau", "--spectral", 4]
+    assert run([*common, "--epochs", 2, "--out", tmp_path / "one"]) == 0
+    resumed = [*common, "--out", tmp_path / "resumed"]
+    assert run([*resumed, "--epochs", 1]) == 0 and run([*resumed, "--epochs", 2, "--resume"]) == 0
+    a, b = read_checkpoint(tmp_path / "one/last.pt"), read_checkpoint(tmp_path / "resumed/last.pt")
+    assert a["model_config"]["spectral"] == 4 and any(k.startswith("spectral.") for k in a["model"])
+    assert same_state(a["model"], b["model"]) and a["metrics"] == b["metrics"]
+    assert run([*common[:-1], 8, "--epochs", 3, "--out", tmp_path / "resumed", "--resume"]) == 2
+    old = [*common[:-1], 0, "--epochs", 1, "--out", tmp_path / "old"]
+    assert run(old) == 0
+    ckpt = read_checkpoint(tmp_path / "old/last.pt")
+    del ckpt["options"]["spectral"], ckpt["model_config"]["spectral"]
+    save_checkpoint(ckpt, tmp_path / "old/last.pt")
+    assert run([*old[:-4], "--epochs", 2, "--out", tmp_path / "old", "--resume"]) == 0
+    scene = tmp_path / "scene.tif"
+    rng = np.random.default_rng(1)
+    write_raster(
+        scene, rng.integers(1, 3000, (4, 50, 60)).astype(np.uint16), descriptions=("B2", "B3", "B4", "B8")
+    )
+    res = subprocess.run(
+        [sys.executable, ROOT / "predict.py", "--checkpoint", tmp_path / "one/best.pt", "--image", scene,
+         "--out", tmp_path / "map.tif", "--window", "32", "--overlap", "8"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_segformer_trains_resumes_exactly_and_its_checkpoint_evaluates_and_maps(tmp_path):
