@@ -596,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--bands", type=int, default=10, help="input bands (20 for two stacked seasons)")
     parser.add_argument("--size", type=int, default=300, help="tile size in pixels (square)")
     parser.add_argument("--full-res", type=int, default=32, help="channels of the full-resolution path")
-    parser.add_argument("--spectral", type=int, default=0, help="channels of the per-pixel branch (0: none)")
+    parser.add_argument("--spectral", type=int, default=32, help="channels of the per-pixel branch (0: none)")
     args = parser.parse_args_none_unshown(argv)
     check_range("--bands", args.bands, 1)
     check_range("--size", args.size, 32)

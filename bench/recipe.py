@@ -40,6 +40,7 @@ from landcover.tiles import read_tile, target  # noqa: E402
 
 PREVIOUS = ["--optimizer", "adam", "--weight-decay", "0", "--schedule", "plateau", "--loss", "ce"]
 PREVIOUS += ["--class-weights", "none", "--sampler", "uniform", "--full-res", "0"]
+PREVIOUS += ["--cutmix", "0", "--spectral", "0"]  # the options added since
 COSINE = ["--optimizer", "adamw", "--weight-decay", "0.01", "--schedule", "cosine", "--lr", "0.002"]
 DICE = ["--loss", "ce+dice"]
 RECIPES: dict[str, list[str]] = {  # each row adds one change to the one above it
@@ -55,7 +56,7 @@ RECIPES: dict[str, list[str]] = {  # each row adds one change to the one above i
     "no-cutmix": ["--cutmix", "0"],
     "cutmix4": ["--cutmix", "4"],
     "cutmix8": ["--cutmix", "8"],
-    "spectral32": ["--spectral", "32"],
+    "no-spectral": ["--spectral", "0"],
 }
 
 

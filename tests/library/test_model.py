@@ -581,10 +581,10 @@ def test_the_command_prints_parameters_flops_and_parts(capsys):
 
     model.main(["--arch", "segformer", "--encoder", "mit_b0", "--bands", "20", "--size", "64"])
     out = capsys.readouterr().out
-    net = build_model("mit_b0", 20, arch="segformer", full_res=32, spectral=0)
+    net = build_model("mit_b0", 20, arch="segformer", full_res=32, spectral=32)  # train.py's defaults
     n = sum(p.numel() for p in net.parameters())
     assert f"{n / 1e6:.2f} M parameters" in out and "GFLOP per 20-band 64 x 64 tile" in out
-    assert "encoder" in out and "MiT" in out
+    assert "encoder" in out and "MiT" in out and "Spectral" in out
 
 
 def test_the_command_refuses_an_encoder_of_the_other_architecture(capsys):

@@ -511,6 +511,23 @@ def test_cutmix_trains_alike_from_cache_and_files_resumes_exactly_and_changes_th
     assert run([*common[:-1], 1, "--epochs", 3, "--out", tmp_path / "resumed", "--resume"]) == 2
 
 
+def map_random_scene(tmp_path: Path, checkpoint: Path, shape: tuple[int, int], window: int) -> np.ndarray:
+    """predict.py with nothing but the checkpoint on a random 4-band scene: the map's codes."""
+    scene = tmp_path / "scene.tif"
+    rng = np.random.default_rng(0)
+    write_raster(
+        scene, rng.integers(1, 3000, (4, *shape)).astype(np.uint16), descriptions=("B2", "B3", "B4", "B8")
+    )
+    res = subprocess.run(
+        [sys.executable, ROOT / "predict.py", "--checkpoint", checkpoint, "--image", scene,
+         "--out", tmp_path / "map.tif", "--window", str(window), "--overlap", str(window // 4)],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    with __import__("rasterio").open(tmp_path / "map.tif") as m:
+        return m.read(1)
+
+
 def test_spectral_branch_resumes_exactly_and_its_checkpoint_maps_without_options(tmp_path):
     """--spectral N: the tiles whose network logits are dropped are drawn from the generator train.py
     seeds per epoch, so a run stopped and resumed ends with the same weights; the checkpoint carries the
@@ -531,17 +548,8 @@ def test_spectral_branch_resumes_exactly_and_its_checkpoint_maps_without_options
     del ckpt["options"]["spectral"], ckpt["model_config"]["spectral"]
     save_checkpoint(ckpt, tmp_path / "old/last.pt")
     assert run([*old[:-4], "--epochs", 2, "--out", tmp_path / "old", "--resume"]) == 0
-    scene = tmp_path / "scene.tif"
-    rng = np.random.default_rng(1)
-    write_raster(
-        scene, rng.integers(1, 3000, (4, 50, 60)).astype(np.uint16), descriptions=("B2", "B3", "B4", "B8")
-    )
-    res = subprocess.run(
-        [sys.executable, ROOT / "predict.py", "--checkpoint", tmp_path / "one/best.pt", "--image", scene,
-         "--out", tmp_path / "map.tif", "--window", "32", "--overlap", "8"],
-        cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
+    codes = map_random_scene(tmp_path, tmp_path / "one/best.pt", (50, 60), window=32)
+    assert codes.shape == (50, 60) and codes.min() >= 1 and codes.max() <= 12
 
 
 def test_segformer_trains_resumes_exactly_and_its_checkpoint_evaluates_and_maps(tmp_path):
@@ -565,19 +573,7 @@ def test_segformer_trains_resumes_exactly_and_its_checkpoint_evaluates_and_maps(
     assert run_main(test_model.main, ["--checkpoint", str(a / "best.pt"), "--data", str(data / "val"),
                                       "--out", str(tmp_path / "res"), "--workers", "0"]) == 0  # fmt: skip
     assert (tmp_path / "res" / "metrics.json").is_file()
-    scene = tmp_path / "scene.tif"
-    rng = np.random.default_rng(0)
-    write_raster(
-        scene, rng.integers(1, 3000, (4, 70, 90)).astype(np.uint16), descriptions=("B2", "B3", "B4", "B8")
-    )
-    res = subprocess.run(
-        [sys.executable, ROOT / "predict.py", "--checkpoint", a / "best.pt", "--image", scene,
-         "--out", tmp_path / "map.tif", "--window", "64", "--overlap", "16"],
-        cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
-    with __import__("rasterio").open(tmp_path / "map.tif") as m:
-        codes = m.read(1)
+    codes = map_random_scene(tmp_path, a / "best.pt", (70, 90), window=64)
     assert codes.shape == (70, 90) and codes.min() >= 1 and codes.max() <= 12
 
 
