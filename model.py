@@ -556,7 +556,8 @@ def build_model(
 def model_from_config(config: dict) -> UNet | SegFormer:
     """Rebuild the architecture a checkpoint's ``model_config`` describes (weights not loaded).
 
-    Checkpoints older than SegFormer and full_res carry neither key: U-Nets without the full-size path.
+    Checkpoints older than SegFormer, full_res and spectral carry none of those keys: U-Nets without
+    the full-size path or the per-pixel branch.
     """
     arch, full_res = config.get("arch", "unet"), int(config.get("full_res", 0))
     spectral = int(config.get("spectral", 0))
