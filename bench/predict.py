@@ -133,9 +133,10 @@ def make_checkpoint_file(path: Path, encoder: str, temperature: float) -> None:
 
     from landcover.checkpoint import make_checkpoint
     from model import build_model
+    from train import RECIPE
 
-    torch.manual_seed(0)
-    net = build_model(encoder, 10, 13)
+    torch.manual_seed(0)  # the model train.py builds at its defaults
+    net = build_model(encoder, 10, 13, full_res=RECIPE["full_res"], spectral=RECIPE["spectral"])
     stats = {"mean": SPECTRA.mean(0).tolist(), "std": (SPECTRA.std(0) + 300).tolist()}
     extra = {} if temperature == 1 else {"temperature": temperature}
     torch.save(make_checkpoint(net, list(BANDS), stats, **extra), path)

@@ -5,12 +5,13 @@ Reads nothing. Writes GeoTIFF tiles in divide_img's format (300 x 300, 10 bands 
 DEFLATE or ZSTD, one strip per tile, band interleaved, with a mask beside each) and their decoded-tile
 cache into a temporary folder that is removed at the end; prints tables.
 
-The step is train.py's (``train.train_step``): U-Net forward, loss, backward and Adam step on a random
-batch already on the device (resnet50, 300 x 300, 10 bands, 13 outputs by default). On the CPU: fp32
-at --batch-size. On CUDA: fp32 (TF32) at --batch-size, bf16 autocast + channels_last (train.py's
---amp) at each of --amp-batches, and the last of those through torch.compile where it compiles. Also
-the model's FLOPs per tile (one forward + backward under torch.utils.flop_counter) and, on a GPU whose
-bf16 peak is in ``BF16_PEAK_TFLOPS``, the share of that peak each step reaches.
+The step is train.py's (``train.train_step``): forward of train.py's default U-Net (full-size path and
+per-pixel branch), loss, backward and Adam step on a random batch already on the device (resnet50,
+300 x 300, 10 bands, 13 outputs by default). On the CPU: fp32 at --batch-size. On CUDA: fp32 (TF32)
+at --batch-size, bf16 autocast + channels_last (train.py's --amp) at each of --amp-batches, and the
+last of those through torch.compile where it compiles. Also the model's FLOPs per tile (one forward
++ backward under torch.utils.flop_counter) and, on a GPU whose bf16 peak is in ``BF16_PEAK_TFLOPS``,
+the share of that peak each step reaches.
 
 A data path delivers batches as train.py uses them: each on the device and normalised there
 (``dataset.to_device``), with random dihedral transforms, over --passes epochs back to back, timed
@@ -60,7 +61,7 @@ from landcover.resident import DEVICE, HOST, ResidentLoader, ResidentTiles
 from landcover.stats import STATS_FILE, Normalize, band_stats
 from landcover.tile_cache import CACHE_DIR, build_tile_cache, release_tile_caches
 from model import ENCODERS, build_model
-from train import train_step
+from train import RECIPE, train_step
 
 S2_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
 COMPRESSION = {  # divide_img.py --compress deflate | zstd (its default) | none
@@ -152,6 +153,11 @@ class StepSetting:
         )
 
 
+def recipe_model(encoder: str, bands: int) -> torch.nn.Module:
+    """The U-Net train.py builds at its defaults (full-size path and per-pixel branch included)."""
+    return build_model(encoder, bands, 13, full_res=RECIPE["full_res"], spectral=RECIPE["spectral"])
+
+
 def step_speed(encoder: str, size: int, bands: int, steps: int, setting: StepSetting) -> float | None:
     """Tiles per second of train.py's training step on a random batch already on the device (after
     warm-up steps: cuDNN picks its kernels, torch.compile compiles); None where it does not compile."""
@@ -159,7 +165,7 @@ def step_speed(encoder: str, size: int, bands: int, steps: int, setting: StepSet
     torch.manual_seed(0)
     configure_torch(device)
     precision = Precision.for_device(setting.amp, device)
-    net = build_model(encoder, bands, 13).to(device, memory_format=precision.memory_format).train()
+    net = recipe_model(encoder, bands).to(device, memory_format=precision.memory_format).train()
     model = torch.compile(net) if setting.compiled else net
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     criterion = make_criterion("ce", class_weights([0] + [1] * 12, "none").to(device))
@@ -185,7 +191,7 @@ def step_speed(encoder: str, size: int, bands: int, steps: int, setting: StepSet
 def flops_per_tile(encoder: str, size: int, bands: int, device: torch.device) -> float:
     """FLOPs of one forward and backward pass of the model on one tile (convolutions and matrix
     products, as torch.utils.flop_counter counts them: 2 per multiply-add)."""
-    net = build_model(encoder, bands, 13).to(device).train()
+    net = recipe_model(encoder, bands).to(device).train()
     x = torch.randn(1, bands, size, size, device=device)
     with FlopCounterMode(display=False) as counter:
         net(x).float().sum().backward()
