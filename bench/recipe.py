@@ -57,6 +57,7 @@ RECIPES: dict[str, list[str]] = {  # each row adds one change to the one above i
     "cutmix4": ["--cutmix", "4"],
     "cutmix8": ["--cutmix", "8"],
     "no-spectral": ["--spectral", "0"],
+    "jitter": ["--jitter", "0.1"],
 }
 
 

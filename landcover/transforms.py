@@ -7,8 +7,9 @@ k % 4 quarter turns counter-clockwise (as np.rot90 and torch.rot90). Pure data m
 image and its mask stay aligned. ``augment`` is training's transform of a tile and its target for one
 draw of the sampler (a k of ``dihedral`` today): the worker loader applies it to one tile, the resident
 loader to a batch of tiles drawn alike, so a new augmentation is written there once. ``paste_boxes``
-is the one transform of a whole batch on the device (training's, after normalisation): boxes of other
-tiles pasted into each tile, image and target alike.
+and ``jitter_bands`` are the transforms of a whole batch on the device (training's, after
+normalisation): boxes of other tiles pasted into each tile, image and target alike; each tile's bands
+scaled and shifted by amounts of its own.
 """
 
 from __future__ import annotations
@@ -66,3 +67,17 @@ def paste_boxes(x: torch.Tensor, y: torch.Tensor, boxes: int) -> tuple[torch.Ten
     inside = inside & (cols >= start[1, ..., None, None]) & (cols < stop[1, ..., None, None])
     pasted = inside.any(dim=1)  # B, H, W
     return torch.where(pasted[:, None], x[src], x), torch.where(pasted, y[src], y)
+
+
+def jitter_bands(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Each band of each tile (x: B, C, H, W, normalised) scaled by 1 + s * N(0, 1) and shifted by
+    s * N(0, 1), drawn per tile and band, the same over the tile: the per-band brightness that haze,
+    illumination and sensor calibration change from place to place and date to date, which a
+    classifier of single pixels would otherwise learn as exact. Pixels with no data (0 in every band)
+    stay 0. Draws from torch's global generator (train.py seeds it per epoch and process)."""
+    if strength <= 0:
+        return x
+    b, c = x.shape[:2]
+    gain, shift = (strength * torch.randn(2, b, c, 1, 1)).to(x.device, x.dtype).unbind()
+    valid = (x != 0).any(dim=1, keepdim=True)
+    return torch.where(valid, x * (1 + gain) + shift, x)

@@ -1,6 +1,7 @@
 """landcover/transforms.py: the one definition of a tile's transforms, the same on numpy and torch, its
 named copies and test-time flips, training's augment moving image and target alike, and paste_boxes
-(CutMix) pasting boxes of one other tile of the batch into each."""
+(CutMix) pasting boxes of one other tile of the batch into each, and jitter_bands changing each tile's
+band brightness."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from landcover.transforms import BOX_SIDE, NAMED, TTA, augment, dihedral, paste_boxes
+from landcover.transforms import BOX_SIDE, NAMED, TTA, augment, dihedral, jitter_bands, paste_boxes
 
 
 def test_the_eight_transforms_are_distinct_and_the_same_on_numpy_and_torch():
@@ -76,3 +77,29 @@ def test_paste_boxes_pastes_boxes_of_one_other_tile_into_each_image_and_target_a
     assert torch.equal(paste_boxes(x, y, boxes)[1], my)  # seeded: the same boxes
     x1, y1 = x[:1], y[:1]
     assert paste_boxes(x, y, 0)[1] is y and paste_boxes(x1, y1, boxes)[1] is y1
+
+
+def test_jitter_bands_scales_and_shifts_each_band_of_each_tile_alike_and_keeps_nodata():
+    """Each (tile, band) is mapped by one affine map over the whole tile (the pixels' spectral shape
+    within a band is kept, so a field stays a field), with gains and shifts spread by ``strength``
+    and differing between tiles and bands; pixels without data stay 0; the same seed gives the same
+    batch; strength 0 leaves the batch as it was."""
+    b, c, h, w, strength = 64, 4, 8, 9, 0.1
+    torch.manual_seed(0)
+    x = torch.randn(b, c, h, w)
+    x[:, :, 0, 0] = 0  # no data in every band
+    torch.manual_seed(1)
+    out = jitter_bands(x, strength)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert torch.equal(out[:, :, 0, 0], torch.zeros(b, c))
+    src, dst = x.flatten(2)[..., 1:], out.flatten(2)[..., 1:]  # (b, c, pixels), valid ones
+    gain = ((dst - dst.mean(-1, keepdim=True)) * (src - src.mean(-1, keepdim=True))).sum(-1)
+    gain = gain / ((src - src.mean(-1, keepdim=True)) ** 2).sum(-1)
+    shift = dst.mean(-1) - gain * src.mean(-1)
+    assert torch.allclose(dst, gain[..., None] * src + shift[..., None], atol=1e-5)  # affine per band
+    for name, spread in (("gain", (gain - 1).std()), ("shift", shift.std())):
+        assert 0.7 * strength < spread < 1.3 * strength, (name, spread)
+    assert (gain - 1).abs().min() > 0 and len(set(gain.flatten().tolist())) == b * c
+    torch.manual_seed(1)
+    assert torch.equal(jitter_bands(x, strength), out)  # seeded: the same draws
+    assert jitter_bands(x, 0) is x

@@ -493,12 +493,16 @@ def test_cache_tiles_trains_exactly_as_from_the_files(tmp_path, capsys):
     )
 
 
-def test_cutmix_trains_alike_from_cache_and_files_resumes_exactly_and_changes_the_run(tmp_path):
-    """--cutmix draws its boxes from the generator train.py seeds per epoch and process: the same
-    weights, bitwise, from the files and from the tiles held in memory, and when stopped after epoch 1
-    and resumed; other weights than without it; a resume with another --cutmix is refused."""
+@pytest.mark.parametrize(("option", "value", "other"), [("--cutmix", 2, 1), ("--jitter", 0.1, 0.2)])
+def test_batch_transforms_train_alike_from_cache_and_files_resume_exactly_and_change_the_run(
+    tmp_path, option, value, other
+):
+    """--cutmix and --jitter draw their boxes and gains from the generator train.py seeds per epoch and
+    process: the same weights, bitwise, from the files and from the tiles held in memory, and when
+    stopped after epoch 1 and resumed; other weights than without it; a resume with another value is
+    refused."""
     data = make_data(tmp_path / "data")
-    common = ["--data", data, *FAST, "--seed", 3, "--schedule", "plateau", "--cutmix", 2]
+    common = ["--data", data, *FAST, "--seed", 3, "--schedule", "plateau", option, value]
     assert run([*common, "--epochs", 2, "--out", tmp_path / "files"]) == 0
     assert run([*common, "--epochs", 2, "--out", tmp_path / "cached", "--cache-tiles"]) == 0
     resumed = [*common, "--out", tmp_path / "resumed"]
@@ -508,7 +512,7 @@ def test_cutmix_trains_alike_from_cache_and_files_resumes_exactly_and_changes_th
     for b in (read_checkpoint(tmp_path / "cached/last.pt"), read_checkpoint(tmp_path / "resumed/last.pt")):
         assert same_state(a["model"], b["model"]) and a["metrics"] == b["metrics"]
     assert not same_state(a["model"], read_checkpoint(tmp_path / "plain/last.pt")["model"])
-    assert run([*common[:-1], 1, "--epochs", 3, "--out", tmp_path / "resumed", "--resume"]) == 2
+    assert run([*common[:-1], other, "--epochs", 3, "--out", tmp_path / "resumed", "--resume"]) == 2
 
 
 def map_random_scene(tmp_path: Path, checkpoint: Path, shape: tuple[int, int], window: int) -> np.ndarray:
