@@ -340,7 +340,8 @@ def add_schedule_options(g: argparse._ArgumentGroup) -> None:
         default=RECIPE["jitter"],
         help="per-band brightness jitter of each train tile: every band scaled by 1 + s*N(0,1) and "
         "shifted by s*N(0,1) in units of its standard deviation, drawn per tile, for a model meant for "
-        "other dates or scenes than its labels' (0.1 lost 0.016 mIoU within one scene: README); 0: none",
+        "other dates or scenes than its labels' (0.1 lost 0.016 mIoU within one scene: README); 0: none, "
+        "at most 0.5",
     )
 
 
@@ -356,7 +357,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         check_range(name, getattr(args, name[2:].replace("-", "_")), low)
     if args.epochs is not None:
         check_range("--epochs", args.epochs, 1)
-    check_range("--jitter", args.jitter, 0)
+    check_range("--jitter", args.jitter, 0, 0.5)  # beyond, gains below 0 (bands flipped) are common
     for name in ("--patience", "--log-images-every", "--log-tiles"):
         check_range(name, getattr(args, name[2:].replace("-", "_")), 0)
     check_range("--lr", args.lr, 0, low_open=True)

@@ -8,21 +8,26 @@
 #   .venv/bin/python bench/recipe.py --data bench/out/aber/sparse --root bench/out/aber/runs-sparse \
 #       --seeds 0 1 2 --recipes default --epochs 150 --batch-size 12
 set -euo pipefail
-cd "$(dirname "$0")/.."
-src=${1:-../shared/data/aberystwyth}
+[ $# -le 1 ] || { echo "bench/aberystwyth.sh: one argument at most, the data folder" >&2; exit 2; }
+repo=$(cd "$(dirname "$0")/.." && pwd)
+src=$(realpath -m -- "${1:-$repo/../shared/data/aberystwyth}")  # relative to the caller's folder
+cd "$repo"
 out=bench/out/aber
 py=.venv/bin/python
 for f in s2_20210527_aberystwyth.tif landcover_10m.tif landcover_sparse_10m.tif; do
     [ -f "$src/$f" ] || { echo "bench/aberystwyth.sh: $src/$f not found" >&2; exit 2; }
 done
 mkdir -p "$out"
-for labels in full sparse; do
-    mask=$src/landcover_10m.tif
-    [ "$labels" = sparse ] && mask=$src/landcover_sparse_10m.tif
-    $py divide_img.py --images "$src/s2_20210527_aberystwyth.tif" --mask "$mask" \
-        --out "$out/tiles-$labels" --size 128 --max-nodata 0.99
-done
-[ -d "$out/full/test" ] || $py move_images.py --tiles "$out/tiles-full" --out "$out/full" --seed 0
+tile() {  # tile LABELS MASK: the scene and one of its masks into 128 px tiles (resumable)
+    $py divide_img.py --images "$src/s2_20210527_aberystwyth.tif" --mask "$2" \
+        --out "$out/tiles-$1" --size 128 --max-nodata 0.99
+}
+if [ ! -f "$out/full/.done" ]; then  # move_images.py resumes its own plan after a crash
+    tile full "$src/landcover_10m.tif"
+    $py move_images.py --tiles "$out/tiles-full" --out "$out/full" --seed 0
+    touch "$out/full/.done"
+fi
+tile sparse "$src/landcover_sparse_10m.tif"
 if [ ! -d "$out/sparse/test" ]; then  # built aside, renamed when whole: a rerun after a crash redoes it
     rm -rf "$out/sparse.tmp" && mkdir -p "$out/sparse.tmp"
     for split in train val; do

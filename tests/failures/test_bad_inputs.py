@@ -422,6 +422,7 @@ CASES = [
     ("train.py", "--batch-size 0", None, [*TRAIN, "{base}/data", "--batch-size", "0"], ["--batch-size"]),
     ("train.py", "--lr 0", None, [*TRAIN, "{base}/data", "--lr", "0"], ["--lr"]),
     ("train.py", "--workers -1", None, [*TRAIN, "{base}/data", "--workers", "-1"], ["--workers"]),
+    ("train.py", "--jitter 0.7", None, [*TRAIN, "{base}/data", "--jitter", "0.7"], ["--jitter", "0.5"]),
     ("train.py", "--weights holds a pickled object", b_pickled_weights,
      [*TRAIN, "{base}/data", "--weights", "{bad}"], ["weights.pth", "pickled"]),
     ("train.py", "--weights truncated", b_cut_weights,

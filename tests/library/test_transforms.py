@@ -82,16 +82,20 @@ def test_paste_boxes_pastes_boxes_of_one_other_tile_into_each_image_and_target_a
 def test_jitter_bands_scales_and_shifts_each_band_of_each_tile_alike_and_keeps_nodata():
     """Each (tile, band) is mapped by one affine map over the whole tile (the pixels' spectral shape
     within a band is kept, so a field stays a field), with gains and shifts spread by ``strength``
-    and differing between tiles and bands; pixels without data stay 0; the same seed gives the same
-    batch; strength 0 leaves the batch as it was."""
+    and differing between tiles and bands; pixels without data (0 in every band) stay 0, a pixel with
+    data in some bands is jittered; the dtype is kept; the same seed gives the same batch; strength 0
+    leaves the batch as it was."""
     b, c, h, w, strength = 64, 4, 8, 9, 0.1
     torch.manual_seed(0)
     x = torch.randn(b, c, h, w)
     x[:, :, 0, 0] = 0  # no data in every band
+    x[:, 1:, 0, 1] = 0  # data in band 0 only: a valid pixel, jittered like the rest
     torch.manual_seed(1)
     out = jitter_bands(x, strength)
     assert out.shape == x.shape and out.dtype == x.dtype
     assert torch.equal(out[:, :, 0, 0], torch.zeros(b, c))
+    assert (out[:, 1:, 0, 1] != 0).all()
+    assert jitter_bands(x.bfloat16(), strength).dtype == torch.bfloat16  # as under autocast
     src, dst = x.flatten(2)[..., 1:], out.flatten(2)[..., 1:]  # (b, c, pixels), valid ones
     gain = ((dst - dst.mean(-1, keepdim=True)) * (src - src.mean(-1, keepdim=True))).sum(-1)
     gain = gain / ((src - src.mean(-1, keepdim=True)) ** 2).sum(-1)
