@@ -824,12 +824,8 @@ def train_one_epoch(run: Run, data: Data, criterion: Callable, desc: str) -> flo
     bar = progress(total=len(data.train), desc=desc, unit="batch", leave=False, disable=not s.proc.main)
     for raw, y in data.train:
         x, y = to_device(raw, y, data.norm, s.device, s.precision.memory_format)
-        if run.args.cutmix:
-            x, y = paste_boxes(x, y, run.args.cutmix)
-        if run.args.jitter:
-            x = jitter_bands(x, run.args.jitter)
-        if run.args.cutmix or run.args.jitter:
-            x = x.contiguous(memory_format=s.precision.memory_format)
+        x, y = paste_boxes(x, y, run.args.cutmix)  # each returns its input unchanged at 0
+        x = jitter_bands(x, run.args.jitter).contiguous(memory_format=s.precision.memory_format)
         loss = train_step(run.train_net, x, y, criterion, run.optimizer, s.precision)
         if run.args.schedule != "plateau":
             run.scheduler.step()
