@@ -29,7 +29,7 @@ import recipe  # noqa: E402  (bench/recipe.py: the demo's data, a training and i
 from landcover.distributed import Precision, configure_torch, pick_device  # noqa: E402
 from landcover.losses import class_weights, make_criterion  # noqa: E402
 from model import build_model  # noqa: E402
-from train import train_step  # noqa: E402
+from train import RECIPE, train_step  # noqa: E402
 
 MODELS = {  # name -> (arch, encoder)
     "unet-resnet18": ("unet", "resnet18"),
@@ -42,7 +42,8 @@ MODELS = {  # name -> (arch, encoder)
 def speed(arch: str, encoder: str, args: argparse.Namespace, device: torch.device) -> dict:
     """Parameters, and tiles per second of a training step and of inference, after warm-up."""
     torch.manual_seed(0)
-    net = build_model(encoder, args.bands, 13, arch=arch, full_res=args.full_res).to(device)
+    net = build_model(encoder, args.bands, 13, arch=arch, full_res=args.full_res, spectral=args.spectral)
+    net = net.to(device)
     precision = Precision.for_device(device.type == "cuda", device)
     net = net.to(memory_format=precision.memory_format)
     x = torch.randn(args.batch_size, args.bands, args.size, args.size, device=device)
@@ -80,7 +81,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tile", type=int, default=150, help="tile size of the demo data")
     p.add_argument("--size", type=int, default=150, help="tile size of the speed batches")
     p.add_argument("--bands", type=int, default=20, help="bands of the speed batches (stacked: 20)")
-    p.add_argument("--full-res", type=int, default=32, help="full-resolution path of the speed models")
+    p.add_argument(
+        "--full-res", type=int, default=RECIPE["full_res"], help="full-resolution path of the speed models"
+    )
+    p.add_argument(
+        "--spectral", type=int, default=RECIPE["spectral"], help="per-pixel branch of the speed models"
+    )
     p.add_argument("--steps", type=int, default=3, help="timed steps per speed measurement")
     p.add_argument("--device", default="auto", help="where the speed is measured")
     p.add_argument("--speed-only", action="store_true", help="sizes and speeds only, no training")
